@@ -1,0 +1,41 @@
+# Two commands on a fresh machine (Debian, Python 3.11, pip):
+#   make demo   - create .venv if missing, install, run the demo workflow
+#   make test   - same set-up, then the test suite, ruff, snakemake --lint and a dry run
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel of this machine; the package itself only asks for torch>=2.1.
+# On a GPU workstation: make demo TORCH_SPEC='torch' (or keep the CUDA build you have).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.hardmil-installed
+CORES ?= all
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo test install lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	$(MAKE) lint
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+	$(BIN)/snakemake -n --cores 2 > /dev/null
+
+bench: $(STAMP)
+	$(BIN)/python bench/demo_walltime.py
+
+clean:
+	rm -rf results/runs results/tables results/splits results/logs results/benchmarks .snakemake

@@ -1,0 +1,26 @@
+# hardmil: the papers' tables from raw data. Wiring only; the stages live in workflow/rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The demo config is the default; `--configfile X` replaces it instead of being merged into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/splits.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,1 @@
+"""Data: downloads, dataset conversion, bag I/O and splits."""

@@ -1,0 +1,76 @@
+"""Classification metrics with scikit-learn (DESIGN §6).
+
+* AUC: binary ROC AUC on P(class 1); macro one-vs-rest for C > 2.
+* accuracy / precision / recall / F1 / FPR at a decision threshold on P(class 1) (binary only). The
+  threshold is Youden's J optimum on the protocol's selection set (paper: the test fold itself;
+  clean: the validation split) and then applied to the test fold.
+* balanced accuracy and macro-F1 at argmax (any C).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """Threshold maximising TPR - FPR; a sample is positive when ``score >= threshold``.
+
+    Ties in J go to the highest threshold (the first one ``roc_curve`` reports).
+    """
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        raise ValueError("Youden threshold needs both classes in the selection set")
+    fpr, tpr, thr = roc_curve(y, score)
+    finite = np.isfinite(thr)
+    j = np.where(finite, tpr - fpr, -np.inf)
+    return float(thr[int(np.argmax(j))])
+
+
+def threshold_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 and false-positive rate of ``score >= threshold``."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+
+    y = np.asarray(y).astype(int)
+    pred = (np.asarray(score) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "fpr": float(fp / (fp + tn)) if (fp + tn) else float("nan"),
+    }
+
+
+def auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC: binary on ``probs[:, 1]``; macro one-vs-rest for more classes."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y)
+    probs = np.asarray(probs)
+    n_classes = probs.shape[1]
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if n_classes == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, threshold: float | None) -> dict[str, float]:
+    """All metrics of one evaluation; ``threshold`` applies to binary tasks only."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    y = np.asarray(y).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1)
+    out = {
+        "auc": auc(y, probs),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "accuracy_argmax": float((pred == y).mean()),
+    }
+    if probs.shape[1] == 2 and threshold is not None:
+        out.update(threshold_metrics(y, probs[:, 1], threshold))
+    return out

@@ -1,0 +1,35 @@
+"""Model registry: one explicit dict, one forward contract (:class:`~hardmil.models.base.MILOutput`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from hardmil.models.abmil import ABMIL, GatedABMIL
+from hardmil.models.base import MILOutput
+
+MODELS: dict[str, type[nn.Module]] = {
+    "abmil": ABMIL,
+    "gabmil": GatedABMIL,
+}
+
+__all__ = ["MODELS", "MILOutput", "build_model", "model_config"]
+
+
+def model_config(name: str, **params):
+    """The frozen config of model ``name`` with ``params`` overriding its defaults."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
+    cls = MODELS[name].config_class
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(f"model {name!r} has no parameter(s) {unknown}; valid: {sorted(valid)}")
+    return cls(**params)
+
+
+def build_model(name: str, **params) -> nn.Module:
+    """Build model ``name`` from its default config updated with ``params``."""
+    cfg = model_config(name, **params)
+    return MODELS[name](cfg)

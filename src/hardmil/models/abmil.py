@@ -1,0 +1,81 @@
+"""AB-MIL and gated AB-MIL, as benchmarked in the MHIM-MIL papers.
+
+Paper: Ilse, Tomczak, Welling. Attention-based Deep Multiple Instance Learning. ICML 2018.
+Reference code: https://github.com/AMLab-Amsterdam/AttentionDeepMIL (the original) and the
+``abmil`` baseline of https://github.com/DearCaat/MHIM-MIL (``modules/abmil.py``), whose layer sizes
+are used here: ``Linear(D, 512) + ReLU + Dropout(0.25)``; attention ``512 -> 128 -> 1`` with tanh
+(gated: tanh branch times sigmoid branch); softmax over instances; ``Linear(512, C)``; cross-entropy.
+
+Shapes: ``x`` bag features of shape (batch_size, bag_size, in_dim); ``mask`` (batch_size, bag_size),
+True for real instances.
+
+Deliberate deviations:
+* Linear layers get Xavier-normal weights and zero biases (what MHIM-MIL applies to its models);
+  the original AB-MIL used PyTorch defaults.
+* Padding is supported through ``mask`` (padded instances get exactly zero attention); the references
+  run one bag at a time and have no mask.
+* The gated variant uses the same 128-d attention as the plain one (MHIM's ``AttentionGated`` hard-codes
+  384, commented "384 uni", and fails to build from its ``gabmil`` name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hardmil.models.base import MILOutput, init_xavier, masked_softmax
+
+
+@dataclass(frozen=True)
+class ABMILConfig:
+    in_dim: int = 1024  # R50-trunc / UNI features; set from the data
+    n_classes: int = 2
+    hidden_dim: int = 512  # MHIM-MIL modules/abmil.py: Linear(in, 512)
+    attn_dim: int = 128  # Ilse et al. L = 128
+    dropout: float = 0.25  # MHIM-MIL: Dropout(0.25) after the projection
+    gated: bool = False  # Ilse et al. gated attention
+
+
+class ABMIL(nn.Module):
+    config_class = ABMILConfig
+
+    def __init__(self, cfg: ABMILConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.attn_v = nn.Linear(cfg.hidden_dim, cfg.attn_dim)
+        self.attn_u = nn.Linear(cfg.hidden_dim, cfg.attn_dim) if cfg.gated else None
+        self.attn_w = nn.Linear(cfg.attn_dim, 1)
+        self.classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
+        init_xavier(self)
+
+    # The three hooks frameworks (MHIM, Li et al.) build on.
+    def embed(self, x: Tensor) -> Tensor:
+        """Instance embeddings ``[B, N, hidden_dim]``."""
+        return self.feature(x)
+
+    def attention_scores(self, h: Tensor) -> Tensor:
+        """Unnormalised attention ``[B, N]`` of instance embeddings ``h``."""
+        a = torch.tanh(self.attn_v(h))
+        if self.attn_u is not None:
+            a = a * torch.sigmoid(self.attn_u(h))
+        return self.attn_w(a).squeeze(-1)
+
+    def classify(self, z: Tensor) -> Tensor:
+        return self.classifier(z)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> MILOutput:
+        h = self.embed(x)
+        attn = masked_softmax(self.attention_scores(h), mask)
+        z = torch.einsum("bn,bnh->bh", attn, h)
+        return MILOutput(logits=self.classify(z), attention=attn, embedding=z,
+                         instance_logits=self.classify(h))
+
+
+class GatedABMIL(ABMIL):
+    """AB-MIL with Ilse et al.'s gated attention (``tanh(Vh) * sigmoid(Uh)``)."""
+
+    def __init__(self, cfg: ABMILConfig):
+        super().__init__(ABMILConfig(**{**cfg.__dict__, "gated": True}))

@@ -1,0 +1,41 @@
+"""The one forward contract every model follows (DESIGN §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class MILOutput:
+    """What ``model(x[B, N, D], mask[B, N] | None)`` returns.
+
+    logits: ``[B, C]`` (survival: hazards over time bins); attention: ``[B, N]`` softmax weights,
+    zero on padding; embedding: ``[B, H]`` bag embedding; instance_logits: ``[B, N, C]``;
+    aux_losses: extra losses the training loop adds to the bag loss.
+    """
+
+    logits: Tensor
+    attention: Tensor | None = None
+    embedding: Tensor | None = None
+    instance_logits: Tensor | None = None
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` that gives exactly zero weight where ``mask`` is False (padding)."""
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=dim)
+
+
+def init_xavier(module: nn.Module) -> None:
+    """Xavier-normal weights and zero biases for every Linear (the MHIM-MIL code's initialisation)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,1 @@
+"""Reporting: published values and table generators."""

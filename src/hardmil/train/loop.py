@@ -1,0 +1,200 @@
+"""One plain, readable training loop for every plain-trained MIL model.
+
+One bag per step; Adam with L2 weight decay; cosine learning rate stepped per epoch; after every epoch
+the model is scored on the protocol's selection set, the best epoch's weights are kept, and a checkpoint
+(model, optimiser, scheduler, RNG, history, early-stopping state) is written so that a killed job
+resumes and ends bit-identical to an uninterrupted run. Shuffling uses a generator seeded by
+(seed, epoch), so the order of bags never depends on what ran before.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from hardmil.eval.metrics import auc
+from hardmil.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200  # MHIM-MIL feat_cls.yaml num_epoch
+    lr: float = 2e-4  # MHIM-MIL
+    weight_decay: float = 1e-5  # MHIM-MIL (L2 inside Adam)
+    min_lr: float = 1e-7  # MHIM-MIL cosine floor
+    patience: int = 20  # MHIM-MIL option default
+    min_epochs: int = 0  # earliest epoch at which early stopping may end training
+    selection_metric: str = "auc"  # 'auc' (ties broken by lower loss) or 'loss'
+    device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
+    amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
+    seed: int = 0
+
+
+@dataclass
+class Tensors:
+    """Bags ready for the loop: features on CPU (pinned when training on CUDA) and integer labels."""
+
+    features: list[torch.Tensor]
+    labels: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_bags(cls, bags, mean: np.ndarray | None = None, std: np.ndarray | None = None,
+                  pin: bool = False) -> Tensors:
+        feats = []
+        for b in bags:
+            f = b.features if mean is None else (b.features - mean) / std
+            t = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
+            feats.append(t.pin_memory() if pin else t)
+        return cls(feats, torch.tensor([b.label for b in bags], dtype=torch.long), [b.slide for b in bags])
+
+
+@dataclass
+class TrainResult:
+    best_state: dict
+    best_epoch: int
+    history: list[dict]
+    seconds_per_epoch: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Tensors, device: torch.device, amp: bool = False) -> np.ndarray:
+    """Class probabilities ``[n_bags, C]`` with the model in eval mode."""
+    model.eval()
+    out = []
+    for x in data.features:
+        with _autocast(device, amp):
+            logits = model(x.to(device, non_blocking=True)[None], None).logits
+        out.append(torch.softmax(logits.float(), dim=-1)[0].cpu())
+    return torch.stack(out).numpy()
+
+
+def _score(model, data: Tensors, device, amp) -> tuple[float, float]:
+    probs = predict(model, data, device, amp)
+    loss = F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), data.labels).item()
+    return loss, auc(data.labels.numpy(), probs)
+
+
+def _better(cfg: TrainConfig, loss: float, score: float, best: dict | None) -> bool:
+    if best is None:
+        return True
+    if cfg.selection_metric == "loss":
+        return loss < best["loss"]
+    if np.isnan(score):
+        return loss < best["loss"] and np.isnan(best["score"])
+    return score > best["score"] or (score == best["score"] and loss < best["loss"])
+
+
+def config_digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: TrainConfig,
+          checkpoint: str | os.PathLike | None = None, digest: str = "",
+          on_epoch_end: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
+    """Train ``model`` and return the best epoch's weights (chosen on ``select_data``) and the history.
+
+    If ``checkpoint`` exists and carries the same ``digest`` (a hash of everything that defines the
+    run), training resumes from it; otherwise it starts fresh.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.min_lr)
+    state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_epochs": 0, "seconds": 0.0}
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if saved.get("digest") == digest:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
+            state = saved["loop"]
+            log.info("resumed from %s at epoch %d", ckpt, state["epoch"])
+        else:
+            log.warning("%s belongs to another configuration; starting fresh", ckpt)
+
+    n = len(train_data.features)
+    epochs = range(state["epoch"], cfg.epochs)
+    bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress, initial=state["epoch"], total=cfg.epochs)
+    for epoch in bar:
+        if state["bad_epochs"] >= cfg.patience and epoch >= cfg.min_epochs:
+            break
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        total = 0.0
+        for i in order.tolist():
+            x = train_data.features[i].to(device, non_blocking=True)[None]
+            y = train_data.labels[i : i + 1].to(device)
+            with _autocast(device, cfg.amp):
+                out = model(x, None)
+                loss = F.cross_entropy(out.logits.float(), y)
+                for aux in out.aux_losses.values():
+                    loss = loss + aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        sched.step()
+        state["seconds"] += time.perf_counter() - start
+        sel_loss, sel_auc = _score(model, select_data, device, cfg.amp)
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": total / n,
+               "select_loss": sel_loss, "select_auc": sel_auc}
+        if _better(cfg, sel_loss, sel_auc, state["best"]):
+            state["best"] = {"epoch": epoch, "loss": sel_loss, "score": sel_auc}
+            state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+            state["bad_epochs"] = 0
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", sel_auc=f"{sel_auc:.3f}", best=state["best"]["epoch"])
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, opt, sched, state, digest)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    bar.close()
+    done = max(len(state["history"]), 1)
+    return TrainResult(state["best_state"], state["best"]["epoch"], state["history"], state["seconds"] / done)
+
+
+def _save_checkpoint(path: Path, model, opt, sched, state: dict, digest: str) -> None:
+    payload = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "loop": state, "digest": digest,
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+

@@ -1,0 +1,116 @@
+"""Train and evaluate one fold: the body of the workflow's ``train`` rule.
+
+Writes the run folder of DESIGN §3: ``model.pt`` (best epoch's weights, the feature standardisation and
+the model config), ``history.tsv``, ``predictions.tsv``, ``metrics.json`` and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardmil import __version__
+from hardmil.data.bags import load_bags
+from hardmil.data.splits import read_splits
+from hardmil.eval.metrics import classification_metrics, youden_threshold
+from hardmil.models import build_model
+from hardmil.train.loop import Tensors, TrainConfig, config_digest, predict, resolve_device, train
+from hardmil.utils import atomic_path, git_commit, seed_everything, write_json, write_yaml
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml")
+
+
+def standardisation(bags) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over all training instances (std 0 -> 1)."""
+    x = np.concatenate([b.features for b in bags]).astype(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _write_tsv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+
+
+def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, classes: list[str], fold: int,
+             protocol: str, seed: int, model: str, model_params: dict, train_cfg: dict, out_dir: str | os.PathLike,
+             standardize: bool = True, threads: int = 1, progress: bool = True, on_epoch_end=None,
+             provenance: dict | None = None) -> dict:
+    """Train on the fold's training bags, select on its selection set, evaluate once on its test bags."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, threads))
+    roles = read_splits(splits, fold)
+    select_role = "test" if protocol == "paper" else "val"
+    if not roles[select_role]:
+        raise ValueError(f"{splits}: fold {fold} has no {select_role} bags for protocol {protocol!r}")
+    bags = {role: load_bags(rows, features_dir, classes) for role, rows in roles.items() if rows}
+    mean, std = standardisation(bags["train"]) if standardize else (None, None)
+    cfg = TrainConfig(**{**train_cfg, "seed": seed * 1000 + fold})
+    pin = resolve_device(cfg.device).type == "cuda"
+    data = {role: Tensors.from_bags(b, mean, std, pin=pin) for role, b in bags.items()}
+
+    seed_everything(cfg.seed)
+    in_dim = data["train"].features[0].shape[1]
+    net = build_model(model, **{**model_params, "in_dim": in_dim, "n_classes": len(classes)})
+    resolved = {"model": model, "model_config": dataclasses.asdict(net.cfg), "train": dataclasses.asdict(cfg),
+                "protocol": protocol, "fold": fold, "seed": seed, "classes": list(classes),
+                "standardize": standardize, "splits": str(splits), "features_dir": str(features_dir)}
+    digest = config_digest(resolved, [r["slide"] for r in roles["train"]])
+    result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
+                   on_epoch_end=on_epoch_end, progress=progress)
+    net.load_state_dict(result.best_state)
+    device = resolve_device(cfg.device)
+
+    probs = {role: predict(net, d, device, cfg.amp) for role, d in data.items()}
+    threshold = None
+    if len(classes) == 2:
+        threshold = youden_threshold(data[select_role].labels.numpy(), probs[select_role][:, 1])
+    metrics = classification_metrics(data["test"].labels.numpy(), probs["test"], threshold)
+    select_metrics = classification_metrics(data[select_role].labels.numpy(), probs[select_role], threshold)
+
+    pred_rows = []
+    for i, row in enumerate(roles["test"]):
+        pred_rows.append({"slide": row["slide"], "case": row["case"], "label": row["label"],
+                          "label_index": int(data["test"].labels[i]),
+                          **{f"prob_{c}": float(probs["test"][i, k]) for k, c in enumerate(classes)},
+                          "fold": fold, "epoch": result.best_epoch})
+    with atomic_path(out / "model.pt", suffix=".pt") as tmp:
+        torch.save({"model": model, "model_config": dataclasses.asdict(net.cfg), "state_dict": result.best_state,
+                    "feature_mean": mean, "feature_std": std, "classes": list(classes), "epoch": result.best_epoch,
+                    "threshold": threshold}, tmp)
+    _write_tsv(out / "history.tsv", result.history)
+    _write_tsv(out / "predictions.tsv", pred_rows)
+    summary = {
+        **metrics,
+        "selected_epoch": result.best_epoch, "epochs_run": len(result.history), "threshold": threshold,
+        "threshold_chosen_on": select_role, "selection_set": select_role,
+        "selection": {k: select_metrics[k] for k in ("auc", "balanced_accuracy")},
+        "n_train": len(roles["train"]), "n_val": len(roles["val"]), "n_test": len(roles["test"]),
+        "n_parameters": sum(p.numel() for p in net.parameters()),
+        # the only fields that differ between two runs of the same seed
+        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0},
+    }
+    write_json(out / "metrics.json", summary)
+    write_yaml(out / "config.yaml", {**resolved, "hardmil_version": __version__, "git_commit": git_commit(),
+                                     "torch": torch.__version__, "python": platform.python_version(),
+                                     "device": str(device), "provenance": provenance or {}})
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    log.info("fold %d: AUC %.3f, accuracy %s at epoch %d", fold, metrics["auc"],
+             f"{metrics.get('accuracy', float('nan')):.3f}", result.best_epoch)
+    return summary

@@ -1,0 +1,123 @@
+# Config validation, wildcard constraints and target functions. Functions only, no rules.
+import re
+
+from snakemake.utils import validate
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml"]
+RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
+# train-block keys that configure the job, not the loop (hardmil.train.loop.TrainConfig)
+JOB_KEYS = ("standardize", "group", "threads", "mem_mb", "runtime")
+SEEDS = config["cv"]["seeds"]
+FOLDS = list(range(config["cv"]["folds"]))
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+    encoder=r"[A-Za-z0-9_.-]+",
+    method=r"[A-Za-z0-9_.-]+",
+    protocol="paper|clean",
+    seed=r"\d+",
+    fold=r"\d+",
+
+
+def _validate_references():
+    """Checks the schema cannot express: names that must refer to each other."""
+    from hardmil.models import MODELS
+
+    for name, m in config["methods"].items():
+        if m["model"] not in MODELS:
+            raise ValueError(
+                f"config methods.{name}.model: unknown model {m['model']!r}; valid: {sorted(MODELS)}"
+            )
+    for name, t in config["tables"].items():
+        if t["dataset"] not in config["datasets"]:
+            raise ValueError(
+                f"config tables.{name}.dataset: {t['dataset']!r} is not in datasets"
+            )
+        for method in t["rows"]:
+            if method not in config["methods"]:
+                raise ValueError(
+                    f"config tables.{name}.rows: method {method!r} is not in methods"
+                )
+
+
+_validate_references()
+
+
+def datasets_from(source):
+    return [d for d, c in config["datasets"].items() if c["source"] == source]
+
+
+def one_of(names):
+    """A wildcard regex matching exactly ``names`` (and nothing when the list is empty)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def manifest_path(dataset):
+    return config["datasets"][dataset].get("manifest", f"results/manifests/{dataset}.tsv")
+
+
+def features_dir(dataset, encoder):
+    default = "results/features/{dataset}/{encoder}"
+    pattern = config["datasets"][dataset].get("features_dir", default)
+    return pattern.format(dataset=dataset, encoder=encoder)
+
+
+def classes(dataset):
+    return config["datasets"][dataset]["classes"]
+
+
+def train_config(method):
+    """The loop's config for ``method``: the train block, then the method's own overrides."""
+    merged = {**config["train"], **config["methods"][method].get("train", {})}
+    return {k: v for k, v in merged.items() if k not in JOB_KEYS}
+
+
+def run_file(name, **wc):
+    return (RUN_DIR + "/" + name).format(**wc)
+
+
+def method_runs(dataset, encoder, method, protocol, name="metrics.json"):
+    """Every fold of every seed of one method: what one table row aggregates."""
+    return [
+        run_file(
+            name,
+            dataset=dataset,
+            encoder=encoder,
+            method=method,
+            protocol=protocol,
+            seed=s,
+            fold=f,
+        )
+        for s in SEEDS
+        for f in FOLDS
+    ]
+
+
+def all_runs(name="metrics.json"):
+    return [
+        path
+        for dataset, dcfg in config["datasets"].items()
+        for encoder in dcfg["encoders"]
+        for method in config["methods"]
+        for protocol in config["protocols"]
+        for path in method_runs(dataset, encoder, method, protocol, name)
+    ]
+
+
+def table_runs(wildcards):
+    t = config["tables"][wildcards.table]
+    return [
+        path
+        for method in t["rows"]
+        for protocol in config["protocols"]
+        for path in method_runs(t["dataset"], t["encoder"], method, protocol)
+    ]
+
+
+def all_targets():
+    tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
+    return tables + all_runs()

@@ -1,0 +1,16 @@
+"""Adapter: manifest -> one splits file per (protocol, seed) of a dataset (hardmil.data.splits)."""
+
+from hardmil.data.bags import check_features_exist, read_manifest
+from hardmil.data.splits import make_splits, write_splits
+from hardmil.utils import rule_log
+
+p = snakemake.params
+with rule_log(snakemake.log[0]):
+    rows = read_manifest(snakemake.input.manifest, p.classes)
+    for features_dir in snakemake.input.features:
+        check_features_exist(rows, features_dir, snakemake.input.manifest)
+    outputs = iter(snakemake.output)
+    for protocol in p.protocols:
+        for seed in p.seeds:
+            splits = make_splits(rows, p.folds, seed, protocol, p.val_fraction, source=snakemake.input.manifest)
+            write_splits(next(outputs), splits)

@@ -1,0 +1,17 @@
+"""Adapter: per-fold metrics.json -> results/tables/{table}.{csv,md} (hardmil.report.tables)."""
+
+from hardmil.report import published
+from hardmil.report.tables import RunRef, aggregate, write_table
+from hardmil.utils import rule_log
+
+p = snakemake.params
+t = p.table
+with rule_log(snakemake.log[0]):
+    runs = [RunRef.from_path(path) for path in snakemake.input]
+    records = aggregate(runs, t["rows"], published.load(t["published"].split("_")[0])[t["published"]])
+    note = ("Ours: mean ± std over folds x repetitions; (se) = standard error over repetitions, each repetition "
+            "being the mean over its folds. Paper: mean ± standard error as published. Δ = ours - paper. "
+            "Protocol `paper`: the test fold also picks the epoch and the Youden threshold (as the authors' code "
+            "does); `clean`: a validation split of each training fold picks both and the test fold is used once. "
+            f"{len(p.folds)} folds x {len(p.seeds)} repetitions (seeds).")
+    write_table(records, snakemake.output.csv, snakemake.output.md, t.get("title", t["published"]), note)

@@ -25,7 +25,8 @@ def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
     fpr, tpr, thr = roc_curve(y, score)
     finite = np.isfinite(thr)
     j = np.where(finite, tpr - fpr, -np.inf)
-    return float(thr[int(np.argmax(j))])
+    best = np.flatnonzero(j >= j.max() - 1e-12)  # float noise must not break ties
+    return float(thr[int(best[0])])
 
 
 def threshold_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:

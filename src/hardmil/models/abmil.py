@@ -74,8 +74,12 @@ class ABMIL(nn.Module):
                          instance_logits=self.classify(h))
 
 
+@dataclass(frozen=True)
+class GatedABMILConfig(ABMILConfig):
+    gated: bool = True  # Ilse et al. gated attention: tanh(Vh) * sigmoid(Uh)
+
+
 class GatedABMIL(ABMIL):
     """AB-MIL with Ilse et al.'s gated attention (``tanh(Vh) * sigmoid(Uh)``)."""
 
-    def __init__(self, cfg: ABMILConfig):
-        super().__init__(ABMILConfig(**{**cfg.__dict__, "gated": True}))
+    config_class = GatedABMILConfig

@@ -59,7 +59,12 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     select_role = "test" if protocol == "paper" else "val"
     if not roles[select_role]:
         raise ValueError(f"{splits}: fold {fold} has no {select_role} bags for protocol {protocol!r}")
-    bags = {role: load_bags(rows, features_dir, classes) for role, rows in roles.items() if rows}
+    # one pass over all bags so that every file is checked against the same feature dimension
+    ordered = [(role, row) for role, rows in roles.items() for row in rows]
+    loaded = load_bags([row for _, row in ordered], features_dir, classes)
+    bags: dict[str, list] = {}
+    for (role, _), bag in zip(ordered, loaded, strict=True):
+        bags.setdefault(role, []).append(bag)
     mean, std = standardisation(bags["train"]) if standardize else (None, None)
     cfg = TrainConfig(**{**train_cfg, "seed": seed * 1000 + fold})
     pin = resolve_device(cfg.device).type == "cuda"

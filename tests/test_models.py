@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from hardmil.models import MODELS, MILOutput, build_model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shapes_forward_backward(name):
+    torch.manual_seed(0)
+    m = build_model(name, in_dim=16, n_classes=3)
+    x = torch.randn(2, 7, 16)
+    out = m(x)
+    assert isinstance(out, MILOutput)
+    assert out.logits.shape == (2, 3)
+    assert out.attention.shape == (2, 7)
+    assert torch.allclose(out.attention.sum(1), torch.ones(2))
+    assert out.embedding.shape == (2, 512)
+    assert out.instance_logits.shape == (2, 7, 3)
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_permutation_invariance(name):
+    torch.manual_seed(0)
+    m = build_model(name, in_dim=16).eval()
+    x = torch.randn(1, 9, 16)
+    perm = torch.randperm(9)
+    a, b = m(x), m(x[:, perm])
+    assert torch.allclose(a.logits, b.logits, atol=1e-6)
+    assert torch.allclose(a.attention[:, perm], b.attention, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_padding_with_mask_equals_unpadded(name):
+    torch.manual_seed(0)
+    m = build_model(name, in_dim=16).eval()
+    x = torch.randn(1, 5, 16)
+    padded = torch.cat([x, 100 * torch.randn(1, 3, 16)], dim=1)
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    a, b = m(x), m(padded, mask)
+    assert torch.allclose(a.logits, b.logits, atol=1e-6)
+    assert torch.all(b.attention[0, 5:] == 0)
+
+
+def test_determinism_for_a_seed():
+    torch.manual_seed(1)
+    a = build_model("abmil", in_dim=8)
+    torch.manual_seed(1)
+    b = build_model("abmil", in_dim=8)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_reference_architecture_and_gating():
+    m = build_model("abmil", in_dim=708)
+    assert m.feature[0].in_features == 708 and m.feature[0].out_features == 512
+    assert m.feature[2].p == 0.25
+    assert m.attn_v.out_features == 128 and m.attn_u is None
+    g = build_model("gabmil", in_dim=708)
+    assert g.cfg.gated and g.attn_u is not None
+
+
+def test_unknown_model_and_parameter():
+    with pytest.raises(ValueError, match="valid:.*abmil"):
+        build_model("nope")
+    with pytest.raises(ValueError, match="no parameter"):
+        build_model("abmil", bogus=1)

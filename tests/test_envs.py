@@ -1,7 +1,6 @@
 """envs/*.yaml must ask for the same packages and versions as pyproject.toml."""
 
 import tomllib
-
 import yaml
 
 from .conftest import REPO

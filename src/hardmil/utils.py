@@ -78,6 +78,7 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

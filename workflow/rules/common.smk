@@ -76,8 +76,19 @@ def train_config(method):
     return {k: v for k, v in merged.items() if k not in JOB_KEYS}
 
 
+def train_params(wc):
+    """Everything a training job needs besides its input files."""
+    return {
+        "classes": classes(wc.dataset),
+        "model": config["methods"][wc.method]["model"],
+        "model_params": config["methods"][wc.method]["params"],
+        "train": train_config(wc.method),
+        "standardize": config["train"]["standardize"],
+    }
+
+
 def run_file(name, **wc):
-    return (RUN_DIR + "/" + name).format(**wc)
+    return f"{RUN_DIR}/{name}".format(**wc)
 
 
 def method_runs(dataset, encoder, method, protocol, name="metrics.json"):

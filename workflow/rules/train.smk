@@ -1,61 +1,28 @@
 # Train and evaluate: one job per (dataset, encoder, method, protocol, seed, fold), or, with
-# train.group: method, one job per (dataset, encoder, method, protocol) that runs every seed and fold.
-TR = config["train"]
+# train.group: method, one job per (dataset, encoder, method, protocol) running every seed and fold.
+# Stage-2 methods of Li et al. (methods.<m>.hardneg) also read their fold's generated negative bags.
 
 
-if TR["group"] == "fold":
-
-    rule train:
-        input:
-            splits="results/splits/{dataset}/{protocol}/seed{seed}.tsv",
-            features=lambda wc: features_dir(wc.dataset, wc.encoder),
-        output:
-            [f"{RUN_DIR}/{name}" for name in RUN_FILES],
-        log:
-            "results/logs/train/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}.log",
-        benchmark:
-            "results/benchmarks/train/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}.tsv"
-        conda:
-            "../../envs/torch.yaml"
-        threads: TR["threads"]
-        resources:
-            mem_mb=TR["mem_mb"],
-            runtime=TR["runtime"],
-            gpu=1,
-        params:
-            run=train_params,
-        script:
-            "../scripts/train.py"
-
-else:
-
-    rule train_method:
-        input:
-            splits=expand(
-                "results/splits/{{dataset}}/{{protocol}}/seed{seed}.tsv", seed=SEEDS
-            ),
-            features=lambda wc: features_dir(wc.dataset, wc.encoder),
-        output:
-            expand(
-                "results/runs/{{dataset}}/{{encoder}}/{{method}}/{{protocol}}/seed{seed}/fold{fold}/{name}",
-                seed=SEEDS,
-                fold=FOLDS,
-                name=RUN_FILES,
-            ),
-        log:
-            "results/logs/train/{dataset}/{encoder}/{method}/{protocol}/all.log",
-        benchmark:
-            "results/benchmarks/train/{dataset}/{encoder}/{method}/{protocol}/all.tsv"
-        conda:
-            "../../envs/torch.yaml"
-        threads: TR["threads"]
-        resources:
-            mem_mb=TR["mem_mb"],
-            runtime=TR["runtime"],
-            gpu=1,
-        params:
-            run=train_params,
-            seeds=SEEDS,
-            folds=FOLDS,
-        script:
-            "../scripts/train.py"
+rule train:
+    input:
+        splits=lambda wc: job_paths(SPLITS, wc),
+        features=lambda wc: features_dir(wc.dataset, wc.encoder),
+        extra_bags=hardneg_bags,
+    output:
+        [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES],
+    log:
+        job_log("results/logs/train/{dataset}/{encoder}/{method}/{protocol}"),
+    benchmark:
+        job_log("results/benchmarks/train/{dataset}/{encoder}/{method}/{protocol}", "tsv")
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+        gpu=1,
+    params:
+        run=train_params,
+        jobs=train_jobs,
+    script:
+        "../scripts/train.py"

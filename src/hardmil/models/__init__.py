@@ -8,10 +8,12 @@ from torch import nn
 
 from hardmil.models.abmil import ABMIL, GatedABMIL
 from hardmil.models.base import MILOutput
+from hardmil.models.li2019 import Li2019
 
 MODELS: dict[str, type[nn.Module]] = {
     "abmil": ABMIL,
     "gabmil": GatedABMIL,
+    "li2019": Li2019,
 }
 
 __all__ = ["MODELS", "MILOutput", "build_model", "model_config"]

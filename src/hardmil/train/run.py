@@ -46,11 +46,25 @@ def _write_tsv(path: Path, rows: list[dict]) -> None:
             w.writerows(rows)
 
 
+def load_trained(path: str | os.PathLike):
+    """(model in eval mode, feature mean, feature std) from a run's ``model.pt``."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    net = build_model(saved["model"], **saved["model_config"])
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), saved["feature_mean"], saved["feature_std"]
+
+
+def training_bags(bags: dict[str, list], generated: list) -> list:
+    """The bags a fold trains on: its own training bags, then any generated (hard-negative) bags."""
+    return list(bags["train"]) + list(generated)
+
+
 def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, classes: list[str], fold: int,
              protocol: str, seed: int, model: str, model_params: dict, train_cfg: dict, out_dir: str | os.PathLike,
              standardize: bool = True, threads: int = 1, progress: bool = True, on_epoch_end=None,
-             provenance: dict | None = None) -> dict:
-    """Train on the fold's training bags, select on its selection set, evaluate once on its test bags."""
+             extra_bags: str | os.PathLike | None = None, provenance: dict | None = None) -> dict:
+    """Train on the fold's training bags (plus ``extra_bags``, generated negative bags in an h5 written by
+    :mod:`hardmil.mining.hardneg`), select on its selection set, evaluate once on its test bags."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,24 +79,31 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     bags: dict[str, list] = {}
     for (role, _), bag in zip(ordered, loaded, strict=True):
         bags.setdefault(role, []).append(bag)
+    generated = []
+    if extra_bags:
+        from hardmil.mining.hardneg import read_generated
+
+        generated = read_generated(extra_bags, expected_dim=bags["train"][0].features.shape[1])
     mean, std = standardisation(bags["train"]) if standardize else (None, None)
     cfg = TrainConfig(**{**train_cfg, "seed": seed * 1000 + fold})
     pin = resolve_device(cfg.device).type == "cuda"
-    data = {role: Tensors.from_bags(b, mean, std, pin=pin) for role, b in bags.items()}
+    data = {role: Tensors.from_bags(b, mean, std, pin=pin) for role, b in bags.items() if role != "train"}
+    data["train"] = Tensors.from_bags(training_bags(bags, generated), mean, std, pin=pin)
 
     seed_everything(cfg.seed)
     in_dim = data["train"].features[0].shape[1]
     net = build_model(model, **{**model_params, "in_dim": in_dim, "n_classes": len(classes)})
     resolved = {"model": model, "model_config": dataclasses.asdict(net.cfg), "train": dataclasses.asdict(cfg),
                 "protocol": protocol, "fold": fold, "seed": seed, "classes": list(classes),
-                "standardize": standardize, "splits": str(splits), "features_dir": str(features_dir)}
-    digest = config_digest(resolved, [r["slide"] for r in roles["train"]])
+                "standardize": standardize, "splits": str(splits), "features_dir": str(features_dir),
+                "extra_bags": str(extra_bags) if extra_bags else None, "n_generated_bags": len(generated)}
+    digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
                    on_epoch_end=on_epoch_end, progress=progress)
     net.load_state_dict(result.best_state)
     device = resolve_device(cfg.device)
 
-    probs = {role: predict(net, d, device, cfg.amp) for role, d in data.items()}
+    probs = {role: predict(net, data[role], device, cfg.amp) for role in {select_role, "test"}}
     threshold = None
     if len(classes) == 2:
         threshold = youden_threshold(data[select_role].labels.numpy(), probs[select_role][:, 1])
@@ -106,7 +127,8 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         "selected_epoch": result.best_epoch, "epochs_run": len(result.history), "threshold": threshold,
         "threshold_chosen_on": select_role, "selection_set": select_role,
         "selection": {k: select_metrics[k] for k in ("auc", "balanced_accuracy")},
-        "n_train": len(roles["train"]), "n_val": len(roles["val"]), "n_test": len(roles["test"]),
+        "n_train": len(roles["train"]), "n_train_generated": len(generated), "n_val": len(roles["val"]),
+        "n_test": len(roles["test"]),
         "n_parameters": sum(p.numel() for p in net.parameters()),
         # the only fields that differ between two runs of the same seed
         "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0},

@@ -3,24 +3,33 @@ import torch
 
 from hardmil.models import MODELS, MILOutput, build_model
 
+NOT_PERMUTATION_INVARIANT = {"transmil"}  # PPEG convolves the instance order (tested in test_zoo_semantics)
+
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_shapes_forward_backward(name):
     torch.manual_seed(0)
     m = build_model(name, in_dim=16, n_classes=3)
-    x = torch.randn(2, 7, 16)
-    out = m(x)
+    x = torch.randn(3, 20, 16)
+    y = torch.tensor([0, 1, 2])  # every class present, so every class-specific head gets a gradient
+    out = m(x, label=y)
     assert isinstance(out, MILOutput)
-    assert out.logits.shape == (2, 3)
-    assert out.attention.shape == (2, 7)
-    assert torch.allclose(out.attention.sum(1), torch.ones(2))
-    assert out.embedding.shape == (2, 512)
-    assert out.instance_logits.shape == (2, 7, 3)
-    out.logits.sum().backward()
-    assert all(p.grad is not None for p in m.parameters())
+    assert out.logits.shape == (3, 3)
+    if out.attention is not None:
+        assert out.attention.shape == (3, 20)
+        assert torch.allclose(out.attention.sum(1), torch.ones(3))
+    if out.instance_logits is not None:
+        assert out.instance_logits.shape == (3, 20, 3)
+    assert out.embedding.shape[0] == 3
+    loss = out.bag_loss_weight * torch.nn.functional.cross_entropy(out.logits, y)
+    loss = loss + sum(out.aux_losses.values())
+    loss.backward()
+    unused = [n for n, p in m.named_parameters() if p.grad is None]
+    assert not unused, unused
+    assert m.eval()(x).aux_losses == {}  # no label, no auxiliary losses
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - NOT_PERMUTATION_INVARIANT))
 def test_permutation_invariance(name):
     torch.manual_seed(0)
     m = build_model(name, in_dim=16).eval()
@@ -28,7 +37,8 @@ def test_permutation_invariance(name):
     perm = torch.randperm(9)
     a, b = m(x), m(x[:, perm])
     assert torch.allclose(a.logits, b.logits, atol=1e-6)
-    assert torch.allclose(a.attention[:, perm], b.attention, atol=1e-6)
+    if a.attention is not None:
+        assert torch.allclose(a.attention[:, perm], b.attention, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -39,8 +49,9 @@ def test_padding_with_mask_equals_unpadded(name):
     padded = torch.cat([x, 100 * torch.randn(1, 3, 16)], dim=1)
     mask = torch.tensor([[True] * 5 + [False] * 3])
     a, b = m(x), m(padded, mask)
-    assert torch.allclose(a.logits, b.logits, atol=1e-6)
-    assert torch.all(b.attention[0, 5:] == 0)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    if b.attention is not None:
+        assert torch.all(b.attention[0, 5:] == 0)
 
 
 def test_determinism_for_a_seed():

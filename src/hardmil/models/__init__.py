@@ -8,12 +8,22 @@ from torch import nn
 
 from hardmil.models.abmil import ABMIL, GatedABMIL
 from hardmil.models.base import MILOutput
+from hardmil.models.clam import CLAM, CLAMMB
+from hardmil.models.dsmil import DSMIL
 from hardmil.models.li2019 import Li2019
+from hardmil.models.meanmax import MaxMIL, MeanMIL
+from hardmil.models.transmil import TransMIL
 
 MODELS: dict[str, type[nn.Module]] = {
     "abmil": ABMIL,
     "gabmil": GatedABMIL,
     "li2019": Li2019,
+    "clam_sb": CLAM,
+    "clam_mb": CLAMMB,
+    "dsmil": DSMIL,
+    "transmil": TransMIL,
+    "meanmil": MeanMIL,
+    "maxmil": MaxMIL,
 }
 
 __all__ = ["MODELS", "MILOutput", "build_model", "model_config"]

@@ -14,7 +14,11 @@ class MILOutput:
 
     logits: ``[B, C]`` (survival: hazards over time bins); attention: ``[B, N]`` softmax weights,
     zero on padding; embedding: ``[B, H]`` bag embedding; instance_logits: ``[B, N, C]``;
-    aux_losses: extra losses the training loop adds to the bag loss.
+    aux_losses: extra losses (already weighted) the training loop adds to the bag loss;
+    bag_loss_weight: the weight of the bag cross-entropy (CLAM 0.7, DSMIL 0.5, else 1).
+
+    Models whose auxiliary losses need the bag label take it as ``forward(x, mask, label=y)``; the training
+    loop passes it, inference does not, and aux_losses are then empty.
     """
 
     logits: Tensor
@@ -22,6 +26,7 @@ class MILOutput:
     embedding: Tensor | None = None
     instance_logits: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    bag_loss_weight: float = 1.0
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:

@@ -164,8 +164,8 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             x = train_data.features[i].to(device, non_blocking=True)[None]
             y = train_data.labels[i : i + 1].to(device)
             with _autocast(device, cfg.amp):
-                out = model(x, None)
-                loss = F.cross_entropy(out.logits.float(), y)
+                out = model(x, None, label=y)
+                loss = out.bag_loss_weight * F.cross_entropy(out.logits.float(), y)
                 for aux in out.aux_losses.values():
                     loss = loss + aux
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,134 @@
+"""TransMIL: correlated MIL with Nystrom self-attention and a pyramid position encoding (Shao et al., 2021).
+
+Paper: Shao, Bian, Chen, Wang, Zhang, Ji, Zhang. TransMIL: Transformer based Correlated Multiple Instance
+Learning for Whole Slide Image Classification. NeurIPS 2021.
+Reference code: https://github.com/szc19990412/TransMIL (no licence; read for behaviour only) with
+Nystrom attention as in https://github.com/lucidrains/nystrom-attention, and the MHIM-MIL benchmark's
+``modules/transmil.py``.
+
+Shapes: ``x`` (batch_size, bag_size, in_dim); ``mask`` (batch_size, bag_size).
+
+Reference semantics kept: ``Linear(D, 512) + ReLU`` (+ Dropout 0.25 as in MHIM's benchmark); the N
+instances are padded to the next square by repeating the first instances; a class token; two Nystrom
+self-attention layers (pre-norm, residual; 8 heads x 64, 256 landmarks, 6 Moore-Penrose iterations,
+depthwise residual convolution of kernel 33 on the values, dropout 0.1); PPEG (depthwise 7x7 + 5x5 + 3x3
+convolutions of the square grid plus identity) between them; LayerNorm; the class token -> ``Linear(512, C)``.
+
+Not permutation invariant: PPEG convolves instances in their order on the square grid, and the square is
+completed with the first instances (the documented exception, tested). With ``mask``, each bag is run on its
+real instances only (one bag at a time), so a padded batch gives the same output as the bags alone.
+
+Deliberate deviations: our own Nystrom implementation (landmarks are segment means after front zero-padding
+to a multiple of the landmark count, as the reference); no attention map is returned (``attention`` is None:
+the class token's attention is not formed explicitly by Nystrom attention).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hardmil.models.base import MILOutput
+
+
+@dataclass(frozen=True)
+class TransMILConfig:
+    in_dim: int = 1024
+    n_classes: int = 2
+    hidden_dim: int = 512
+    heads: int = 8  # TransMIL TransLayer: heads=8, dim_head=dim//8
+    landmarks: int = 256  # num_landmarks = dim // 2
+    pinv_iterations: int = 6
+    residual_kernel: int = 33
+    attn_dropout: float = 0.1
+    dropout: float = 0.25  # embedding dropout (MHIM benchmark)
+
+
+def pinv_iterative(x: Tensor, iters: int) -> Tensor:
+    """Moore-Penrose pseudo-inverse by the iterative scheme of the Nystromformer paper."""
+    abs_x = x.abs()
+    z = x.transpose(-1, -2) / (abs_x.sum(-1).amax(-1) * abs_x.sum(-2).amax(-1))[..., None, None]
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+    return z
+
+
+class NystromAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, landmarks: int, iters: int, kernel: int, dropout: float):
+        super().__init__()
+        self.heads, self.landmarks, self.iters = heads, landmarks, iters
+        self.dim_head = dim // heads
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.res_conv = nn.Conv2d(heads, heads, (kernel, 1), padding=(kernel // 2, 0), groups=heads, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        m = self.landmarks
+        pad = (m - n % m) % m
+        x = F.pad(x, (0, 0, pad, 0))  # zeros in front, as the reference
+        q, k, v = (t.reshape(b, -1, self.heads, self.dim_head).transpose(1, 2) for t in self.to_qkv(x).chunk(3, -1))
+        q = q * self.dim_head**-0.5
+        seg = q.shape[2] // m
+        q_l = q.reshape(b, self.heads, m, seg, -1).mean(3)
+        k_l = k.reshape(b, self.heads, m, seg, -1).mean(3)
+        a1 = torch.softmax(q @ k_l.transpose(-1, -2), -1)
+        a2 = torch.softmax(q_l @ k_l.transpose(-1, -2), -1)
+        a3 = torch.softmax(q_l @ k.transpose(-1, -2), -1)
+        out = (a1 @ pinv_iterative(a2, self.iters)) @ (a3 @ v) + self.res_conv(v)
+        out = out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
+        return self.to_out(out)[:, -n:]
+
+
+class PPEG(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in (7, 5, 3))
+
+    def forward(self, x: Tensor, side: int) -> Tensor:
+        cls, feats = x[:, :1], x[:, 1:]
+        grid = feats.transpose(1, 2).reshape(x.shape[0], -1, side, side)
+        grid = grid + sum(conv(grid) for conv in self.convs)
+        return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
+
+
+class TransMIL(nn.Module):
+    config_class = TransMILConfig
+
+    def __init__(self, cfg: TransMILConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_dim
+        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, d), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
+        self.layers = nn.ModuleList(
+            NystromAttention(d, cfg.heads, cfg.landmarks, cfg.pinv_iterations, cfg.residual_kernel, cfg.attn_dropout)
+            for _ in range(2))
+        self.ppeg = PPEG(d)
+        self.norm = nn.LayerNorm(d)
+        self.classifier = nn.Linear(d, cfg.n_classes)
+
+    def _bag_embedding(self, h: Tensor) -> Tensor:
+        n = h.shape[1]
+        side = math.ceil(math.sqrt(n))
+        h = torch.cat([h, h[:, : side * side - n]], dim=1)  # square by repeating the first instances
+        x = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
+        x = x + self.layers[0](self.norms[0](x))
+        x = self.ppeg(x, side)
+        x = x + self.layers[1](self.norms[1](x))
+        return self.norm(x)[:, 0]
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+        h = self.feature(x)
+        if mask is None:
+            z = self._bag_embedding(h)
+        else:
+            z = torch.cat([self._bag_embedding(h[b : b + 1, mask[b]]) for b in range(len(h))])
+        return MILOutput(logits=self.classifier(z), embedding=z)

@@ -1,0 +1,87 @@
+"""Reference semantics pinned per model (issue: model zoo)."""
+
+import math
+
+import pytest
+import torch
+
+from hardmil.models import build_model
+from hardmil.models.clam import smooth_top1_svm
+
+
+def test_smooth_top1_svm_hand_value():
+    logits = torch.tensor([[2.0, 0.5]])
+    # tau = alpha = 1, y = 0: logsumexp(2 + 0, 0.5 + 1) - 2
+    expected = math.log(math.exp(2.0) + math.exp(1.5)) - 2.0
+    assert smooth_top1_svm(logits, torch.tensor([0])).item() == pytest.approx(expected)
+
+
+def test_clam_samples_k_top_and_k_bottom_instances():
+    m = build_model("clam_sb", in_dim=4, k_sample=3)
+    attn = torch.tensor([0.05, 0.3, 0.01, 0.2, 0.02, 0.25, 0.17])
+    valid = torch.ones(7, dtype=torch.bool)
+    top, bottom = m.sample_instances(attn, valid)
+    assert sorted(top.tolist()) == [1, 3, 5] and sorted(bottom.tolist()) == [0, 2, 4]
+    valid[2] = False  # padding is never sampled
+    _, bottom = m.sample_instances(attn, valid)
+    assert sorted(bottom.tolist()) == [0, 4, 6]
+
+
+def test_clam_instance_loss_targets_and_bag_weight():
+    torch.manual_seed(0)
+    m = build_model("clam_sb", in_dim=4, k_sample=2, inst_loss="ce")
+    seen = []
+    clf = m.instance_classifiers[1]
+    clf.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    out = m.train()(torch.randn(1, 9, 4), label=torch.tensor([1]))
+    assert seen == [4]  # k top + k bottom instances through the true class's instance classifier
+    assert out.bag_loss_weight == 0.7 and "instance" in out.aux_losses
+    sub = build_model("clam_mb", in_dim=4, k_sample=2, subtyping=True, n_classes=3)
+    counts = []
+    for c in sub.instance_classifiers:
+        c.register_forward_hook(lambda mod, inp, out: counts.append(inp[0].shape[0]))
+    sub.train()(torch.randn(1, 9, 4), label=torch.tensor([0]))
+    assert counts == [4, 2, 2]  # in-class: 2k; out-of-class: k top instances labelled 0
+
+
+def test_dsmil_critical_instance_is_argmax_of_instance_classifier():
+    torch.manual_seed(0)
+    m = build_model("dsmil", in_dim=8).eval()
+    x = torch.randn(1, 12, 8)
+    out = m(x)
+    crit = m.critical_instances(out.instance_logits, None)
+    assert torch.equal(crit[0], out.instance_logits[0].argmax(0))
+    # the bag stream attends relative to the critical instance: moving it changes nothing after permutation
+    perm = torch.randperm(12)
+    assert torch.allclose(m(x[:, perm]).logits, out.logits, atol=1e-6)
+
+
+def test_dsmil_losses_half_and_half():
+    m = build_model("dsmil", in_dim=8).train()
+    out = m(torch.randn(1, 6, 8), label=torch.tensor([1]))
+    assert out.bag_loss_weight == 0.5 and set(out.aux_losses) == {"max_instance"}
+
+
+def test_mean_and_max_pooling():
+    m = build_model("meanmil", in_dim=3, dropout=0.0).eval()
+    x = torch.randn(1, 4, 3)
+    assert torch.allclose(m(x).embedding, m.feature(x).mean(1))
+    mx = build_model("maxmil", in_dim=3, dropout=0.0).eval()
+    assert torch.allclose(mx(x).embedding, mx.feature(x).amax(1))
+
+
+def test_transmil_is_not_permutation_invariant_but_deterministic():
+    torch.manual_seed(0)
+    m = build_model("transmil", in_dim=8, landmarks=4).eval()
+    x = torch.randn(1, 10, 8)
+    perm = torch.arange(9, -1, -1)
+    assert torch.equal(m(x).logits, m(x).logits)
+    assert not torch.allclose(m(x).logits, m(x[:, perm]).logits, atol=1e-6)  # PPEG sees the order
+
+
+def test_nystrom_pinv_inverts_a_softmax_matrix():
+    from hardmil.models.transmil import pinv_iterative
+
+    a = torch.softmax(torch.randn(6, 6, dtype=torch.float64), -1)
+    z = pinv_iterative(a, 20)
+    assert torch.allclose(a @ z @ a, a, atol=1e-6)

@@ -18,6 +18,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/hardneg.smk"
+include: "workflow/rules/confounders.smk"
 include: "workflow/rules/tables.smk"
 
 

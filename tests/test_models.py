@@ -3,13 +3,22 @@ import torch
 
 from hardmil.models import MODELS, MILOutput, build_model
 
-NOT_PERMUTATION_INVARIANT = {"transmil"}  # PPEG convolves the instance order (tested in test_zoo_semantics)
+# PPEG convolves the instance order; DTFD's pseudo-bags depend on it (both tested in test_zoo_semantics)
+NOT_PERMUTATION_INVARIANT = {"transmil", "dtfd"}
+
+
+def make(name, **params):
+    """Build a model ready for forward; IBMIL gets a random confounder dictionary of its size."""
+    m = build_model(name, **params)
+    if name == "ibmil":
+        m.set_confounders(torch.randn_like(m.confounders))
+    return m
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_shapes_forward_backward(name):
     torch.manual_seed(0)
-    m = build_model(name, in_dim=16, n_classes=3)
+    m = make(name, in_dim=16, n_classes=3)
     x = torch.randn(3, 20, 16)
     y = torch.tensor([0, 1, 2])  # every class present, so every class-specific head gets a gradient
     out = m(x, label=y)
@@ -32,7 +41,7 @@ def test_shapes_forward_backward(name):
 @pytest.mark.parametrize("name", sorted(set(MODELS) - NOT_PERMUTATION_INVARIANT))
 def test_permutation_invariance(name):
     torch.manual_seed(0)
-    m = build_model(name, in_dim=16).eval()
+    m = make(name, in_dim=16).eval()
     x = torch.randn(1, 9, 16)
     perm = torch.randperm(9)
     a, b = m(x), m(x[:, perm])
@@ -44,7 +53,7 @@ def test_permutation_invariance(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_padding_with_mask_equals_unpadded(name):
     torch.manual_seed(0)
-    m = build_model(name, in_dim=16).eval()
+    m = make(name, in_dim=16).eval()
     x = torch.randn(1, 5, 16)
     padded = torch.cat([x, 100 * torch.randn(1, 3, 16)], dim=1)
     mask = torch.tensor([[True] * 5 + [False] * 3])

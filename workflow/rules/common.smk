@@ -10,6 +10,7 @@ RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "conf
 RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
 HARDNEG_DIR = "results/hardneg/{dataset}/{encoder}/{variant}/{protocol}/seed{seed}/fold{fold}"
 HARDNEG_FILES = ["bags.h5", "mined.tsv", "summary.json"]
+CONF_DIR = "results/confounders/{dataset}/{encoder}/{variant}/{protocol}/seed{seed}/fold{fold}"
 SPLITS = "results/splits/{dataset}/{protocol}/seed{seed}.tsv"
 # train-block keys that configure the job, not the loop (hardmil.train.loop.TrainConfig)
 JOB_KEYS = ("standardize", "group", "threads", "mem_mb", "runtime")
@@ -42,6 +43,12 @@ def _validate_references():
     for name, m in config["methods"].items():
         if m.get("hardneg") and m["hardneg"] not in config["hardneg"]:
             raise ValueError(f"config methods.{name}.hardneg: {m['hardneg']!r} is not in hardneg")
+    for name, c in config["confounders"].items():
+        if c["from"] not in config["methods"]:
+            raise ValueError(f"config confounders.{name}.from: {c['from']!r} is not in methods")
+    for name, m in config["methods"].items():
+        if m.get("confounders") and m["confounders"] not in config["confounders"]:
+            raise ValueError(f"config methods.{name}.confounders: {m['confounders']!r} is not in confounders")
     for name, t in config["tables"].items():
         if t["dataset"] not in config["datasets"]:
             raise ValueError(
@@ -124,9 +131,18 @@ def hardneg_bags(wc):
     return job_paths(f"{HARDNEG_DIR}/bags.h5", wc, variant=variant)
 
 
+def confounder_files(wc):
+    """The IBMIL confounder dictionaries a method trains with (none for other methods)."""
+    variant = config["methods"][wc.method].get("confounders")
+    if not variant:
+        return []
+    return job_paths(f"{CONF_DIR}/confounders.npy", wc, variant=variant)
+
+
 def train_jobs(wc):
     """One dict per fold for the train script: where to read, where to write."""
     variant = hardneg_variant(wc.method)
+    conf = config["methods"][wc.method].get("confounders")
     jobs = []
     for s, f in fold_ids(wc):
         fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
@@ -139,14 +155,17 @@ def train_jobs(wc):
                 "extra_bags": (
                     f"{HARDNEG_DIR}/bags.h5".format(**fields, variant=variant) if variant else None
                 ),
+                "confounders": (
+                    f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None
+                ),
             }
         )
     return jobs
 
 
-def hardneg_jobs(wc):
-    """One dict per fold for the hardneg script."""
-    source = config["hardneg"][wc.variant]["from"]
+def stage1_jobs(wc, block, out_dir):
+    """One dict per fold for a stage that reads the same fold's model of ``config[block][variant]['from']``."""
+    source = config[block][wc.variant]["from"]
     jobs = []
     for s, f in fold_ids(wc):
         fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
@@ -156,7 +175,7 @@ def hardneg_jobs(wc):
                 "fold": f,
                 "splits": SPLITS.format(**fields),
                 "model": run_file("model.pt", **fields, method=source),
-                "out_dir": HARDNEG_DIR.format(**fields),
+                "out_dir": out_dir.format(**fields),
             }
         )
     return jobs

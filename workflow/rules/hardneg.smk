@@ -24,6 +24,6 @@ rule hardneg:
     params:
         classes=lambda wc: classes(wc.dataset),
         cfg=lambda wc: {k: v for k, v in config["hardneg"][wc.variant].items() if k != "from"},
-        jobs=hardneg_jobs,
+        jobs=lambda wc: stage1_jobs(wc, "hardneg", HARDNEG_DIR),
     script:
         "../scripts/hardneg.py"

@@ -8,6 +8,7 @@ rule train:
         splits=lambda wc: job_paths(SPLITS, wc),
         features=lambda wc: features_dir(wc.dataset, wc.encoder),
         extra_bags=hardneg_bags,
+        confounders=confounder_files,
     output:
         [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES],
     log:

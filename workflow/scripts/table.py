@@ -8,10 +8,12 @@ p = snakemake.params
 t = p.table
 with rule_log(snakemake.log[0]):
     runs = [RunRef.from_path(path) for path in snakemake.input]
-    records = aggregate(runs, t["rows"], published.load(t["published"].split("_")[0])[t["published"]])
+    paper = t.get("published")
+    records = aggregate(runs, t["rows"], published.load(paper.split("_")[0])[paper] if paper else {})
     note = ("Ours: mean ± std over folds x repetitions; (se) = standard error over repetitions, each repetition "
             "being the mean over its folds. Paper: mean ± standard error as published. Δ = ours - paper. "
             "Protocol `paper`: the test fold also picks the epoch and the Youden threshold (as the authors' code "
             "does); `clean`: a validation split of each training fold picks both and the test fold is used once. "
             f"{len(p.folds)} folds x {len(p.seeds)} repetitions (seeds).")
-    write_table(records, snakemake.output.csv, snakemake.output.md, t.get("title", t["published"]), note)
+    write_table(records, snakemake.output.csv, snakemake.output.md, t.get("title", paper or snakemake.wildcards.table),
+                note)

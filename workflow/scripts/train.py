@@ -9,4 +9,5 @@ with rule_log(snakemake.log[0]):
         run_fold(splits=job["splits"], features_dir=snakemake.input.features, classes=run["classes"],
                  fold=job["fold"], protocol=snakemake.wildcards.protocol, seed=job["seed"], model=run["model"],
                  model_params=run["model_params"], train_cfg=run["train"], out_dir=job["out_dir"],
-                 standardize=run["standardize"], threads=snakemake.threads, extra_bags=job["extra_bags"])
+                 standardize=run["standardize"], threads=snakemake.threads, extra_bags=job["extra_bags"],
+                 confounders=job["confounders"])

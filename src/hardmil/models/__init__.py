@@ -10,6 +10,8 @@ from hardmil.models.abmil import ABMIL, GatedABMIL
 from hardmil.models.base import MILOutput
 from hardmil.models.clam import CLAM, CLAMMB
 from hardmil.models.dsmil import DSMIL
+from hardmil.models.dtfd import DTFD
+from hardmil.models.ibmil import IBMIL
 from hardmil.models.li2019 import Li2019
 from hardmil.models.meanmax import MaxMIL, MeanMIL
 from hardmil.models.transmil import TransMIL
@@ -22,6 +24,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "clam_mb": CLAMMB,
     "dsmil": DSMIL,
     "transmil": TransMIL,
+    "dtfd": DTFD,
+    "ibmil": IBMIL,
     "meanmil": MeanMIL,
     "maxmil": MaxMIL,
 }

@@ -163,13 +163,15 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
         for i in order.tolist():
             x = train_data.features[i].to(device, non_blocking=True)[None]
             y = train_data.labels[i : i + 1].to(device)
+            opt.zero_grad(set_to_none=True)
             with _autocast(device, cfg.amp):
                 out = model(x, None, label=y)
-                loss = out.bag_loss_weight * F.cross_entropy(out.logits.float(), y)
-                for aux in out.aux_losses.values():
-                    loss = loss + aux
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                bag_loss = out.bag_loss_weight * F.cross_entropy(out.logits.float(), y)
+            if hasattr(model, "training_step"):  # a model with its own backward order (DTFD's two tiers)
+                loss = model.training_step(out, bag_loss)
+            else:
+                loss = bag_loss + sum(out.aux_losses.values())
+                loss.backward()
             opt.step()
             total += loss.item()
         sched.step()

@@ -62,9 +62,11 @@ def training_bags(bags: dict[str, list], generated: list) -> list:
 def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, classes: list[str], fold: int,
              protocol: str, seed: int, model: str, model_params: dict, train_cfg: dict, out_dir: str | os.PathLike,
              standardize: bool = True, threads: int = 1, progress: bool = True, on_epoch_end=None,
-             extra_bags: str | os.PathLike | None = None, provenance: dict | None = None) -> dict:
+             extra_bags: str | os.PathLike | None = None, confounders: str | os.PathLike | None = None,
+             provenance: dict | None = None) -> dict:
     """Train on the fold's training bags (plus ``extra_bags``, generated negative bags in an h5 written by
-    :mod:`hardmil.mining.hardneg`), select on its selection set, evaluate once on its test bags."""
+    :mod:`hardmil.mining.hardneg`), select on its selection set, evaluate once on its test bags.
+    ``confounders``: the fold's IBMIL dictionary (``.npy``, :mod:`hardmil.mining.confounders`)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,11 +94,19 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
 
     seed_everything(cfg.seed)
     in_dim = data["train"].features[0].shape[1]
-    net = build_model(model, **{**model_params, "in_dim": in_dim, "n_classes": len(classes)})
+    params = {**model_params, "in_dim": in_dim, "n_classes": len(classes)}
+    centres = None
+    if confounders:
+        centres = np.load(confounders)
+        params["n_confounders"] = len(centres)
+    net = build_model(model, **params)
+    if centres is not None:
+        net.set_confounders(centres)
     resolved = {"model": model, "model_config": dataclasses.asdict(net.cfg), "train": dataclasses.asdict(cfg),
                 "protocol": protocol, "fold": fold, "seed": seed, "classes": list(classes),
                 "standardize": standardize, "splits": str(splits), "features_dir": str(features_dir),
-                "extra_bags": str(extra_bags) if extra_bags else None, "n_generated_bags": len(generated)}
+                "extra_bags": str(extra_bags) if extra_bags else None, "n_generated_bags": len(generated),
+                "confounders": str(confounders) if confounders else None}
     digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
                    on_epoch_end=on_epoch_end, progress=progress)

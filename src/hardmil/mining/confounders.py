@@ -1,0 +1,52 @@
+"""IBMIL stage 2: the confounder dictionary of one fold = k-means centres of the bag embeddings that the
+fold's trained aggregator gives its training bags (Lin et al., CVPR 2023)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardmil.data.bags import load_bags
+from hardmil.data.splits import read_splits
+from hardmil.train.run import load_trained
+from hardmil.utils import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def bag_embeddings(model, bags, mean, std) -> np.ndarray:
+    out = []
+    for b in bags:
+        x = b.features if mean is None else (b.features - mean) / std
+        emb = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]).embedding
+        if emb is None:
+            raise ValueError(f"model {type(model).__name__} gives no bag embedding; it cannot build confounders")
+        out.append(emb[0].float().numpy())
+    return np.stack(out)
+
+
+def build_confounders(*, model_path: str | os.PathLike, splits: str | os.PathLike,
+                      features_dir: str | os.PathLike, classes: list[str], fold: int, seed: int, clusters: int,
+                      out_dir: str | os.PathLike) -> np.ndarray:
+    """Write ``confounders.npy`` [K, H] and ``summary.json`` into ``out_dir``."""
+    from sklearn.cluster import KMeans
+
+    train = load_bags(read_splits(splits, fold)["train"], features_dir, classes)
+    model, mean, std = load_trained(model_path)
+    emb = bag_embeddings(model, train, mean, std)
+    k = min(clusters, len(emb))
+    centres = KMeans(n_clusters=k, n_init=10, random_state=seed * 1000 + fold).fit(emb).cluster_centers_
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "confounders.npy", suffix=".npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, centres.astype(np.float32))
+    write_json(out / "summary.json", {"clusters": k, "n_train_bags": len(train), "embedding_dim": emb.shape[1],
+                                      "aggregator": str(model_path), "fold": fold, "seed": seed})
+    log.info("fold %d: %d confounders from %d training bags of %s", fold, k, len(train), model_path)
+    return centres

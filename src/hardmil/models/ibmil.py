@@ -1,0 +1,80 @@
+"""IBMIL: interventional bag MIL with a confounder dictionary (Lin et al., CVPR 2023).
+
+Paper: Lin, Yu, Zhang, Wang, Zhang, Chen, Li, Tian. Interventional Bag Multi-Instance Learning on
+Whole-Slide Pathological Images. CVPR 2023.
+Reference code: https://github.com/HHHedo/IBMIL (no licence; read for behaviour only), ``Dattention_ori``
+in ``models/abmil.py`` and its confounder generation script; and MHIM-MIL's ``modules/abmil_ibmil.py``.
+
+Shapes: ``x`` (batch_size, bag_size, in_dim); ``mask`` (batch_size, bag_size).
+
+Three stages, each its own rule in the workflow:
+1. a plain aggregator (AB-MIL) is trained on the fold;
+2. its bag embeddings of the fold's training bags are clustered by k-means into K confounders
+   (``hardmil.mining.confounders``; a DAG edge from the trained baseline of the *same* fold);
+3. this model is trained with the dictionary fixed: the bag embedding ``z`` queries the confounders,
+   ``A = softmax_K(W_k C (W_q z)^T / sqrt(128))``, the backdoor-adjusted feature ``sum_k A_k C_k`` is
+   concatenated to ``z`` and classified by ``Linear(2 * 512, C)``.
+
+The AB-MIL part is ``Linear(D, 512) + ReLU + Dropout(0.25)`` and tanh attention 512 -> 128 -> 1 (as our
+``abmil``). Deliberate deviations: the dictionary is a non-trainable buffer (the reference's default; its
+``confounder_learn`` option is not offered); a missing dictionary is an error, never a silent zero
+dictionary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hardmil.models.base import MILOutput, init_xavier, masked_softmax
+
+
+@dataclass(frozen=True)
+class IBMILConfig:
+    in_dim: int = 1024
+    n_classes: int = 2
+    hidden_dim: int = 512
+    attn_dim: int = 128
+    dropout: float = 0.25
+    confounder_dim: int = 128  # IBMIL confounder_W_q / W_k: Linear(L, 128)
+    n_confounders: int = 8  # K: set from the dictionary the workflow builds
+
+
+class IBMIL(nn.Module):
+    config_class = IBMILConfig
+
+    def __init__(self, cfg: IBMILConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_dim
+        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, d), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.attn = nn.Sequential(nn.Linear(d, cfg.attn_dim), nn.Tanh(), nn.Linear(cfg.attn_dim, 1))
+        self.w_q = nn.Linear(d, cfg.confounder_dim)
+        self.w_k = nn.Linear(d, cfg.confounder_dim)
+        self.classifier = nn.Linear(2 * d, cfg.n_classes)
+        self.register_buffer("confounders", torch.zeros(cfg.n_confounders, d))
+        self.register_buffer("has_confounders", torch.tensor(False))
+        init_xavier(self)
+
+    def set_confounders(self, centres: np.ndarray | Tensor) -> None:
+        c = torch.as_tensor(np.asarray(centres), dtype=torch.float32)
+        if c.shape != self.confounders.shape:
+            raise ValueError(f"confounder dictionary has shape {tuple(c.shape)}, the model expects "
+                             f"{tuple(self.confounders.shape)} (n_confounders x hidden_dim)")
+        self.confounders.copy_(c)
+        self.has_confounders.fill_(True)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+        if not bool(self.has_confounders):
+            raise ValueError("IBMIL needs the confounder dictionary of its fold (set_confounders); none was set")
+        h = self.feature(x)
+        attn = masked_softmax(self.attn(h).squeeze(-1), mask)
+        z = torch.einsum("bn,bnh->bh", attn, h)
+        scores = self.w_q(z) @ self.w_k(self.confounders).T / math.sqrt(self.cfg.confounder_dim)  # [B, K]
+        adjusted = torch.softmax(scores, dim=-1) @ self.confounders
+        feat = torch.cat([z, adjusted], dim=-1)
+        return MILOutput(logits=self.classifier(feat), attention=attn, embedding=feat)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, masked_softmax
+from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ABMIL(nn.Module):
     def __init__(self, cfg: ABMILConfig):
         super().__init__()
         self.cfg = cfg
-        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
         self.attn_v = nn.Linear(cfg.hidden_dim, cfg.attn_dim)
         self.attn_u = nn.Linear(cfg.hidden_dim, cfg.attn_dim) if cfg.gated else None
         self.attn_w = nn.Linear(cfg.attn_dim, 1)

@@ -44,3 +44,8 @@ def init_xavier(module: nn.Module) -> None:
             nn.init.xavier_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def instance_projection(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
+    """``Linear(in_dim, hidden_dim) + ReLU + Dropout``: the instance embedding most MIL baselines share."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))

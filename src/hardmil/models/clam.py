@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, masked_softmax
+from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class CLAM(nn.Module):
             raise ValueError(f"inst_loss must be 'svm' or 'ce', got {cfg.inst_loss!r}")
         self.cfg = cfg
         n_branch = cfg.n_classes if cfg.multi_branch else 1
-        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
         self.attn_a = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.attn_dim), nn.Tanh(), nn.Dropout(cfg.dropout))
         self.attn_b = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.attn_dim), nn.Sigmoid(), nn.Dropout(cfg.dropout))
         self.attn_c = nn.Linear(cfg.attn_dim, n_branch)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, masked_softmax
+from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class DSMIL(nn.Module):
     def __init__(self, cfg: DSMILConfig):
         super().__init__()
         self.cfg = cfg
-        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
         self.instance_classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
         self.q = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.query_dim), nn.ReLU(),
                                nn.Linear(cfg.query_dim, cfg.query_dim), nn.Tanh())

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, masked_softmax
+from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class IBMIL(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_dim
-        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, d), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.feature = instance_projection(cfg.in_dim, d, cfg.dropout)
         self.attn = nn.Sequential(nn.Linear(d, cfg.attn_dim), nn.Tanh(), nn.Linear(cfg.attn_dim, 1))
         self.w_q = nn.Linear(d, cfg.confounder_dim)
         self.w_k = nn.Linear(d, cfg.confounder_dim)

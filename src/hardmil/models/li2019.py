@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, masked_softmax
+from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Li2019(nn.Module):
         if cfg.lambda_mode not in ("multiply", "divide"):
             raise ValueError(f"lambda_mode must be 'multiply' or 'divide', got {cfg.lambda_mode!r}")
         self.cfg = cfg
-        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
         self.attn_u = nn.Linear(cfg.hidden_dim, cfg.attn_dim, bias=False)
         self.attn_v = nn.Linear(cfg.attn_dim, 1, bias=False)
         self.classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)

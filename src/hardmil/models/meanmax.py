@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier
+from hardmil.models.base import MILOutput, init_xavier, instance_projection
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class MeanMIL(nn.Module):
         if cfg.pooling not in ("mean", "max"):
             raise ValueError(f"pooling must be 'mean' or 'max', got {cfg.pooling!r}")
         self.cfg = cfg
-        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
         init_xavier(self)
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput
+from hardmil.models.base import MILOutput, instance_projection
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class TransMIL(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_dim
-        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, d), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.feature = instance_projection(cfg.in_dim, d, cfg.dropout)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d))
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
         self.layers = nn.ModuleList(

@@ -4,7 +4,7 @@ import torch
 from hardmil.models import MODELS, MILOutput, build_model
 
 # PPEG convolves the instance order; DTFD's pseudo-bags depend on it (both tested in test_zoo_semantics)
-NOT_PERMUTATION_INVARIANT = {"transmil", "dtfd"}
+NOT_PERMUTATION_INVARIANT = {"transmil", "dtfd", "r2tmil"}
 
 
 def make(name, **params):

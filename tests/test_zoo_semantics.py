@@ -126,3 +126,34 @@ def test_ibmil_needs_and_uses_its_confounders():
     m.set_confounders(torch.randn(3, 512))
     assert not torch.allclose(a, m(x).logits)  # the dictionary enters the prediction
     assert "confounders" in m.state_dict()  # saved with the weights
+
+
+def test_r2t_regions_round_trip_and_shape():
+    from hardmil.models.r2t import from_regions, to_regions
+
+    x = torch.arange(70 * 3, dtype=torch.float32).reshape(70, 3)
+    blocks, side, n = to_regions(x, 4)
+    assert side == 12 and blocks.shape == (16, 9, 3)  # ceil(sqrt(70)) = 9 -> 12, regions of 3 x 3
+    assert torch.equal(blocks[0, :3], x[:3]) and torch.equal(blocks[0, 3:6], x[12:15])  # row-major blocks
+    assert torch.equal(from_regions(blocks, 4, side, n), x)
+
+
+def test_r2t_region_attention_is_local():
+    """R-MSA alone: an instance only sees instances of its own region."""
+    from hardmil.models.r2t import RMSA, R2TConfig
+
+    torch.manual_seed(0)
+    layer = RMSA(R2TConfig(hidden_dim=16, heads=2, region_num=2, trans_dropout=0.0)).eval()
+    x = torch.randn(16, 16)  # 4 x 4 square, four 2 x 2 regions; instance 0's region is {0, 1, 4, 5}
+    y = x.clone()
+    y[15] += 10  # another region
+    assert torch.allclose(layer(x)[0], layer(y)[0])
+    y[5] += 10  # same region
+    assert not torch.allclose(layer(x)[0], layer(y)[0])
+
+
+def test_r2t_not_permutation_invariant():
+    torch.manual_seed(0)
+    m = build_model("r2tmil", in_dim=8).eval()
+    x = torch.randn(1, 80, 8)
+    assert not torch.allclose(m(x).logits, m(x[:, torch.randperm(80)]).logits, atol=1e-6)

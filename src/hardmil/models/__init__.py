@@ -14,6 +14,7 @@ from hardmil.models.dtfd import DTFD
 from hardmil.models.ibmil import IBMIL
 from hardmil.models.li2019 import Li2019
 from hardmil.models.meanmax import MaxMIL, MeanMIL
+from hardmil.models.r2t import R2TMIL
 from hardmil.models.transmil import TransMIL
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -26,6 +27,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "transmil": TransMIL,
     "dtfd": DTFD,
     "ibmil": IBMIL,
+    "r2tmil": R2TMIL,
     "meanmil": MeanMIL,
     "maxmil": MaxMIL,
 }

@@ -30,7 +30,9 @@ def make_cohort(root: Path, n_bags: int = 16, dim: int = 8, seed: int = 0, slide
             if label:
                 x[: max(1, n // 4), 0] += 3.0
             slide = f"s{i:03d}_{j}"
-            write_features(feats_dir / f"{slide}.h5", x, coords=rng.integers(0, 1000, size=(n, 2)))
+            cells = rng.choice(36, size=n, replace=False)  # distinct cells of a 6 x 6 grid of 256-px patches
+            coords = np.stack([cells % 6, cells // 6], axis=1) * 256 + 512
+            write_features(feats_dir / f"{slide}.h5", x, coords=coords)
             rows.append({"slide": slide, "case": f"c{i:03d}", "label": classes[label]})
     manifest = root / "manifest.tsv"
     write_manifest(manifest, rows)

@@ -7,6 +7,13 @@ from hardmil.models import MODELS, MILOutput, build_model
 NOT_PERMUTATION_INVARIANT = {"transmil", "dtfd", "r2tmil"}
 
 
+def grid_coords(b, n, step=256):
+    """Level-0 coordinates of n patches on a regular grid (what TRIDENT/CLAM write), per bag."""
+    side = int(n**0.5) + 1
+    idx = torch.stack([torch.randperm(side * side)[:n] for _ in range(b)])
+    return torch.stack([idx % side, idx // side], dim=-1) * step + 1000
+
+
 def make(name, **params):
     """Build a model ready for forward; IBMIL gets a random confounder dictionary of its size."""
     m = build_model(name, **params)
@@ -21,7 +28,7 @@ def test_shapes_forward_backward(name):
     m = make(name, in_dim=16, n_classes=3)
     x = torch.randn(3, 20, 16)
     y = torch.tensor([0, 1, 2])  # every class present, so every class-specific head gets a gradient
-    out = m(x, label=y)
+    out = m(x, label=y, coords=grid_coords(3, 20))
     assert isinstance(out, MILOutput)
     assert out.logits.shape == (3, 3)
     if out.attention is not None:
@@ -35,7 +42,7 @@ def test_shapes_forward_backward(name):
     loss.backward()
     unused = [n for n, p in m.named_parameters() if p.grad is None]
     assert not unused, unused
-    assert m.eval()(x).aux_losses == {}  # no label, no auxiliary losses
+    assert m.eval()(x, coords=grid_coords(3, 20)).aux_losses == {}  # no label, no auxiliary losses
 
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - NOT_PERMUTATION_INVARIANT))
@@ -43,8 +50,9 @@ def test_permutation_invariance(name):
     torch.manual_seed(0)
     m = make(name, in_dim=16).eval()
     x = torch.randn(1, 9, 16)
+    c = grid_coords(1, 9)
     perm = torch.randperm(9)
-    a, b = m(x), m(x[:, perm])
+    a, b = m(x, coords=c), m(x[:, perm], coords=c[:, perm])  # patches move with their coordinates
     assert torch.allclose(a.logits, b.logits, atol=1e-6)
     if a.attention is not None:
         assert torch.allclose(a.attention[:, perm], b.attention, atol=1e-6)
@@ -55,9 +63,10 @@ def test_padding_with_mask_equals_unpadded(name):
     torch.manual_seed(0)
     m = make(name, in_dim=16).eval()
     x = torch.randn(1, 5, 16)
+    c = grid_coords(1, 5)
     padded = torch.cat([x, 100 * torch.randn(1, 3, 16)], dim=1)
     mask = torch.tensor([[True] * 5 + [False] * 3])
-    a, b = m(x), m(padded, mask)
+    a, b = m(x, coords=c), m(padded, mask, coords=torch.cat([c, torch.zeros(1, 3, 2, dtype=torch.long)], 1))
     assert torch.allclose(a.logits, b.logits, atol=1e-5)
     if b.attention is not None:
         assert torch.all(b.attention[0, 5:] == 0)

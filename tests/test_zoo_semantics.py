@@ -157,3 +157,43 @@ def test_r2t_not_permutation_invariant():
     m = build_model("r2tmil", in_dim=8).eval()
     x = torch.randn(1, 80, 8)
     assert not torch.allclose(m(x).logits, m(x[:, torch.randperm(80)]).logits, atol=1e-6)
+
+
+def test_scan_2d_matches_the_recurrence_by_hand():
+    from hardmil.models.mamba2d import scan_2d
+
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 4, 2), torch.randn(3, 4, 2)
+    g = torch.zeros(3, 4, 2)
+    h = torch.zeros(3, 4, 2)
+    for i in range(3):
+        for j in range(4):
+            g[i, j] = a[i, j] * (g[i, j - 1] if j else 0) + b[i, j]
+    for i in range(3):
+        for j in range(4):
+            h[i, j] = a[i, j] * (h[i - 1, j] if i else 0) + g[i, j]
+    assert torch.allclose(scan_2d(a, b), h, atol=1e-6)
+
+
+def test_mamba2d_grid_from_coordinates_and_missing_coords():
+    from hardmil.models.mamba2d import grid_cells
+
+    coords = torch.tensor([[1000, 500], [1512, 500], [1000, 756], [2024, 1012]])
+    row, col, h, w = grid_cells(coords)
+    assert row.tolist() == [0, 0, 1, 2] and col.tolist() == [0, 2, 0, 4] and (h, w) == (3, 5)
+    m = build_model("mamba2d", in_dim=8)
+    with pytest.raises(ValueError, match="needs patch coordinates"):
+        m(torch.randn(1, 4, 8))
+    # a patch's neighbours on the grid, not its position in the list, shape its context
+    m.eval()
+    x = torch.randn(1, 4, 8)
+    moved = coords.clone()
+    moved[3] = torch.tensor([1512, 756])
+    assert not torch.allclose(m(x, coords=coords[None]).logits, m(x, coords=moved[None]).logits)
+
+
+def test_mamba2d_refuses_an_irregular_grid():
+    m = build_model("mamba2d", in_dim=4, max_grid_cells=100)
+    coords = torch.tensor([[[0, 0], [1, 0], [997, 1003]]])  # gcd 1 -> a 1004 x 998 grid
+    with pytest.raises(ValueError, match="exceeds max_grid_cells"):
+        m(torch.randn(1, 3, 4), coords=coords)

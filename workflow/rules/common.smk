@@ -59,9 +59,11 @@ def _validate_references():
                 raise ValueError(
                     f"config tables.{name}.rows: method {method!r} is not in methods"
                 )
+            if not runs_on(method, t["dataset"]):
+                raise ValueError(
+                    f"config tables.{name}.rows: method {method!r} does not run on {t['dataset']!r}"
+                )
 
-
-_validate_references()
 
 
 def datasets_from(source):
@@ -213,12 +215,17 @@ def method_runs(dataset, encoder, method, protocol, name="metrics.json"):
     ]
 
 
+def runs_on(method, dataset):
+    return dataset in config["methods"][method].get("datasets", [dataset])
+
+
 def all_runs(name="metrics.json"):
     return [
         path
         for dataset, dcfg in config["datasets"].items()
         for encoder in dcfg["encoders"]
         for method in config["methods"]
+        if runs_on(method, dataset)
         for protocol in config["protocols"]
         for path in method_runs(dataset, encoder, method, protocol, name)
     ]
@@ -237,3 +244,6 @@ def table_runs(wildcards):
 def all_targets():
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
     return tables + all_runs()
+
+
+_validate_references()

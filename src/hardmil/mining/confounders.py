@@ -12,6 +12,7 @@ import torch
 
 from hardmil.data.bags import load_bags
 from hardmil.data.splits import read_splits
+from hardmil.train.loop import bag_tensors
 from hardmil.train.run import load_trained
 from hardmil.utils import atomic_path, write_json
 
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 def bag_embeddings(model, bags, mean, std) -> np.ndarray:
     out = []
     for b in bags:
-        x = b.features if mean is None else (b.features - mean) / std
-        emb = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]).embedding
+        x, coords = bag_tensors(b, mean, std)
+        emb = model(x, coords=coords).embedding
         if emb is None:
             raise ValueError(f"model {type(model).__name__} gives no bag embedding; it cannot build confounders")
         out.append(emb[0].float().numpy())

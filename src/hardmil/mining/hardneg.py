@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from hardmil.data.bags import Bag
+from hardmil.train.loop import bag_tensors
 from hardmil.utils import InputError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ def score_bags(model, bags: list[Bag], mean: np.ndarray | None, std: np.ndarray 
     model.eval()
     probs, weights = [], []
     for b in bags:
-        x = b.features if mean is None else (b.features - mean) / std
-        out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None], None)
+        x, coords = bag_tensors(b, mean, std)
+        out = model(x, None, coords=coords)
         if out.attention is None:
             raise ValueError(f"model {type(model).__name__} exposes no attention; it cannot mine hard negatives")
         probs.append(torch.softmax(out.logits.float(), -1)[0].numpy())

@@ -13,6 +13,7 @@ from hardmil.models.dsmil import DSMIL
 from hardmil.models.dtfd import DTFD
 from hardmil.models.ibmil import IBMIL
 from hardmil.models.li2019 import Li2019
+from hardmil.models.mamba2d import Mamba2DMIL
 from hardmil.models.meanmax import MaxMIL, MeanMIL
 from hardmil.models.r2t import R2TMIL
 from hardmil.models.transmil import TransMIL
@@ -28,6 +29,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "dtfd": DTFD,
     "ibmil": IBMIL,
     "r2tmil": R2TMIL,
+    "mamba2d": Mamba2DMIL,
     "meanmil": MeanMIL,
     "maxmil": MaxMIL,
 }

@@ -66,7 +66,8 @@ class ABMIL(nn.Module):
     def classify(self, z: Tensor) -> Tensor:
         return self.classifier(z)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.embed(x)
         attn = masked_softmax(self.attention_scores(h), mask)
         z = torch.einsum("bn,bnh->bh", attn, h)

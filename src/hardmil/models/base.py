@@ -10,7 +10,10 @@ from torch import Tensor, nn
 
 @dataclass
 class MILOutput:
-    """What ``model(x[B, N, D], mask[B, N] | None)`` returns.
+    """What ``model(x[B, N, D], mask[B, N] | None, label=None, coords=None)`` returns.
+
+    ``coords`` [B, N, 2] are the patches' level-0 (x, y); models that need them (``needs_coords = True``)
+    raise a clear error without them, the others ignore them.
 
     logits: ``[B, C]`` (survival: hazards over time bins); attention: ``[B, N]`` softmax weights,
     zero on padding; embedding: ``[B, H]`` bag embedding; instance_logits: ``[B, N, C]``;

@@ -103,7 +103,8 @@ class CLAM(nn.Module):
             total = total + self._inst_loss(clf(h[idx]), target)
         return total / len(self.instance_classifiers) if self.cfg.subtyping else total
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.feature(x)  # [B, N, H]
         scores = self.attn_c(self.attn_a(h) * self.attn_b(h)).transpose(1, 2)  # [B, branches, N]
         attn = masked_softmax(scores, None if mask is None else mask[:, None, :])

@@ -65,7 +65,8 @@ class DSMIL(nn.Module):
             inst_logits = inst_logits.masked_fill(~mask[..., None], float("-inf"))
         return inst_logits.argmax(dim=1)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.feature(x)  # [B, N, H]
         inst = self.instance_classifier(h)  # [B, N, C]
         crit = self.critical_instances(inst, mask)  # [B, C]

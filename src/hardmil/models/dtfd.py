@@ -114,7 +114,8 @@ class DTFD(nn.Module):
         a2 = self.tier2_attention(distilled_t)
         return self.tier2_classifier(a2 @ distilled_t), torch.stack(sub_logits), distilled_t, attention
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.reduce(x)
         results = [self._one_bag(h[b] if mask is None else h[b, mask[b]]) for b in range(len(h))]
         logits = torch.stack([r[0] for r in results])

@@ -68,7 +68,8 @@ class IBMIL(nn.Module):
         self.confounders.copy_(c)
         self.has_confounders.fill_(True)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         if not bool(self.has_confounders):
             raise ValueError("IBMIL needs the confounder dictionary of its fold (set_confounders); none was set")
         h = self.feature(x)

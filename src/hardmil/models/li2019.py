@@ -87,7 +87,8 @@ class Li2019(nn.Module):
         factor = self.cfg.lam if self.cfg.lambda_mode == "multiply" else 1.0 / self.cfg.lam
         return torch.where(pseudo_negative, w * factor, w)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.embed(x)
         w = masked_softmax(self.attention_scores(h), mask)
         use = self.cfg.adaptive and (self.training or self.cfg.adaptive_at_inference)

@@ -40,7 +40,8 @@ class MeanMIL(nn.Module):
         self.classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
         init_xavier(self)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.feature(x)
         if self.cfg.pooling == "mean":
             if mask is None:

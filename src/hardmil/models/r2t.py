@@ -158,7 +158,8 @@ class R2TMIL(nn.Module):
             h = h + shortcut
         return self.norm(h)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.feature(x)
         logits, attn_out, emb = [], torch.zeros(h.shape[:2], device=h.device, dtype=h.dtype), []
         for b in range(len(h)):

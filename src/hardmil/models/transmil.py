@@ -125,7 +125,8 @@ class TransMIL(nn.Module):
         x = x + self.layers[1](self.norms[1](x))
         return self.norm(x)[:, 0]
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
         h = self.feature(x)
         if mask is None:
             z = self._bag_embedding(h)

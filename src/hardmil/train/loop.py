@@ -45,6 +45,15 @@ class TrainConfig:
     seed: int = 0
 
 
+def bag_tensors(bag, mean: np.ndarray | None = None, std: np.ndarray | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One :class:`~hardmil.data.bags.Bag` as model input: (features [1, N, D], coords [1, N, 2] | None)."""
+    f = bag.features if mean is None else (bag.features - mean) / std
+    x = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))[None]
+    c = None if bag.coords is None else torch.from_numpy(np.asarray(bag.coords, dtype=np.int64))[None]
+    return x, c
+
+
 @dataclass
 class Tensors:
     """Bags ready for the loop: features on CPU (pinned when training on CUDA) and integer labels."""
@@ -52,16 +61,23 @@ class Tensors:
     features: list[torch.Tensor]
     labels: torch.Tensor
     ids: list[str] = field(default_factory=list)
+    coords: list[torch.Tensor | None] = field(default_factory=list)
 
     @classmethod
     def from_bags(cls, bags, mean: np.ndarray | None = None, std: np.ndarray | None = None,
                   pin: bool = False) -> Tensors:
-        feats = []
+        feats, coords = [], []
         for b in bags:
-            f = b.features if mean is None else (b.features - mean) / std
-            t = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
-            feats.append(t.pin_memory() if pin else t)
-        return cls(feats, torch.tensor([b.label for b in bags], dtype=torch.long), [b.slide for b in bags])
+            x, c = bag_tensors(b, mean, std)
+            feats.append(x[0].pin_memory() if pin else x[0])
+            coords.append(None if c is None else c[0])
+        return cls(feats, torch.tensor([b.label for b in bags], dtype=torch.long), [b.slide for b in bags], coords)
+
+    def batch(self, i: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Bag ``i`` as a batch of one: (features [1, N, D], coords [1, N, 2] or None) on ``device``."""
+        c = self.coords[i] if self.coords else None
+        x = self.features[i].to(device, non_blocking=True)[None]
+        return x, (None if c is None else c.to(device)[None])
 
 
 @dataclass
@@ -95,9 +111,10 @@ def predict(model: nn.Module, data: Tensors, device: torch.device, amp: bool = F
     """Class probabilities ``[n_bags, C]`` with the model in eval mode."""
     model.eval()
     out = []
-    for x in data.features:
+    for i in range(len(data.features)):
+        x, coords = data.batch(i, device)
         with _autocast(device, amp):
-            logits = model(x.to(device, non_blocking=True)[None], None).logits
+            logits = model(x, None, coords=coords).logits
         out.append(torch.softmax(logits.float(), dim=-1)[0].cpu())
     return torch.stack(out).numpy()
 
@@ -161,11 +178,11 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         total = 0.0
         for i in order.tolist():
-            x = train_data.features[i].to(device, non_blocking=True)[None]
+            x, coords = train_data.batch(i, device)
             y = train_data.labels[i : i + 1].to(device)
             opt.zero_grad(set_to_none=True)
             with _autocast(device, cfg.amp):
-                out = model(x, None, label=y)
+                out = model(x, None, label=y, coords=coords)
                 bag_loss = out.bag_loss_weight * F.cross_entropy(out.logits.float(), y)
             if hasattr(model, "training_step"):  # a model with its own backward order (DTFD's two tiers)
                 loss = model.training_step(out, bag_loss)

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from hardmil import __version__
-from hardmil.data.bags import load_bags
+from hardmil.data.bags import features_path, load_bags
 from hardmil.data.splits import read_splits
 from hardmil.eval.metrics import classification_metrics, youden_threshold
 from hardmil.models import build_model
 from hardmil.train.loop import Tensors, TrainConfig, config_digest, predict, resolve_device, train
-from hardmil.utils import atomic_path, git_commit, seed_everything, write_json, write_yaml
+from hardmil.utils import InputError, atomic_path, git_commit, seed_everything, write_json, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,12 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         centres = np.load(confounders)
         params["n_confounders"] = len(centres)
     net = build_model(model, **params)
+    if getattr(net, "needs_coords", False):
+        missing = [row["slide"] for (_, row), bag in zip(ordered, loaded, strict=True) if bag.coords is None]
+        if missing:
+            raise InputError(features_path(features_dir, missing[0]),
+                             f"model {model!r} needs patch coordinates ('coords' dataset); {len(missing)} bag(s) "
+                             "of this fold have none")
     if centres is not None:
         net.set_confounders(centres)
     resolved = {"model": model, "model_config": dataclasses.asdict(net.cfg), "train": dataclasses.asdict(cfg),

@@ -1,0 +1,178 @@
+"""2DMamba-style MIL: a 2-D selective state-space scan over the patch grid (Zhang et al., CVPR 2025).
+
+Paper: Zhang, Nguyen, Kabir, ..., Prasanna. 2DMamba: Efficient State Space Model for Image Representation
+with Applications on Giga-Pixel Whole Slide Image Classification. CVPR 2025.
+Reference code: https://github.com/AtlasAnalyticsLab/2DMamba (``2DMambaMIL/models/MambaMIL_2D.py``) and its
+copy in MHIM-MIL (``modules/mambamil_2d.py``, ``modules/mamba/mamba_simple.py``, ``pscan.py``); read for
+behaviour only.
+
+Shapes: ``x`` (batch_size, bag_size, in_dim); ``coords`` (batch_size, bag_size, 2) level-0 (x, y) of each
+patch; ``mask`` (batch_size, bag_size).
+
+Reference semantics kept (MHIM-MIL defaults): ``Linear(D, 128) + GELU + Dropout(0.25)``; patches are placed
+on their grid cell, empty cells hold a trainable pad token (``U[0, 1)`` init); one residual block
+``x + mixer(RMSNorm(x))``; the mixer: ``in_proj`` 128 -> 2 x 256 (x, z), a causal depthwise Conv1d (kernel 4)
+over the row-major flattened grid, SiLU, ``x_proj`` -> (dt [8], B [16], C [16]) with RMSNorm on each (MHIM
+passes ``inner_layernorms``), ``delta = softplus(dt_proj(dt))``, ``A = -exp(A_log)`` with ``A[d, n] = n + 1``,
+``D = 1``; the 2-D recurrence of the CUDA kernel,
+
+    g[i, j] = exp(delta A)[i, j] * g[i, j-1] + (delta B x)[i, j]          (along each row)
+    h[i, j] = exp(delta A)[i, j] * h[i-1, j] + g[i, j]                    (down each column)
+    y[i, j] = <h[i, j], C[i, j]> + D x[i, j];   out = out_proj(y * SiLU(z)),
+
+then LayerNorm, tanh attention pooling (128 -> 128 -> 1) and ``Linear(128, C)``; every Linear
+Xavier-normal with zero bias (dt_proj included, as the reference does).
+
+Deliberate deviations:
+* The scan is written as two plain loops (rows, then columns) differentiated by autograd. The reference's
+  pure-PyTorch ``pscan_2d`` reads the horizontally-updated A in its vertical pass and has a hand-written
+  backward that does not match; both disagree with the recurrence above, which the CUDA kernel computes.
+* The grid is the bag's own bounding box: cell = (coord - min coord) // step, with ``step`` the greatest
+  common divisor of the offsets (the patch size on a regular grid), instead of a dataset-wide
+  ``max_w x max_h`` grid hard-coded per dataset.
+* Attention pools over real patches only (the reference also gives weight to pad cells).
+* Bags without coordinates are an error (the reference fails with a TypeError).
+Permutation: permuting patches *together with* their coordinates leaves the output unchanged (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hardmil.models.base import MILOutput
+
+
+@dataclass(frozen=True)
+class Mamba2DConfig:
+    in_dim: int = 1024
+    n_classes: int = 2
+    dim: int = 128  # --mambamil_dim
+    layers: int = 1  # --mambamil_layer
+    d_state: int = 16  # --mambamil_state_dim
+    expand: int = 2
+    d_conv: int = 4
+    dropout: float = 0.25
+    inner_norms: bool = True  # MHIM passes inner_layernorms=mambamil_state_dim (truthy)
+    # Guard (ours): the scan materialises [H, W, 256, 16] states, ~0.1 MB per grid cell in training.
+    max_grid_cells: int = 65536
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def scan_2d(decay: Tensor, inp: Tensor) -> Tensor:
+    """The 2-D recurrence on [H, W, ...] tensors: along rows, then down columns, same decay."""
+    rows, g = [], torch.zeros_like(inp[:, 0])
+    for j in range(inp.shape[1]):
+        g = decay[:, j] * g + inp[:, j]
+        rows.append(g)
+    g_all = torch.stack(rows, dim=1)
+    cols, h = [], torch.zeros_like(inp[0])
+    for i in range(inp.shape[0]):
+        h = decay[i] * h + g_all[i]
+        cols.append(h)
+    return torch.stack(cols, dim=0)
+
+
+class Mixer2D(nn.Module):
+    def __init__(self, cfg: Mamba2DConfig):
+        super().__init__()
+        di, ds = cfg.expand * cfg.dim, cfg.d_state
+        self.dt_rank = math.ceil(cfg.dim / 16)
+        self.in_proj = nn.Linear(cfg.dim, 2 * di, bias=False)
+        self.conv = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1)
+        self.x_proj = nn.Linear(di, self.dt_rank + 2 * ds, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, di)
+        self.norms = nn.ModuleList(RMSNorm(n) for n in (self.dt_rank, ds, ds)) if cfg.inner_norms else None
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, ds + 1, dtype=torch.float32)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, cfg.dim, bias=False)
+        self.ds = ds
+
+    def forward(self, grid: Tensor) -> Tensor:
+        h, w, _ = grid.shape
+        x, z = self.in_proj(grid).chunk(2, dim=-1)
+        seq = x.reshape(h * w, -1).T[None]
+        x = F.silu(self.conv(seq)[..., : h * w][0].T.reshape(h, w, -1))
+        dt, b, c = self.x_proj(x).split([self.dt_rank, self.ds, self.ds], dim=-1)
+        if self.norms is not None:
+            dt, b, c = (norm(t) for norm, t in zip(self.norms, (dt, b, c), strict=True))
+        delta = F.softplus(self.dt_proj(dt))  # [H, W, di]
+        decay = torch.exp(delta[..., None] * -torch.exp(self.A_log))  # [H, W, di, ds]
+        state = scan_2d(decay, delta[..., None] * b[:, :, None, :] * x[..., None])
+        y = (state * c[:, :, None, :]).sum(-1) + self.D * x
+        return self.out_proj(y * F.silu(z))
+
+
+def grid_cells(coords: Tensor) -> tuple[Tensor, Tensor, int, int]:
+    """(row, col, H, W) of each patch on the bag's own grid.
+
+    The grid step is the greatest common divisor of all offsets from the top-left patch, on both axes (the
+    patch size on a regular grid, even when whole rows or columns are empty).
+    """
+    offsets = coords - coords.min(dim=0).values
+    step = int(np.gcd.reduce(offsets.flatten().cpu().numpy())) or 1
+    row, col = offsets[:, 1] // step, offsets[:, 0] // step
+    return row, col, int(row.max()) + 1, int(col.max()) + 1
+
+
+class Mamba2DMIL(nn.Module):
+    config_class = Mamba2DConfig
+    needs_coords = True
+
+    def __init__(self, cfg: Mamba2DConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout))
+        self.pad_token = nn.Parameter(torch.rand(cfg.dim))
+        self.block_norms = nn.ModuleList(RMSNorm(cfg.dim) for _ in range(cfg.layers))
+        self.mixers = nn.ModuleList(Mixer2D(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.attention = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.Tanh(), nn.Linear(cfg.dim, 1))
+        self.classifier = nn.Linear(cfg.dim, cfg.n_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _bag(self, h: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
+        row, col, hh, ww = grid_cells(coords)
+        if hh * ww > self.cfg.max_grid_cells:
+            raise ValueError(f"patch grid of {hh} x {ww} cells exceeds max_grid_cells={self.cfg.max_grid_cells} "
+                             f"({len(coords)} patches): are the coords a regular patch grid?")
+        grid = self.pad_token.expand(hh, ww, -1).clone()
+        grid[row, col] = h  # a duplicate cell keeps the last patch, as the reference
+        for norm, mixer in zip(self.block_norms, self.mixers, strict=True):
+            grid = grid + mixer(norm(grid))
+        tokens = self.norm(grid[row, col])
+        a = torch.softmax(self.attention(tokens).squeeze(-1), dim=0)
+        return a @ tokens, a
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
+        if coords is None:
+            raise ValueError("2DMamba-style MIL needs patch coordinates ('coords' in the features h5); "
+                             "this bag has none")
+        h = self.feature(x)
+        attn = h.new_zeros(h.shape[:2])
+        emb = []
+        for b in range(len(h)):
+            idx = torch.arange(h.shape[1], device=h.device) if mask is None else mask[b].nonzero().squeeze(1)
+            z, a = self._bag(h[b, idx], coords[b, idx])
+            attn[b, idx] = a
+            emb.append(z)
+        z = torch.stack(emb)
+        return MILOutput(logits=self.classifier(z), attention=attn, embedding=z)

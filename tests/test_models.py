@@ -19,10 +19,13 @@ def make(name, **params):
     m = build_model(name, **params)
     if name == "ibmil":
         m.set_confounders(torch.randn_like(m.confounders))
+    if name == "mhim":
+        m.init_teacher({"model": "abmil", "model_config": dict(m.student.cfg.__dict__),
+                        "state_dict": m.student.state_dict()})
     return m
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"mhim"}))  # MHIM trains one bag at a time: test_mhim
 def test_shapes_forward_backward(name):
     torch.manual_seed(0)
     m = make(name, in_dim=16, n_classes=3)

@@ -139,20 +139,22 @@ def test_every_model_and_the_stage_edges(http_server, tmp_path):
 
     serve_wheel(http_server, tmp_path)
     # the Li et al. chain and IBMIL on the UCSB-format bags; every other model on a cohort with coords
-    shared = ("abmil", "li2019", "ibmil")
+    shared = ("abmil", "li2019", "ibmil", "mhim")
     methods = {name: {"model": name, "datasets": ["byo_good"]} for name in MODELS if name not in shared}
     methods |= {"abmil": {"model": "abmil"}, "li2019": {"model": "li2019"},
+                "mhim": {"model": "mhim", "teacher": "abmil", "params": {"mask_high": 0.1, "rsm_ratio": 0.3},
+                         "datasets": ["ucsb_tiny"]},
                 "ibmil": {"model": "ibmil", "confounders": "ab_k3"},
                 "li2019_fmb": {"model": "li2019", "hardneg": "li_fmb", "datasets": ["ucsb_tiny"]},
                 "abmil_mb": {"model": "abmil", "hardneg": "ab_mb", "datasets": ["ucsb_tiny"]}}
     hardneg = {"li_fmb": {"from": "li2019", "generator": "fmb", "clusters": 2, "n_bags": 3, "min_bags": 2},
                "ab_mb": {"from": "abmil", "generator": "mb", "n_bags": 2, "min_bags": 2}}
     rows = {"abmil": "MIL Model [6]", "li2019": "Our Model", "li2019_fmb": "Our Model+FMB", "abmil_mb": "abmil_mb",
-            "ibmil": "ibmil"}
+            "ibmil": "ibmil", "mhim": "MHIM-v2 (AB-MIL)"}
     tiny_config(tmp_path, http_server.url, bad=False, byo_good=True, protocols=["paper"], methods=methods,
                 hardneg=hardneg, confounders={"ab_k3": {"from": "abmil", "clusters": 3}},
                 tables={"t2": {"published": "li2019_table2", "dataset": "ucsb_tiny", "rows": rows},
-                        "zoo": {"dataset": "byo_good", "rows": {m: m for m in MODELS}}})
+                        "zoo": {"dataset": "byo_good", "rows": {m: m for m in MODELS if m != "mhim"}}})
     res = snakemake(tmp_path, "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "results"
@@ -171,8 +173,10 @@ def test_every_model_and_the_stage_edges(http_server, tmp_path):
             ib = yaml.safe_load((out / f"runs/ucsb_tiny/provided/ibmil/{tail}/config.yaml").read_text())
             assert ib["confounders"].endswith(f"ab_k3/{tail}/confounders.npy")  # its own fold's dictionary
             assert ib["model_config"]["n_confounders"] == 3
+            mh = yaml.safe_load((out / f"runs/ucsb_tiny/provided/mhim/{tail}/config.yaml").read_text())
+            assert mh["teacher"].endswith(f"abmil/{tail}/model.pt")  # teacher from the same fold's baseline
     table = (out / "tables/t2.md").read_text()
     assert "Our Model+FMB" in table and "paper 0.999" in table and "abmil_mb" in table
     zoo = list(csv.DictReader(open(out / "tables/zoo.csv")))
-    assert {r["method"] for r in zoo} == set(MODELS) and all(r["n_runs"] == "4" for r in zoo)
+    assert {r["method"] for r in zoo} == set(MODELS) - {"mhim"} and all(r["n_runs"] == "4" for r in zoo)
     assert not (out / "runs/ucsb_tiny/provided/mamba2d").exists()

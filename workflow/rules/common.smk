@@ -49,6 +49,11 @@ def _validate_references():
     for name, m in config["methods"].items():
         if m.get("confounders") and m["confounders"] not in config["confounders"]:
             raise ValueError(f"config methods.{name}.confounders: {m['confounders']!r} is not in confounders")
+    for name, m in config["methods"].items():
+        if m.get("teacher") and m["teacher"] not in config["methods"]:
+            raise ValueError(f"config methods.{name}.teacher: {m['teacher']!r} is not in methods")
+        if m["model"] == "mhim" and not m.get("teacher"):
+            raise ValueError(f"config methods.{name}: an MHIM method needs teacher: <trained baseline method>")
     for name, t in config["tables"].items():
         if t["dataset"] not in config["datasets"]:
             raise ValueError(
@@ -141,10 +146,19 @@ def confounder_files(wc):
     return job_paths(f"{CONF_DIR}/confounders.npy", wc, variant=variant)
 
 
+def teacher_models(wc):
+    """MHIM: the same fold's trained baseline checkpoints that initialise the teacher (none otherwise)."""
+    source = config["methods"][wc.method].get("teacher")
+    if not source:
+        return []
+    return job_paths(f"{RUN_DIR}/model.pt", wc, method=source)
+
+
 def train_jobs(wc):
     """One dict per fold for the train script: where to read, where to write."""
     variant = hardneg_variant(wc.method)
     conf = config["methods"][wc.method].get("confounders")
+    teacher = config["methods"][wc.method].get("teacher")
     jobs = []
     for s, f in fold_ids(wc):
         fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
@@ -160,6 +174,7 @@ def train_jobs(wc):
                 "confounders": (
                     f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None
                 ),
+                "teacher": run_file("model.pt", **fields, method=teacher) if teacher else None,
             }
         )
     return jobs

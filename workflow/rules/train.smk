@@ -9,6 +9,7 @@ rule train:
         features=lambda wc: features_dir(wc.dataset, wc.encoder),
         extra_bags=hardneg_bags,
         confounders=confounder_files,
+        teacher=teacher_models,
     output:
         [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES],
     log:

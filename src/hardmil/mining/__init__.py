@@ -1,1 +1,4 @@
-"""Hard-instance mining: Li et al. hard-negative bags (MHIM masking lives with its framework)."""
+"""Hard-instance mining stages that run between trainings: Li et al. hard-negative bags, IBMIL confounders.
+
+MHIM's online masking lives with its framework in :mod:`hardmil.models.mhim`.
+"""

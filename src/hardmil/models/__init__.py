@@ -15,6 +15,7 @@ from hardmil.models.ibmil import IBMIL
 from hardmil.models.li2019 import Li2019
 from hardmil.models.mamba2d import Mamba2DMIL
 from hardmil.models.meanmax import MaxMIL, MeanMIL
+from hardmil.models.mhim import MHIM
 from hardmil.models.r2t import R2TMIL
 from hardmil.models.transmil import TransMIL
 
@@ -30,6 +31,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "ibmil": IBMIL,
     "r2tmil": R2TMIL,
     "mamba2d": Mamba2DMIL,
+    "mhim": MHIM,
     "meanmil": MeanMIL,
     "maxmil": MaxMIL,
 }

@@ -66,11 +66,15 @@ class ABMIL(nn.Module):
     def classify(self, z: Tensor) -> Tensor:
         return self.classifier(z)
 
+    def aggregate(self, h: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Bag embedding ``[B, hidden_dim]`` and softmax attention ``[B, N]`` of instance embeddings."""
+        attn = masked_softmax(self.attention_scores(h), mask)
+        return torch.einsum("bn,bnh->bh", attn, h), attn
+
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:
         h = self.embed(x)
-        attn = masked_softmax(self.attention_scores(h), mask)
-        z = torch.einsum("bn,bnh->bh", attn, h)
+        z, attn = self.aggregate(h, mask)
         return MILOutput(logits=self.classify(z), attention=attn, embedding=z,
                          instance_logits=self.classify(h))
 

@@ -168,6 +168,8 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             log.warning("%s belongs to another configuration; starting fresh", ckpt)
 
     n = len(train_data.features)
+    if hasattr(model, "set_schedule"):  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
+        model.set_schedule(cfg.epochs * n)
     epochs = range(state["epoch"], cfg.epochs)
     bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress, initial=state["epoch"], total=cfg.epochs)
     for epoch in bar:
@@ -190,6 +192,8 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
                 loss = bag_loss + sum(out.aux_losses.values())
                 loss.backward()
             opt.step()
+            if hasattr(model, "after_step"):  # e.g. MHIM's teacher EMA update
+                model.after_step()
             total += loss.item()
         sched.step()
         state["seconds"] += time.perf_counter() - start

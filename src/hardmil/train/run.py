@@ -63,10 +63,11 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
              protocol: str, seed: int, model: str, model_params: dict, train_cfg: dict, out_dir: str | os.PathLike,
              standardize: bool = True, threads: int = 1, progress: bool = True, on_epoch_end=None,
              extra_bags: str | os.PathLike | None = None, confounders: str | os.PathLike | None = None,
-             provenance: dict | None = None) -> dict:
+             teacher: str | os.PathLike | None = None, provenance: dict | None = None) -> dict:
     """Train on the fold's training bags (plus ``extra_bags``, generated negative bags in an h5 written by
     :mod:`hardmil.mining.hardneg`), select on its selection set, evaluate once on its test bags.
-    ``confounders``: the fold's IBMIL dictionary (``.npy``, :mod:`hardmil.mining.confounders`)."""
+    ``confounders``: the fold's IBMIL dictionary (``.npy``, :mod:`hardmil.mining.confounders`);
+    ``teacher``: the same fold's trained baseline ``model.pt`` that initialises an MHIM teacher."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,11 +109,17 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
                              "of this fold have none")
     if centres is not None:
         net.set_confounders(centres)
+    if teacher:
+        try:
+            net.init_teacher(torch.load(teacher, map_location="cpu", weights_only=False))
+        except (ValueError, RuntimeError, OSError) as err:
+            raise InputError(teacher, f"cannot initialise the MHIM teacher: {err}") from err
     resolved = {"model": model, "model_config": dataclasses.asdict(net.cfg), "train": dataclasses.asdict(cfg),
                 "protocol": protocol, "fold": fold, "seed": seed, "classes": list(classes),
                 "standardize": standardize, "splits": str(splits), "features_dir": str(features_dir),
                 "extra_bags": str(extra_bags) if extra_bags else None, "n_generated_bags": len(generated),
-                "confounders": str(confounders) if confounders else None}
+                "confounders": str(confounders) if confounders else None,
+                "teacher": str(teacher) if teacher else None}
     digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
                    on_epoch_end=on_epoch_end, progress=progress)

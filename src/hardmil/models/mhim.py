@@ -1,0 +1,241 @@
+"""MHIM-MIL (v1) and MHIM-v2: masked hard instance mining with a momentum teacher (Tang et al.).
+
+Papers: Tang, Zhang, Zhu, Wang, Lin, Ye. Multiple Instance Learning Framework with Masked Hard Instance
+Mining for Whole Slide Image Classification. ICCV 2023; and the journal version "MHIM-v2" (Algorithms 1-2).
+Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behaviour only); facts on how it
+really runs: ``shared/notes/mhim_reference.md``.
+
+The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
+projection + dropout), ``aggregate(h, mask) -> (bag embedding, attention)`` and ``classify``. So far AB-MIL
+and gated AB-MIL provide these hooks.
+
+One training step on a bag (``forward`` with a label, in train mode):
+1. The teacher (an EMA copy of the student, initialised from the trained baseline of the same fold) scores
+   every instance without gradients: raw attention (v1) or the class-aware instance probability (v2),
+   ``max_c softmax_c(W (a_i h_i) + b)`` with the teacher's own classifier.
+2. Masking of instance embeddings: high-score masking of a fraction ``mask_high`` (optionally randomly-high:
+   candidates are the top ``ceil(N h / r)``, a random ``ceil(|cand| r)`` of them masked, ``r = mask_high_random``;
+   ``r = 0.5`` is "top 2x, random half"; optional cosine decay of ``h`` to 0 over the schedule); v1 low-score
+   masking ``mask_low`` and random masking ``mask_random``; v2 random score masking: a random fraction
+   ``rsm_ratio`` of the remaining instances is taken out and, with the Global Recycle Network, summarised
+   into K tokens that are appended. ``rsm_ratio`` is the *masked* fraction: the reference's ``merge_ratio``
+   is the *kept* fraction, ``rsm_ratio = 1 - merge_ratio``.
+3. GRN: K global queries (no gradient; updated after each training forward as an EMA of the GRN outputs,
+   momentum ``grn_momentum``) cross-attend (8 heads x 64, LayerNorm on both sides, no biases on q/kv,
+   dropout 0.1, output ``Linear(512, 512)``, no residual) to the randomly masked instances.
+4. Loss = CE(student logits) + ``alpha`` x soft-target CE between ``softmax(teacher bag embedding / 0.1)``
+   and ``log_softmax(student bag embedding / 1.0)``, summed over the embedding dimensions.
+5. After the optimiser step (``after_step``), teacher <- ``m`` teacher + (1 - ``m``) student, every bag
+   (``m`` optionally cosine-scheduled towards 1).
+Inference: the student alone on every instance (the GRN only if ``grn_at_inference``).
+
+Deliberate deviations and choices:
+* A missing or mismatched teacher checkpoint is an error (the reference silently keeps a random teacher).
+* ``teacher_dropout`` (default True: the reference runs the teacher in train mode, dropout active).
+* Kept instances stay in their original order; the reference shuffles the ones kept by random masking
+  (AB-MIL pooling is order-free, so this changes nothing for it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hardmil.models.base import MILOutput, init_xavier
+
+
+@dataclass(frozen=True)
+class MHIMConfig:
+    in_dim: int = 1024
+    n_classes: int = 2
+    baseline: str = "abmil"  # a registered model exposing embed / aggregate / classify
+    baseline_params: dict = field(default_factory=dict)
+    version: str = "v2"  # 'v1': raw attention scores; 'v2': class-aware instance probability
+    mask_high: float = 0.01  # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
+    mask_high_random: float = 1.0  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
+    mask_high_cosine: bool = False  # cosine decay of mask_high to 0 over all training steps (mrh_sche)
+    mask_low: float = 0.0  # v1: masked fraction of the lowest-scoring instances
+    mask_random: float = 0.0  # v1: masked fraction drawn at random
+    rsm_ratio: float = 0.2  # v2: random score masking, fraction recycled by the GRN (= 1 - merge_ratio)
+    grn: bool = True  # v2: Global Recycle Network
+    grn_tokens: int = 1  # K (grid {1, 5, 10})
+    grn_heads: int = 8
+    grn_head_dim: int = 64
+    grn_dropout: float = 0.1
+    grn_momentum: float = 0.9999  # merge_mm (README recipe)
+    grn_at_inference: bool = False
+    alpha: float = 0.5  # consistency weight (aux_alpha, README recipe)
+    temp_teacher: float = 0.1
+    temp_student: float = 1.0
+    momentum: float = 0.9997  # teacher EMA (v2 default; v1 0.9999)
+    momentum_cosine: bool = False  # cosine schedule of the EMA momentum towards 1 (mm_sche)
+    teacher_dropout: bool = True
+    init_student: str = "none"  # 'none' (v2) or 'fc' (v1: copy the baseline's instance projection)
+
+
+def cosine(start: float, end: float, step: int, total: int) -> float:
+    """Per-iteration cosine from ``start`` to ``end`` over ``total`` steps (timm-style, as the reference)."""
+    t = min(step, total) / max(total, 1)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * t))
+
+
+class GlobalRecycleNetwork(nn.Module):
+    def __init__(self, dim: int, cfg: MHIMConfig):
+        super().__init__()
+        inner = cfg.grn_heads * cfg.grn_head_dim
+        self.heads, self.head_dim = cfg.grn_heads, cfg.grn_head_dim
+        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.attn_drop = nn.Dropout(cfg.grn_dropout)
+        self.out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(cfg.grn_dropout))
+        bound = math.sqrt(6.0 / (3 * 256 + dim))  # VPT-style uniform init of the queries (reference)
+        self.register_buffer("queries", torch.empty(cfg.grn_tokens, dim).uniform_(-bound, bound))
+
+    def forward(self, masked: Tensor) -> Tensor:
+        """masked [M, dim] -> K recycled tokens [K, dim]."""
+        k_, dim = self.queries.shape
+        # a copy: the queries are updated in place right after this forward, before the backward
+        q = self.to_q(self.norm_q(self.queries.clone())).reshape(k_, self.heads, self.head_dim).transpose(0, 1)
+        k, v = self.to_kv(self.norm_kv(masked)).chunk(2, dim=-1)
+        k = k.reshape(-1, self.heads, self.head_dim).transpose(0, 1)
+        v = v.reshape(-1, self.heads, self.head_dim).transpose(0, 1)
+        attn = self.attn_drop(torch.softmax(q @ k.transpose(-1, -2) * self.head_dim**-0.5, dim=-1))
+        return self.out((attn @ v).transpose(0, 1).reshape(k_, -1))
+
+
+class MHIM(nn.Module):
+    config_class = MHIMConfig
+
+    def __init__(self, cfg: MHIMConfig):
+        super().__init__()
+        from hardmil.models import build_model
+
+        if cfg.version not in ("v1", "v2"):
+            raise ValueError(f"version must be 'v1' or 'v2', got {cfg.version!r}")
+        self.cfg = cfg
+        self.student = build_model(cfg.baseline, **{**cfg.baseline_params, "in_dim": cfg.in_dim,
+                                                     "n_classes": cfg.n_classes})
+        for hook in ("embed", "aggregate", "classify"):
+            if not hasattr(self.student, hook):
+                raise ValueError(f"MHIM cannot wrap {cfg.baseline!r}: it has no {hook}() hook")
+        dim = self.student.cfg.hidden_dim
+        self.grn = GlobalRecycleNetwork(dim, cfg) if cfg.grn and cfg.version == "v2" else None
+        if self.grn is not None:
+            init_xavier(self.grn)  # the reference initialises every Linear Xavier-normal
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("has_teacher", torch.tensor(False))
+        self.total_steps = 1
+
+    # --- set-up -------------------------------------------------------------------------------------
+    def init_teacher(self, saved: dict) -> None:
+        """Load the trained baseline (a run's model.pt) into the teacher; mismatches are errors."""
+        if saved.get("model") != self.cfg.baseline:
+            raise ValueError(f"teacher checkpoint is a {saved.get('model')!r} model, MHIM wraps {self.cfg.baseline!r}")
+        mine = dict(self.student.cfg.__dict__)
+        theirs = {k: saved["model_config"].get(k) for k in mine}
+        if theirs != mine:
+            diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
+            raise ValueError(f"teacher checkpoint config differs from the student's: {diff}")
+        self.teacher.load_state_dict(saved["state_dict"])  # strict: every key must match
+        if self.cfg.init_student == "fc":
+            self.student.feature.load_state_dict(self.teacher.feature.state_dict())
+        self.has_teacher.fill_(True)
+
+    def set_schedule(self, total_steps: int) -> None:
+        self.total_steps = max(1, total_steps)
+
+    # --- masking ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(instance scores [N], teacher bag embedding [H]) for one bag x [1, N, D]."""
+        t = self.teacher
+        t.train(self.cfg.teacher_dropout)
+        h = t.embed(x)
+        z, attn = t.aggregate(h)
+        if self.cfg.version == "v1":
+            score = attn[0]
+        else:
+            score = torch.softmax(t.classify(attn[0, :, None] * h[0]), dim=-1).amax(-1)
+        return score, z[0]
+
+    def high_ratio(self) -> float:
+        h = self.cfg.mask_high
+        return cosine(h, 0.0, int(self.step), self.total_steps) if self.cfg.mask_high_cosine else h
+
+    def select(self, score: Tensor) -> tuple[Tensor, Tensor]:
+        """(kept indices, indices for the GRN) of one bag, both in original order."""
+        n = score.numel()
+        masked = torch.zeros(n, dtype=torch.bool, device=score.device)
+        h, r = self.high_ratio(), self.cfg.mask_high_random
+        if h > 0:
+            cand = score.topk(min(n, math.ceil(n * h / r))).indices if h / r <= 1 else torch.arange(n)
+            if r < 1 and h / r <= 1:
+                cand = cand[torch.randperm(len(cand), device=score.device)[: math.ceil(len(cand) * r)]]
+            masked[cand] = True
+        if self.cfg.mask_low > 0:
+            masked[score.topk(math.ceil(n * self.cfg.mask_low), largest=False).indices] = True
+        if self.cfg.mask_random > 0:
+            masked[torch.randperm(n, device=score.device)[: math.ceil(n * self.cfg.mask_random)]] = True
+        if masked.all():  # never mask a whole bag
+            masked[score.argmin()] = False
+        remaining = (~masked).nonzero().squeeze(1)
+        recycled = remaining[:0]
+        if self.grn is not None and self.cfg.rsm_ratio > 0 and len(remaining) > 1:
+            n_rec = min(len(remaining) - 1, int(len(remaining) * self.cfg.rsm_ratio))
+            pick = torch.randperm(len(remaining), device=score.device)[:n_rec]
+            recycled = remaining[pick].sort().values
+            keep = torch.ones(len(remaining), dtype=torch.bool, device=score.device)
+            keep[pick] = False
+            remaining = remaining[keep]
+        return remaining, recycled
+
+    # --- forward ------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
+        s = self.student
+        if not (self.training and label is not None):  # inference: the student alone, every instance
+            h = s.embed(x)
+            if self.grn is not None and self.cfg.grn_at_inference:
+                h = torch.stack([torch.cat([h[b], self.grn(h[b])]) for b in range(len(h))])
+                mask = None if mask is None else F.pad(mask, (0, self.cfg.grn_tokens), value=True)
+            z, attn = s.aggregate(h, mask)
+            return MILOutput(logits=s.classify(z), attention=attn[:, : x.shape[1]], embedding=z)
+        if not bool(self.has_teacher):
+            raise ValueError("MHIM has no teacher: init_teacher() with the same fold's trained baseline first")
+        if len(x) != 1 or mask is not None:
+            raise ValueError("MHIM trains one bag at a time (batch size 1, no padding), as the reference")
+        score, z_teacher = self.teacher_scores(x)
+        h = s.embed(x)[0]
+        kept, recycled = self.select(score)
+        tokens = h[kept]
+        if len(recycled):
+            summary = self.grn(h[recycled])
+            tokens = torch.cat([tokens, summary])
+            with torch.no_grad():  # the queries follow the GRN outputs by EMA, never by gradient
+                m = self.cfg.grn_momentum
+                self.grn.queries.mul_(m).add_((1 - m) * summary.detach())
+        z, attn = s.aggregate(tokens[None])
+        out = MILOutput(logits=s.classify(z), embedding=z)
+        if self.cfg.alpha > 0:
+            target = torch.softmax(z_teacher / self.cfg.temp_teacher, dim=-1)
+            cons = -(target * F.log_softmax(z[0] / self.cfg.temp_student, dim=-1)).sum()
+            out.aux_losses["consistency"] = self.cfg.alpha * cons
+        out.attention = torch.zeros_like(score)[None].scatter(1, kept[None], attn[:, : len(kept)])
+        return out
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Teacher EMA update, once per bag after the optimiser step."""
+        m = self.cfg.momentum
+        if self.cfg.momentum_cosine:
+            m = cosine(m, 1.0, int(self.step), self.total_steps)
+        for pt, ps in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+            pt.mul_(m).add_((1 - m) * ps.detach())
+        self.step += 1

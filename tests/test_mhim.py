@@ -1,0 +1,122 @@
+"""MHIM-MIL / MHIM-v2 framework over AB-MIL: teacher, scoring, masking, GRN, consistency, EMA."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from hardmil.models import build_model
+from hardmil.models.mhim import cosine
+
+
+def mhim(**params):
+    torch.manual_seed(0)
+    m = build_model("mhim", in_dim=8, **params)
+    m.init_teacher({"model": "abmil", "model_config": dataclasses.asdict(m.student.cfg),
+                    "state_dict": m.student.state_dict()})
+    return m
+
+
+def test_high_masking_exact_top_and_randomly_high():
+    m = mhim(mask_high=0.1, rsm_ratio=0.0)
+    score = torch.arange(100, dtype=torch.float32)  # instance i has score i
+    kept, rec = m.select(score)
+    assert len(rec) == 0 and set(range(100)) - set(kept.tolist()) == set(range(90, 100))
+    r = mhim(mask_high=0.1, mask_high_random=0.5, rsm_ratio=0.0)
+    for _ in range(20):
+        kept, _ = r.select(score)
+        masked = set(range(100)) - set(kept.tolist())
+        assert len(masked) == 10 and masked <= set(range(80, 100))  # top 2x candidates, random half
+    seen = set()
+    for _ in range(50):
+        seen |= set(range(100)) - set(r.select(score)[0].tolist())
+    assert len(seen) > 10  # really random within the candidates
+
+
+def test_low_random_and_rsm_partition():
+    m = mhim(mask_high=0.1, mask_low=0.2, rsm_ratio=0.5)
+    score = torch.randn(50)
+    kept, rec = m.select(score)
+    masked_high = set(score.topk(5).indices.tolist())
+    masked_low = set(score.topk(10, largest=False).indices.tolist())
+    remaining = set(range(50)) - masked_high - masked_low
+    assert set(kept.tolist()) | set(rec.tolist()) == remaining
+    assert not set(kept.tolist()) & set(rec.tolist())
+    assert len(rec) == int(len(remaining) * 0.5)
+    v1 = mhim(version="v1", mask_high=0.0, mask_random=0.3, rsm_ratio=0.5)
+    kept, rec = v1.select(torch.randn(40))
+    assert len(kept) == 40 - 12 and len(rec) == 0  # v1 has no GRN
+
+
+def test_cosine_schedules():
+    assert cosine(0.03, 0.0, 0, 100) == pytest.approx(0.03)
+    assert cosine(0.03, 0.0, 50, 100) == pytest.approx(0.015)
+    assert cosine(0.03, 0.0, 100, 100) == pytest.approx(0.0)
+    m = mhim(mask_high=0.04, mask_high_cosine=True)
+    m.set_schedule(10)
+    m.step.fill_(10)
+    assert m.high_ratio() == pytest.approx(0.0)
+
+
+def test_v2_score_is_class_aware_probability_and_v1_is_attention():
+    m = mhim(teacher_dropout=False)
+    x = torch.randn(1, 7, 8)
+    score, z = m.teacher_scores(x)
+    t = m.teacher.eval()
+    h = t.embed(x)
+    zz, a = t.aggregate(h)
+    expected = torch.softmax(t.classifier(a[0, :, None] * h[0]), -1).max(-1).values
+    assert torch.allclose(score, expected, atol=1e-6) and torch.allclose(z, zz[0], atol=1e-6)
+    v1 = mhim(version="v1", teacher_dropout=False)
+    assert torch.allclose(v1.teacher_scores(x)[0], v1.teacher.eval().aggregate(v1.teacher.embed(x))[1][0])
+
+
+def test_training_step_consistency_grn_and_ema():
+    m = mhim(alpha=0.5, rsm_ratio=0.5, grn_tokens=2, momentum=0.9).train()
+    q0 = m.grn.queries.clone()
+    out = m(torch.randn(1, 30, 8), label=torch.tensor([1]))
+    assert set(out.aux_losses) == {"consistency"} and out.aux_losses["consistency"].item() > 0
+    assert not torch.equal(q0, m.grn.queries)  # EMA of the GRN outputs
+    assert "grn.queries" not in dict(m.named_parameters())  # never a gradient
+    assert not any(p.requires_grad for p in m.teacher.parameters())
+    (out.logits.sum() + sum(out.aux_losses.values())).backward()
+    assert m.grn.to_q.weight.grad is not None  # the GRN trains through the student
+    with torch.no_grad():
+        for p in m.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in m.teacher.parameters()]
+    m.after_step()
+    for b, t, s in zip(before, m.teacher.parameters(), m.student.parameters(), strict=True):
+        assert torch.allclose(t, 0.9 * b + 0.1 * s, atol=1e-6)
+    assert int(m.step) == 1
+
+
+def test_consistency_value_by_hand():
+    m = mhim(alpha=1.0, rsm_ratio=0.0, mask_high=0.0, teacher_dropout=False).train()
+    m.student.feature[2].p = 0.0
+    x = torch.randn(1, 5, 8)
+    out = m(x, label=torch.tensor([0]))
+    _, zt = m.teacher_scores(x)
+    expected = -(torch.softmax(zt / 0.1, -1) * torch.log_softmax(out.embedding[0], -1)).sum()
+    assert out.aux_losses["consistency"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_inference_is_the_student_on_every_instance():
+    m = mhim(mask_high=0.5).eval()
+    x = torch.randn(1, 9, 8)
+    assert torch.allclose(m(x).logits, m.student(x).logits)
+
+
+def test_teacher_errors():
+    m = build_model("mhim", in_dim=8)
+    with pytest.raises(ValueError, match="no teacher"):
+        m.train()(torch.randn(1, 5, 8), label=torch.tensor([0]))
+    with pytest.raises(ValueError, match="is a 'dsmil' model"):
+        m.init_teacher({"model": "dsmil", "model_config": {}, "state_dict": {}})
+    cfg = dataclasses.asdict(m.student.cfg) | {"hidden_dim": 256}
+    with pytest.raises(ValueError, match="hidden_dim"):
+        m.init_teacher({"model": "abmil", "model_config": cfg, "state_dict": {}})
+    with pytest.raises(ValueError, match="cannot wrap 'meanmil'"):
+        build_model("mhim", in_dim=8, baseline="meanmil")
+    assert math.isclose(build_model("mhim", in_dim=8).cfg.momentum, 0.9997)

@@ -174,7 +174,7 @@ def train_jobs(wc):
                 "confounders": (
                     f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None
                 ),
-                "teacher": run_file("model.pt", **fields, method=teacher) if teacher else None,
+                "teacher": run_file("model.pt", **(fields | {"method": teacher})) if teacher else None,
             }
         )
     return jobs

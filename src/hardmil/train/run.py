@@ -152,7 +152,7 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         "selection": {k: select_metrics[k] for k in ("auc", "balanced_accuracy")},
         "n_train": len(roles["train"]), "n_train_generated": len(generated), "n_val": len(roles["val"]),
         "n_test": len(roles["test"]),
-        "n_parameters": sum(p.numel() for p in net.parameters()),
+        "n_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),  # trainable only
         # the only fields that differ between two runs of the same seed
         "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0},
     }

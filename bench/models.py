@@ -28,10 +28,16 @@ def measure(name: str, sizes: list[int], dim: int, repeats: int, device: str, th
     model = build_model(name, in_dim=dim).to(device).train()
     if name == "ibmil":
         model.set_confounders(torch.randn_like(model.confounders))
+    if name == "mhim":  # a teacher equal to the student's initialisation
+        model.init_teacher({"model": model.cfg.baseline, "model_config": dict(model.student.cfg.__dict__),
+                            "state_dict": model.student.state_dict()})
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = []
     for n in sizes:
         x = torch.randn(1, n, dim, device=device)
+        side = int(n**0.5) + 1  # patches on a regular grid of 256-px steps (only 2DMamba reads them)
+        cells = torch.randperm(side * side)[:n]
+        coords = (torch.stack([cells % side, cells // side], dim=-1) * 256)[None].to(device)
         y = torch.tensor([1], device=device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -41,7 +47,7 @@ def measure(name: str, sizes: list[int], dim: int, repeats: int, device: str, th
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            out = model(x, label=y)
+            out = model(x, label=y, coords=coords)
             loss = out.bag_loss_weight * F.cross_entropy(out.logits, y) + sum(out.aux_losses.values())
             loss.backward()
             if device.startswith("cuda"):
@@ -61,6 +67,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", nargs="+", help="only these registry names (default: all)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -70,7 +77,7 @@ def main() -> int:
 
     print(f"{'model':10s} " + " ".join(f"{f'N={n}':>20s}" for n in args.sizes))
     print(f"{'':10s} " + " ".join(f"{'ms / peak MB':>20s}" for _ in args.sizes))
-    for name in MODELS:
+    for name in args.models or MODELS:
         cmd = [sys.executable, __file__, "--one", name, "--sizes", *map(str, args.sizes), "--dim", str(args.dim),
                "--repeats", str(args.repeats), "--device", args.device, "--threads", str(args.threads)]
         res = subprocess.run(cmd, capture_output=True, text=True)

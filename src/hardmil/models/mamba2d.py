@@ -73,15 +73,19 @@ class RMSNorm(nn.Module):
 
 
 def scan_2d(decay: Tensor, inp: Tensor) -> Tensor:
-    """The 2-D recurrence on [H, W, ...] tensors: along rows, then down columns, same decay."""
+    """The 2-D recurrence on [H, W, ...] tensors: along rows, then down columns, same decay.
+
+    ``unbind`` (not indexing) keeps the backward linear in the grid size: the gradient of an index is a
+    full-size scatter per step.
+    """
     rows, g = [], torch.zeros_like(inp[:, 0])
-    for j in range(inp.shape[1]):
-        g = decay[:, j] * g + inp[:, j]
+    for a, b in zip(decay.unbind(1), inp.unbind(1), strict=True):
+        g = a * g + b
         rows.append(g)
     g_all = torch.stack(rows, dim=1)
     cols, h = [], torch.zeros_like(inp[0])
-    for i in range(inp.shape[0]):
-        h = decay[i] * h + g_all[i]
+    for a, b in zip(decay.unbind(0), g_all.unbind(0), strict=True):
+        h = a * h + b
         cols.append(h)
     return torch.stack(cols, dim=0)
 

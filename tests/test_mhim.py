@@ -72,6 +72,21 @@ def test_v2_score_is_class_aware_probability_and_v1_is_attention():
     assert torch.allclose(v1.teacher_scores(x)[0], v1.teacher.eval().aggregate(v1.teacher.embed(x))[1][0])
 
 
+def test_mhim_over_dsmil():
+    torch.manual_seed(0)
+    m = build_model("mhim", in_dim=8, baseline="dsmil", teacher_dropout=False, rsm_ratio=0.3, mask_high=0.1)
+    m.init_teacher({"model": "dsmil", "model_config": dataclasses.asdict(m.student.cfg),
+                    "state_dict": m.student.state_dict()})
+    x = torch.randn(1, 20, 8)
+    score, z = m.teacher_scores(x)
+    t = m.teacher.eval()
+    assert torch.allclose(score, t.instance_classifier(t.feature(x))[0].amax(-1), atol=1e-6)
+    assert z.shape == (2 * 512,)
+    out = m.train()(x, label=torch.tensor([1]))
+    assert set(out.aux_losses) == {"max_instance", "consistency"} and out.bag_loss_weight == 0.5
+    assert torch.allclose(m.eval()(x).logits, m.student(x).logits)
+
+
 def test_training_step_consistency_grn_and_ema():
     m = mhim(alpha=0.5, rsm_ratio=0.5, grn_tokens=2, momentum=0.9).train()
     q0 = m.grn.queries.clone()
@@ -117,6 +132,6 @@ def test_teacher_errors():
     cfg = dataclasses.asdict(m.student.cfg) | {"hidden_dim": 256}
     with pytest.raises(ValueError, match="hidden_dim"):
         m.init_teacher({"model": "abmil", "model_config": cfg, "state_dict": {}})
-    with pytest.raises(ValueError, match="cannot wrap 'meanmil'"):
+    with pytest.raises(ValueError, match="cannot wrap 'meanmil'"):  # no hooks
         build_model("mhim", in_dim=8, baseline="meanmil")
     assert math.isclose(build_model("mhim", in_dim=8).cfg.momentum, 0.9997)

@@ -71,12 +71,23 @@ class ABMIL(nn.Module):
         attn = masked_softmax(self.attention_scores(h), mask)
         return torch.einsum("bn,bnh->bh", attn, h), attn
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
-                coords: Tensor | None = None) -> MILOutput:
-        h = self.embed(x)
+    def head(self, h: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+        """Everything after the instance embedding (the hook MHIM's student and teacher run)."""
         z, attn = self.aggregate(h, mask)
         return MILOutput(logits=self.classify(z), attention=attn, embedding=z,
                          instance_logits=self.classify(h))
+
+    def instance_scores(self, h: Tensor, out: MILOutput, version: str) -> Tensor:
+        """MHIM's instance assessment of one bag: attention (v1) or the class-aware instance probability
+        ``max_c softmax_c(W (a_i h_i) + b)`` (v2)."""
+        a = out.attention[0]
+        if version == "v1":
+            return a
+        return torch.softmax(self.classify(a[:, None] * h[0]), dim=-1).amax(-1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
+                coords: Tensor | None = None) -> MILOutput:
+        return self.head(self.embed(x), mask, label)
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,25 @@ class DSMIL(nn.Module):
             inst_logits = inst_logits.masked_fill(~mask[..., None], float("-inf"))
         return inst_logits.argmax(dim=1)
 
+    def embed(self, x: Tensor) -> Tensor:
+        return self.feature(x)
+
+    def instance_scores(self, h: Tensor, out: MILOutput, version: str) -> Tensor:
+        """MHIM's instance assessment of one bag: v2 = max over classes of the instance-classifier logits
+        (the reference's DSMIL score); v1 = the bag stream's attention of the predicted class."""
+        return out.instance_logits[0].amax(-1) if version == "v2" else out.attention[0]
+
+    @property
+    def embedding_groups(self) -> int:
+        """The bag embedding is C rows of hidden_dim (MHIM's consistency is taken per row)."""
+        return self.cfg.n_classes
+
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:
-        h = self.feature(x)  # [B, N, H]
+        return self.head(self.embed(x), mask, label)
+
+    def head(self, h: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+        """Everything after the instance embedding ``h`` [B, N, H] (the hook MHIM runs)."""
         inst = self.instance_classifier(h)  # [B, N, C]
         crit = self.critical_instances(inst, mask)  # [B, C]
         max_logits = torch.gather(inst, 1, crit[:, None, :]).squeeze(1)  # per-class max over instances
@@ -77,7 +93,7 @@ class DSMIL(nn.Module):
         attn = masked_softmax(scores.transpose(1, 2), None if mask is None else mask[:, None, :])  # [B, C, N]
         bag_feat = attn @ self.v(h)  # [B, C, H]
         logits = self.fcc(bag_feat).squeeze(-1)  # [B, C]
-        shown = attn[torch.arange(len(x)), logits.argmax(1)]
+        shown = attn[torch.arange(len(h)), logits.argmax(1)]
         out = MILOutput(logits=logits, attention=shown, embedding=bag_feat.flatten(1), instance_logits=inst)
         if label is not None and self.training:
             w = self.cfg.max_loss_weight

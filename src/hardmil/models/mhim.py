@@ -6,8 +6,13 @@ Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behav
 really runs: ``shared/notes/mhim_reference.md``.
 
 The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
-projection + dropout), ``aggregate(h, mask) -> (bag embedding, attention)`` and ``classify``. So far AB-MIL
-and gated AB-MIL provide these hooks.
+projection + dropout), ``head(h, mask, label) -> MILOutput`` (everything after the embedding, with its own
+auxiliary losses) and ``instance_scores(h, out, version)``. AB-MIL, gated AB-MIL and DSMIL provide them
+(TransMIL does not yet: its Nystrom attention never forms the class token's attention explicitly). DSMIL keeps
+its own semantics inside MHIM (bag-stream prediction, 0.5 / 0.5 bag and max-instance losses), so teacher and
+student are the same model as the baseline checkpoint; the reference's MHIM-internal DSMIL averages the two
+streams' logits instead. DSMIL's consistency loss is taken per class row of its [C, 512] bag embedding, as the
+reference does.
 
 One training step on a bag (``forward`` with a label, in train mode):
 1. The teacher (an EMA copy of the student, initialised from the trained baseline of the same fold) scores
@@ -53,7 +58,7 @@ from hardmil.models.base import MILOutput, init_xavier
 class MHIMConfig:
     in_dim: int = 1024
     n_classes: int = 2
-    baseline: str = "abmil"  # a registered model exposing embed / aggregate / classify
+    baseline: str = "abmil"  # a registered model exposing embed / head / instance_scores
     baseline_params: dict = field(default_factory=dict)
     version: str = "v2"  # 'v1': raw attention scores; 'v2': class-aware instance probability
     mask_high: float = 0.01  # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
@@ -121,7 +126,7 @@ class MHIM(nn.Module):
         self.cfg = cfg
         self.student = build_model(cfg.baseline, **{**cfg.baseline_params, "in_dim": cfg.in_dim,
                                                      "n_classes": cfg.n_classes})
-        for hook in ("embed", "aggregate", "classify"):
+        for hook in ("embed", "head", "instance_scores"):
             if not hasattr(self.student, hook):
                 raise ValueError(f"MHIM cannot wrap {cfg.baseline!r}: it has no {hook}() hook")
         dim = self.student.cfg.hidden_dim
@@ -154,16 +159,12 @@ class MHIM(nn.Module):
     # --- masking ------------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(instance scores [N], teacher bag embedding [H]) for one bag x [1, N, D]."""
+        """(instance scores [N], teacher bag embedding) for one bag x [1, N, D]."""
         t = self.teacher
         t.train(self.cfg.teacher_dropout)
         h = t.embed(x)
-        z, attn = t.aggregate(h)
-        if self.cfg.version == "v1":
-            score = attn[0]
-        else:
-            score = torch.softmax(t.classify(attn[0, :, None] * h[0]), dim=-1).amax(-1)
-        return score, z[0]
+        out = t.head(h)
+        return t.instance_scores(h, out, self.cfg.version), out.embedding[0]
 
     def high_ratio(self) -> float:
         h = self.cfg.mask_high
@@ -205,8 +206,10 @@ class MHIM(nn.Module):
             if self.grn is not None and self.cfg.grn_at_inference:
                 h = torch.stack([torch.cat([h[b], self.grn(h[b])]) for b in range(len(h))])
                 mask = None if mask is None else F.pad(mask, (0, self.cfg.grn_tokens), value=True)
-            z, attn = s.aggregate(h, mask)
-            return MILOutput(logits=s.classify(z), attention=attn[:, : x.shape[1]], embedding=z)
+            out = s.head(h, mask)
+            out.attention = None if out.attention is None else out.attention[:, : x.shape[1]]
+            out.instance_logits = None
+            return out
         if not bool(self.has_teacher):
             raise ValueError("MHIM has no teacher: init_teacher() with the same fold's trained baseline first")
         if len(x) != 1 or mask is not None:
@@ -221,13 +224,17 @@ class MHIM(nn.Module):
             with torch.no_grad():  # the queries follow the GRN outputs by EMA, never by gradient
                 m = self.cfg.grn_momentum
                 self.grn.queries.mul_(m).add_((1 - m) * summary.detach())
-        z, attn = s.aggregate(tokens[None])
-        out = MILOutput(logits=s.classify(z), embedding=z)
+        out = s.head(tokens[None], label=label)
         if self.cfg.alpha > 0:
-            target = torch.softmax(z_teacher / self.cfg.temp_teacher, dim=-1)
-            cons = -(target * F.log_softmax(z[0] / self.cfg.temp_student, dim=-1)).sum()
+            groups = getattr(s, "embedding_groups", 1)
+            t = z_teacher.reshape(groups, -1)
+            z = out.embedding[0].reshape(groups, -1)
+            target = torch.softmax(t / self.cfg.temp_teacher, dim=-1)
+            cons = -(target * F.log_softmax(z / self.cfg.temp_student, dim=-1)).sum()
             out.aux_losses["consistency"] = self.cfg.alpha * cons
+        attn = out.attention if out.attention is not None else torch.zeros(1, len(tokens), device=h.device)
         out.attention = torch.zeros_like(score)[None].scatter(1, kept[None], attn[:, : len(kept)])
+        out.instance_logits = None
         return out
 
     @torch.no_grad()

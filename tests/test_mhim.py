@@ -135,3 +135,34 @@ def test_teacher_errors():
     with pytest.raises(ValueError, match="cannot wrap 'meanmil'"):  # no hooks
         build_model("mhim", in_dim=8, baseline="meanmil")
     assert math.isclose(build_model("mhim", in_dim=8).cfg.momentum, 0.9997)
+
+
+def test_transmil_class_token_row_matches_the_layer_output():
+    """The explicit class-token attention row reproduces the Nystrom layer's own output for that token."""
+    torch.manual_seed(0)
+    t = build_model("transmil", in_dim=8, landmarks=4).eval()
+    x = torch.randn(1, 11, 512)
+    layer = t.layers[0]
+    attn, v = layer.row_attention(x, row=0)
+    a1, a2_inv, a3, vv, pad = layer._factors(x)
+    full = ((a1 @ a2_inv) @ (a3 @ vv))[:, :, pad]  # the class token's attention output, per head
+    assert torch.allclose((attn[..., None] * v).sum(2), full, atol=1e-5)
+
+
+def test_mhim_over_transmil():
+    torch.manual_seed(0)
+    m = build_model("mhim", in_dim=8, baseline="transmil", baseline_params={"landmarks": 4}, teacher_dropout=False,
+                    mask_high=0.1, rsm_ratio=0.3)
+    m.init_teacher({"model": "transmil", "model_config": dataclasses.asdict(m.student.cfg),
+                    "state_dict": m.student.state_dict()})
+    x = torch.randn(1, 15, 8)
+    score, z = m.teacher_scores(x)
+    assert score.shape == (15,) and ((score > 0) & (score <= 1)).all() and z.shape == (512,)
+    v1 = build_model("mhim", in_dim=8, baseline="transmil", baseline_params={"landmarks": 4}, version="v1")
+    v1.init_teacher({"model": "transmil", "model_config": dataclasses.asdict(v1.student.cfg),
+                     "state_dict": v1.student.state_dict()})
+    s1, _ = v1.teacher_scores(x)
+    assert s1.shape == (15,)
+    out = m.train()(x, label=torch.tensor([0]))
+    (out.logits.sum() + sum(out.aux_losses.values())).backward()
+    assert torch.allclose(m.eval()(x).logits, m.student(x).logits)

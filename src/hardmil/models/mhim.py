@@ -7,8 +7,8 @@ really runs: ``shared/notes/mhim_reference.md``.
 
 The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
 projection + dropout), ``head(h, mask, label) -> MILOutput`` (everything after the embedding, with its own
-auxiliary losses) and ``instance_scores(h, out, version)``. AB-MIL, gated AB-MIL and DSMIL provide them
-(TransMIL does not yet: its Nystrom attention never forms the class token's attention explicitly). DSMIL keeps
+auxiliary losses) and ``instance_scores(h, out, version)``. AB-MIL, gated AB-MIL, DSMIL and TransMIL provide
+them (TransMIL scores from the class token's layer-1 Nystrom attention row). DSMIL keeps
 its own semantics inside MHIM (bag-stream prediction, 0.5 / 0.5 bag and max-instance losses), so teacher and
 student are the same model as the baseline checkpoint; the reference's MHIM-internal DSMIL averages the two
 streams' logits instead. DSMIL's consistency loss is taken per class row of its [C, 512] bag embedding, as the

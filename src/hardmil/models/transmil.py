@@ -19,8 +19,9 @@ completed with the first instances (the documented exception, tested). With ``ma
 real instances only (one bag at a time), so a padded batch gives the same output as the bags alone.
 
 Deliberate deviations: our own Nystrom implementation (landmarks are segment means after front zero-padding
-to a multiple of the landmark count, as the reference); no attention map is returned (``attention`` is None:
-the class token's attention is not formed explicitly by Nystrom attention).
+to a multiple of the landmark count, as the reference); no attention map is returned (``attention`` is None).
+For MHIM the class token's layer-1 attention row is formed explicitly from the Nystrom factors
+(``row_attention``); v1 averages it over heads (the reference fuses heads by a top-k vote).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class NystromAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
         self.res_conv = nn.Conv2d(heads, heads, (kernel, 1), padding=(kernel // 2, 0), groups=heads, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """(a1, pinv(a2), a3, v, front padding) of the Nystrom approximation of softmax(q k^T) v."""
         b, n, _ = x.shape
         m = self.landmarks
         pad = (m - n % m) % m
@@ -81,9 +83,21 @@ class NystromAttention(nn.Module):
         a1 = torch.softmax(q @ k_l.transpose(-1, -2), -1)
         a2 = torch.softmax(q_l @ k_l.transpose(-1, -2), -1)
         a3 = torch.softmax(q_l @ k.transpose(-1, -2), -1)
-        out = (a1 @ pinv_iterative(a2, self.iters)) @ (a3 @ v) + self.res_conv(v)
+        return a1, pinv_iterative(a2, self.iters), a3, v, pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        a1, a2_inv, a3, v, _ = self._factors(x)
+        out = (a1 @ a2_inv) @ (a3 @ v) + self.res_conv(v)
         out = out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
         return self.to_out(out)[:, -n:]
+
+    def row_attention(self, x: Tensor, row: int) -> tuple[Tensor, Tensor]:
+        """Token ``row``'s approximate attention over all tokens [B, heads, n] and the values [B, heads, n, d]."""
+        n = x.shape[1]
+        a1, a2_inv, a3, v, pad = self._factors(x)
+        attn = (a1[:, :, pad + row : pad + row + 1] @ a2_inv @ a3)[:, :, 0, pad:]
+        return attn[..., :n], v[:, :, pad:][:, :, :n]
 
 
 class PPEG(nn.Module):
@@ -115,19 +129,43 @@ class TransMIL(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.n_classes)
 
-    def _bag_embedding(self, h: Tensor) -> Tensor:
+    def _tokens(self, h: Tensor) -> tuple[Tensor, int]:
+        """Class token + instances padded to a square by repeating the first instances; the square's side."""
         n = h.shape[1]
         side = math.ceil(math.sqrt(n))
-        h = torch.cat([h, h[:, : side * side - n]], dim=1)  # square by repeating the first instances
-        x = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
+        h = torch.cat([h, h[:, : side * side - n]], dim=1)
+        return torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1), side
+
+    def _bag_embedding(self, h: Tensor) -> Tensor:
+        x, side = self._tokens(h)
         x = x + self.layers[0](self.norms[0](x))
         x = self.ppeg(x, side)
         x = x + self.layers[1](self.norms[1](x))
         return self.norm(x)[:, 0]
 
+    def embed(self, x: Tensor) -> Tensor:
+        return self.feature(x)
+
+    def instance_scores(self, h: Tensor, out: MILOutput, version: str) -> Tensor:
+        """MHIM's instance assessment of one bag h [1, N, H] from the class token's layer-1 attention:
+        v1 its mean over heads; v2 the class-aware probability of the per-head attention-weighted values,
+        concatenated over heads, through the layer's output projection and the classifier (max over classes)."""
+        n = h.shape[1]
+        x, _ = self._tokens(h)
+        layer = self.layers[0]
+        attn, v = layer.row_attention(self.norms[0](x), row=0)  # [1, heads, 1 + n_square]
+        attn, v = attn[:, :, 1 : n + 1], v[:, :, 1 : n + 1]  # the N real instances
+        if version == "v1":
+            return attn[0].mean(0)
+        f = (attn[..., None] * v).transpose(1, 2).reshape(1, n, -1)
+        return torch.softmax(self.classifier(layer.to_out(f)), dim=-1)[0].amax(-1)
+
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:
-        h = self.feature(x)
+        return self.head(self.embed(x), mask, label)
+
+    def head(self, h: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+        """Everything after the instance embedding (the hook MHIM runs)."""
         if mask is None:
             z = self._bag_embedding(h)
         else:

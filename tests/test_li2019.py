@@ -180,3 +180,10 @@ def test_stage1_mining_and_stage2_training_set(tmp_path):
     originals = [Bag("a", "a", 1, np.ones((2, 8))), Bag("b", "b", 0, np.ones((3, 8)))]
     generated = read_generated(tmp_path / "hn/bags.h5")
     assert training_bags({"train": originals}, generated) == originals + generated
+
+
+def test_unknown_generator_or_pool_is_an_error():
+    with pytest.raises(ValueError, match="unknown generator 'xb'"):
+        HardNegConfig(generator="xb")
+    with pytest.raises(ValueError, match="unknown pool 'easy'"):
+        HardNegConfig(pool="easy")

@@ -55,6 +55,12 @@ class HardNegConfig:
     # set has no false-positive training bags, and eq. 3 then has nothing to mine).
     min_bags: int = 0
 
+    def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise ValueError(f"unknown generator {self.generator!r}; valid: {GENERATORS}")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; valid: {POOLS}")
+
 
 @dataclass
 class Pool:
@@ -142,8 +148,6 @@ def generate(pool: Pool, cfg: HardNegConfig, train_sizes: list[int], rng: np.ran
     sizes = bag_sizes(train_sizes, cfg.n_bags, rng)
     if cfg.generator == "mb":
         return [rng.choice(m, size=k, replace=k > m) for k in sizes]
-    if cfg.generator != "fmb":
-        raise ValueError(f"unknown generator {cfg.generator!r}; valid: {GENERATORS}")
     from sklearn.cluster import KMeans
 
     c = min(cfg.clusters, m)

@@ -1,0 +1,1 @@
+"""Patch encoders (one explicit registry) and batched feature extraction from slides."""

@@ -41,3 +41,14 @@ def fetch_wheel(index_url: str, project: str, version: str, dest: str | os.PathL
     download(info["url"], dest, size=info["size"], sha256=sha256 or info["sha256"])
     log.info("fetched %s (%s bytes)", Path(dest), info["size"])
     return {"url": info["url"], "sha256": sha256 or info["sha256"], "size": info["size"], "filename": filename}
+
+
+def fetch_release_file(index_url: str, project: str, filename: str, dest: str | os.PathLike,
+                       sha256: str | None = None) -> dict:
+    """Download any file of a release (e.g. a ``py2.py3`` wheel) to ``dest``; pinned like :func:`fetch_wheel`."""
+    info = find_release_file(index_url, project, filename)
+    if sha256 and info["sha256"] and sha256.lower() != info["sha256"].lower():
+        raise DownloadError(f"{info['url']}: index sha256 {info['sha256']} != pinned {sha256}")
+    download(info["url"], dest, size=info["size"], sha256=sha256 or info["sha256"])
+    log.info("fetched %s (%s bytes)", Path(dest), info["size"])
+    return {"url": info["url"], "sha256": sha256 or info["sha256"], "size": info["size"], "filename": filename}

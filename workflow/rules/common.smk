@@ -81,10 +81,14 @@ def one_of(names):
 
 
 def manifest_path(dataset):
+    if is_slide_dataset(dataset):  # the slides every stage finished (rule bag_manifest)
+        return f"results/bags/{dataset}.tsv"
     return config["datasets"][dataset].get("manifest", f"results/manifests/{dataset}.tsv")
 
 
 def features_dir(dataset, encoder):
+    if is_slide_dataset(dataset):  # the training view of the features (rule bag_features)
+        return f"results/bags/{dataset}/{encoder}"
     default = "results/features/{dataset}/{encoder}"
     pattern = config["datasets"][dataset].get("features_dir", default)
     return pattern.format(dataset=dataset, encoder=encoder)
@@ -261,4 +265,77 @@ def all_targets():
     return tables + all_runs()
 
 
+# --- slide datasets (source synthetic | slides): slides -> patches -> features, per-cohort shard jobs ---
+SLIDE_SOURCES = ("synthetic", "slides")
+PATCH_REPORT = "results/patches/{dataset}/shards/{shard}-of-{n}.tsv"
+FEATURE_REPORT = "results/features/{dataset}/{encoder}/shards/{shard}-of-{n}.tsv"
+
+
+def is_slide_dataset(dataset):
+    return config["datasets"][dataset]["source"] in SLIDE_SOURCES
+
+
+def slide_datasets():
+    return [d for d in config["datasets"] if is_slide_dataset(d)]
+
+
+def slide_encoders():
+    return sorted({e for d in slide_datasets() for e in config["datasets"][d]["encoders"]})
+
+
+def raw_manifest(dataset):
+    """The cohort's slide list: written by the synthetic rule, or a download rule / the user."""
+    return config["datasets"][dataset].get("manifest", f"results/manifests/{dataset}.tsv")
+
+
+def slides_dir(dataset):
+    if config["datasets"][dataset]["source"] == "synthetic":
+        return f"results/slides/{dataset}"
+    return config["datasets"][dataset].get("slides_dir", f"resources/slides/{dataset}")
+
+
+def n_shards(dataset):
+    return config["datasets"][dataset]["shards"]
+
+
+def patch_reports(dataset):
+    n = n_shards(dataset)
+    return [PATCH_REPORT.format(dataset=dataset, shard=i, n=n) for i in range(n)]
+
+
+def feature_reports(dataset, encoder):
+    n = n_shards(dataset)
+    return [FEATURE_REPORT.format(dataset=dataset, encoder=encoder, shard=i, n=n) for i in range(n)]
+
+
+def asset_path(name):
+    import os.path
+
+    return f"resources/assets/{name}{os.path.splitext(config['assets'][name]['member'])[1]}"
+
+
+def slide_inputs(wc):
+    """What must exist before a cohort's slides are read: the synthetic cohort's provenance, else nothing."""
+    if config["datasets"][wc.dataset]["source"] == "synthetic":
+        return [f"results/slides/{wc.dataset}/provenance.json"]
+    return []
+
+
+def encoder_weights(wc):
+    weights = config["encoders"][wc.encoder].get("weights")
+    return [weights] if weights else []
+
+
+def _validate_slide_references():
+    for d in slide_datasets():
+        for e in config["datasets"][d]["encoders"]:
+            if e not in config["encoders"]:
+                raise ValueError(f"config datasets.{d}.encoders: {e!r} is not in encoders ({sorted(config['encoders'])})")
+    if any(config["datasets"][d]["source"] == "synthetic" for d in slide_datasets()):
+        for a in config["synthetic"]["normal"] + config["synthetic"]["tumour"]:
+            if a not in config["assets"]:
+                raise ValueError(f"config synthetic: texture {a!r} is not in assets")
+
+
 _validate_references()
+_validate_slide_references()

@@ -123,3 +123,35 @@ def extract_slide(slide_path: str | os.PathLike, coords_path: str | os.PathLike,
                    preprocessing=encoder.preprocessing.describe(), coords_attrs=json.dumps(attrs, default=str),
                    slide_path=str(slide_path), random_encoder=encoder.weights_sha256 == "random")
     return {"n_patches": len(coords), "dim": int(feats.shape[1])}
+
+
+def feature_shard(patch_report: str | os.PathLike, manifest: str | os.PathLike, slides_dir: str | os.PathLike,
+                  coords_dir: str | os.PathLike, out_dir: str | os.PathLike, report: str | os.PathLike,
+                  encoder_cfg: dict, on_error: str = "fail", device: str = "auto", threads: int | None = None) -> list:
+    """Embed the slides of one shard (those its patching report lists as done) with the configured encoder."""
+    from hardmil.features.encoders import build_encoder
+    from hardmil.wsi.cohort import OK, read_report, read_slide_manifest, run_shard
+    from hardmil.wsi.slide import find_slide
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = pick_device(device)
+    cfg = dict(encoder_cfg)
+    batch_size, workers = int(cfg.pop("batch_size", 64)), int(cfg.pop("num_workers", 0))
+    for key in ("threads", "mem_mb", "runtime"):
+        cfg.pop(key, None)
+    encoder = prepare(build_encoder(**cfg), dev)
+    log.info("encoder %s (%d-d, weights %s) on %s", encoder.name, encoder.embed_dim, encoder.weights_sha256[:16], dev)
+    by_slide = {r["slide"]: r for r in read_slide_manifest(manifest)}
+    patched = read_report(patch_report)
+    skip = {r["slide"] for r in patched if r["status"] not in OK}
+    rows = [by_slide[r["slide"]] for r in patched]
+    out_dir = Path(out_dir)
+
+    def work(row):
+        path = find_slide(slides_dir, row["slide"], row.get("filename") or None)
+        return extract_slide(path, Path(coords_dir) / f"{row['slide']}.h5", out_dir / f"{row['slide']}.h5",
+                             encoder, dev, batch_size, workers)
+
+    return run_shard(rows, work, lambda row: features_done(out_dir / f"{row['slide']}.h5", encoder), report,
+                     on_error, desc=f"features {encoder.name}", skip=skip)

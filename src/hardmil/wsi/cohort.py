@@ -10,9 +10,11 @@ shard's done-file; the workflow gathers the reports to drop failed slides from t
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -93,3 +95,96 @@ def failed_slides(reports: list[str | os.PathLike]) -> dict[str, str]:
             if r["status"] not in OK:
                 bad.setdefault(r["slide"], r["detail"] or r["status"])
     return bad
+
+
+def read_slide_manifest(path: str | os.PathLike) -> list[dict]:
+    """The rows (slide, case, label, optional filename) of a cohort's slide manifest."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except OSError as err:
+        raise InputError(path, f"cannot read manifest: {err}") from err
+    if not rows:
+        raise InputError(path, "manifest has no rows")
+    missing = [c for c in ("slide", "case", "label") if c not in rows[0]]
+    if missing:
+        raise InputError(path, f"manifest lacks column(s) {missing}")
+    return rows
+
+
+def patch_shard(manifest: str | os.PathLike, slides_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                report: str | os.PathLike, shard: int, n_shards: int, patch: dict, tissue: dict,
+                on_error: str = "fail", qc: bool = True) -> list[dict]:
+    """Patch the slides of one shard: ``{out_dir}/{slide}.h5`` (+ ``{slide}.png`` QC) and the shard report."""
+    from hardmil.wsi.patching import PatchParams, patch_slide, read_coords
+    from hardmil.wsi.slide import find_slide
+    from hardmil.wsi.tissue import TissueParams
+
+    params, tparams = PatchParams(**patch), TissueParams(**tissue)
+    out_dir = Path(out_dir)
+
+    def done(row):
+        path = out_dir / f"{row['slide']}.h5"
+        if not path.exists():
+            return False
+        try:
+            _, attrs = read_coords(path)
+        except InputError:
+            return False
+        return (attrs.get("patch_size") == params.patch_size and attrs.get("min_tissue") == params.min_tissue
+                and float(attrs.get("target_magnification")) == params.magnification
+                and attrs.get("segmentation") == json.dumps(asdict(tparams)))
+
+    def work(row):
+        path = find_slide(slides_dir, row["slide"], row.get("filename") or None)
+        qc_path = out_dir / f"{row['slide']}.png" if qc else None
+        return patch_slide(path, out_dir / f"{row['slide']}.h5", qc_path, params, tparams, name=row["slide"])
+
+    rows = shard_rows(read_slide_manifest(manifest), shard, n_shards)
+    return run_shard(rows, work, done, report, on_error, desc="patching")
+
+
+def bag_manifest(manifest: str | os.PathLike, reports: list[str | os.PathLike], out: str | os.PathLike) -> list[dict]:
+    """The manifest rows of slides that every stage finished (failed slides, logged, are left out)."""
+    rows = read_slide_manifest(manifest)
+    bad = failed_slides(reports)
+    seen = set()
+    for path in reports:
+        seen.update(r["slide"] for r in read_report(path))
+    missing = [r["slide"] for r in rows if r["slide"] not in seen]
+    if missing:
+        raise InputError(manifest, f"{len(missing)} slide(s) are in no shard report (shards out of date?): "
+                                   f"{', '.join(missing[:5])}")
+    for slide, why in bad.items():
+        log.warning("left out %s: %s", slide, why)
+    keep = [r for r in rows if r["slide"] not in bad]
+    if not keep:
+        raise InputError(manifest, "every slide failed; nothing to train on")
+    with atomic_path(out, suffix=".tsv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+            w.writeheader()
+            w.writerows(keep)
+    log.info("%d of %d slides usable", len(keep), len(rows))
+    return keep
+
+
+def link_bags(bag_rows_path: str | os.PathLike, features_dir: str | os.PathLike, out_dir: str | os.PathLike) -> int:
+    """Hard-link (or copy) the features file of every usable slide into ``out_dir``, the training view."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for row in read_slide_manifest(bag_rows_path):
+        src = Path(features_dir) / f"{row['slide']}.h5"
+        if not src.exists():
+            raise InputError(src, "features file missing although its shard reported success")
+        dst = out_dir / src.name
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+        n += 1
+    return n

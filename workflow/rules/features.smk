@@ -27,8 +27,6 @@ rule features:
         gpu=1,
     params:
         slides_dir=lambda wc: slides_dir(wc.dataset),
-        coords_dir="results/patches/{dataset}",
-        out_dir="results/features/{dataset}/{encoder}",
         encoder=lambda wc: config["encoders"][wc.encoder],
         on_error=lambda wc: config["datasets"][wc.dataset]["on_error"],
     script:
@@ -77,7 +75,5 @@ rule bag_features:
     resources:
         mem_mb=500,
         runtime=5,
-    params:
-        features_dir="results/features/{dataset}/{encoder}",
     script:
         "../scripts/bag_features.py"

@@ -25,7 +25,6 @@ rule patches:
         runtime=config["patching"]["runtime"],
     params:
         slides_dir=lambda wc: slides_dir(wc.dataset),
-        out_dir="results/patches/{dataset}",
         patching=config["patching"],
         on_error=lambda wc: config["datasets"][wc.dataset]["on_error"],
     script:

@@ -34,13 +34,7 @@ def fetch_wheel(index_url: str, project: str, version: str, dest: str | os.PathL
 
     The index's own sha256 is always checked; ``sha256`` (from config) additionally pins the file.
     """
-    filename = f"{project}-{version}-py3-none-any.whl"
-    info = find_release_file(index_url, project, filename)
-    if sha256 and info["sha256"] and sha256.lower() != info["sha256"].lower():
-        raise DownloadError(f"{info['url']}: index sha256 {info['sha256']} != pinned {sha256}")
-    download(info["url"], dest, size=info["size"], sha256=sha256 or info["sha256"])
-    log.info("fetched %s (%s bytes)", Path(dest), info["size"])
-    return {"url": info["url"], "sha256": sha256 or info["sha256"], "size": info["size"], "filename": filename}
+    return fetch_release_file(index_url, project, f"{project}-{version}-py3-none-any.whl", dest, sha256)
 
 
 def fetch_release_file(index_url: str, project: str, filename: str, dest: str | os.PathLike,

@@ -33,16 +33,24 @@ def shard_rows(rows: list[dict], shard: int, n_shards: int) -> list[dict]:
     return [r for i, r in enumerate(rows) if i % n_shards == shard]
 
 
-def read_report(path: str | os.PathLike) -> list[dict]:
+def read_tsv(path: str | os.PathLike, columns: tuple[str, ...], what: str, allow_empty: bool = False) -> list[dict]:
+    """Rows of a TSV with at least ``columns``; problems raise InputError naming the file."""
     path = Path(path)
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
     except OSError as err:
-        raise InputError(path, f"cannot read shard report: {err}") from err
-    if rows and any(c not in rows[0] for c in REPORT_COLUMNS):
-        raise InputError(path, f"shard report lacks columns {REPORT_COLUMNS}")
+        raise InputError(path, f"cannot read {what}: {err}") from err
+    if not rows and not allow_empty:
+        raise InputError(path, f"{what} has no rows")
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        raise InputError(path, f"{what} lacks column(s) {missing}")
     return rows
+
+
+def read_report(path: str | os.PathLike) -> list[dict]:
+    return read_tsv(path, REPORT_COLUMNS, "shard report", allow_empty=True)
 
 
 def write_report(path: str | os.PathLike, rows: list[dict]) -> None:
@@ -99,18 +107,7 @@ def failed_slides(reports: list[str | os.PathLike]) -> dict[str, str]:
 
 def read_slide_manifest(path: str | os.PathLike) -> list[dict]:
     """The rows (slide, case, label, optional filename) of a cohort's slide manifest."""
-    path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-    except OSError as err:
-        raise InputError(path, f"cannot read manifest: {err}") from err
-    if not rows:
-        raise InputError(path, "manifest has no rows")
-    missing = [c for c in ("slide", "case", "label") if c not in rows[0]]
-    if missing:
-        raise InputError(path, f"manifest lacks column(s) {missing}")
-    return rows
+    return read_tsv(path, ("slide", "case", "label"), "manifest")
 
 
 def patch_shard(manifest: str | os.PathLike, slides_dir: str | os.PathLike, out_dir: str | os.PathLike,

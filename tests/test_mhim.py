@@ -166,3 +166,35 @@ def test_mhim_over_transmil():
     out = m.train()(x, label=torch.tensor([0]))
     (out.logits.sum() + sum(out.aux_losses.values())).backward()
     assert torch.allclose(m.eval()(x).logits, m.student(x).logits)
+
+
+def test_issue_counts_n1000_and_nested_names():
+    """N=1000, h=0.03: r=0.5 masks 30 among the top 60; r=1 masks exactly the top 30 (plain nested names)."""
+    score = torch.randperm(1000).float()
+    top60, top30 = set(score.topk(60).indices.tolist()), set(score.topk(30).indices.tolist())
+    rhsm = mhim(mask={"high_ratio": 0.03, "high_random_fraction": 0.5, "random_ratio": 0.0})
+    assert rhsm.cfg.mask_high == 0.03 and rhsm.cfg.mask_high_random == 0.5 and rhsm.cfg.rsm_ratio == 0.0
+    for _ in range(10):
+        masked = set(range(1000)) - set(rhsm.select(score)[0].tolist())
+        assert len(masked) == 30 and masked <= top60
+    hsm = mhim(mask={"high_ratio": 0.03, "random_ratio": 0.0})
+    assert set(range(1000)) - set(hsm.select(score)[0].tolist()) == top30
+    with pytest.raises(ValueError, match="high_rate"):
+        mhim(mask={"high_rate": 0.03})
+
+
+def test_rsm_without_grn_drops_the_random_share():
+    m = mhim(mask_high=0.03, rsm_ratio=0.8, grn=False)
+    kept, rec = m.select(torch.randn(1000))
+    assert len(rec) == 0 and len(kept) == 970 - int(970 * 0.8)
+
+
+def test_grn_associative_form_equals_explicit_attention():
+    m = mhim(grn_tokens=3).eval()
+    x = torch.randn(57, m.student.cfg.hidden_dim, requires_grad=True)
+    fast, slow = m.grn(x), m.grn.forward_explicit(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().sum(), [x, m.grn.to_kv.weight])
+    g_slow = torch.autograd.grad(slow.square().sum(), [x, m.grn.to_kv.weight])
+    for a, b in zip(g_fast, g_slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

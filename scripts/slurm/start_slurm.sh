@@ -182,7 +182,7 @@ node_idle() {
     local state
     state=$(sinfo -h -n "$node" -o %T 2>/dev/null | head -n1)
     case "$state" in
-        idle | mixed | allocated) return 0 ;;
+        idle | mixed | allocated | completing) return 0 ;;
         down* | drain* | fail*) scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true ;;
     esac
     return 1

@@ -77,11 +77,60 @@ def job_record(job_id: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in res.stdout.split() if "=" in kv)
 
 
-def test_workflow_through_the_slurm_profile(slurm, tmp_path):
+def byo_dataset(tmp_path: Path) -> dict:
     feats, manifest = make_cohort(tmp_path / "cohort", n_bags=12, dim=8, seed=3)
+    return {"byo": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
+                    "features_dir": str(feats)}}
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--configfile", str(workdir / "config.yaml"), "--profile", str(PROFILE), *args]
+
+
+def test_profile_resources_per_rule_family(tmp_path):
+    """Dry run (no SLURM needed, only the plugin): which partition, GPU, memory and time each family asks for."""
+    if find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[cluster]')")
     cfg = {
-        "datasets": {"byo": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
-                             "features_dir": str(feats)}},
+        "datasets": byo_dataset(tmp_path),
+        "cv": {"folds": 2, "seeds": [0]},
+        "protocols": ["paper"],
+        "methods": {"abmil": {"model": "abmil"}, "abmil_mb": {"model": "abmil", "hardneg": "mb"},
+                    "ibmil": {"model": "ibmil", "confounders": "k3"}},
+        "hardneg": {"mb": {"from": "abmil", "generator": "mb"}},
+        "confounders": {"k3": {"from": "abmil", "clusters": 3}},
+        "tables": {"t": {"dataset": "byo", "rows": {"abmil": "AB-MIL"}}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = os.environ | {"HARDMIL_SLURM_PARTITION": "cpuq", "HARDMIL_SLURM_GPU_PARTITION": "gpuq",
+                        "HARDMIL_SLURM_GPUS": "2", "HARDMIL_SLURM_MEM_MB": "7000", "HARDMIL_SLURM_RUNTIME": "90"}
+    env.pop("HARDMIL_SLURM_ACCOUNT", None)
+    res = subprocess.run(snakemake_cmd(tmp_path, "-n"), capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    asked: dict[str, dict[str, str]] = {}
+    rule = None
+    for line in res.stdout.splitlines():
+        if m := re.match(r"rule (\w+):", line):
+            rule = m.group(1)
+        elif rule and line.strip().startswith("resources:"):
+            fields = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+            fields = {k: v for k, v in fields.items() if k in ("slurm_partition", "gpu", "mem_mb", "runtime")}
+            assert asked.setdefault(rule, fields) == fields, f"{rule}: jobs of one family differ"
+    asked.pop("all", None)
+    assert set(asked) == {"splits", "train", "hardneg", "confounders", "table"}, asked
+    train = asked.pop("train")
+    assert (train["slurm_partition"], train["gpu"], train["mem_mb"], train["runtime"]) == ("gpuq", "2", "7000", "90")
+    for heavy in ("hardneg", "confounders"):  # CPU jobs: hardmil.mining has no CUDA path
+        r = asked.pop(heavy)
+        assert (r["slurm_partition"], r["mem_mb"], r["runtime"]) == ("cpuq", "7000", "90") and "gpu" not in r
+    for small, r in asked.items():
+        assert r["slurm_partition"] == "cpuq" and int(r["mem_mb"]) <= 2000 and "gpu" not in r, (small, r)
+
+
+def test_workflow_through_the_slurm_profile(slurm, tmp_path):
+    cfg = {
+        "datasets": byo_dataset(tmp_path),
         "cv": {"folds": 2, "seeds": [0]},
         "protocols": ["paper"],
         "methods": {"abmil": {"model": "abmil"}},
@@ -94,14 +143,13 @@ def test_workflow_through_the_slurm_profile(slurm, tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # jobs run `python -m snakemake`
         "HARDMIL_SLURM_PARTITION": slurm["partition"],
         "HARDMIL_SLURM_GPUS": str(slurm["gpus"]),
-        "HARDMIL_SLURM_GPU_CPUS": "1",
-        "HARDMIL_SLURM_GPU_MEM_MB": "1500",
-        "HARDMIL_SLURM_GPU_RUNTIME": "10",
+        "HARDMIL_SLURM_CPUS": "1",
+        "HARDMIL_SLURM_MEM_MB": "1500",
+        "HARDMIL_SLURM_RUNTIME": "10",
     }
     env.pop("HARDMIL_SLURM_ACCOUNT", None)
     env.pop("HARDMIL_SLURM_GPU_PARTITION", None)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml"), "--profile", str(PROFILE)]
+    cmd = snakemake_cmd(tmp_path)
     start = time.monotonic()
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)

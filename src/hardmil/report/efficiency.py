@@ -111,6 +111,9 @@ def measure_fold(*, job: dict, features_dir: str | os.PathLike, classes: list[st
     ``job`` is one entry of the workflow's ``train_jobs`` (splits, out_dir of the trained run, extra_bags,
     confounders, teacher). Training runs the real :func:`hardmil.train.run.run_fold` for one epoch into a
     temporary folder (same data, model, teacher and loss as the workflow's run)."""
+    import hardmil.eval.metrics  # noqa: F401  (imports run_fold would do lazily must not count as memory)
+    import hardmil.mining.hardneg  # noqa: F401
+    import hardmil.report.assessment  # noqa: F401
     from hardmil.data.bags import load_bags
     from hardmil.data.splits import read_splits
     from hardmil.train.loop import Tensors, predict, resolve_device
@@ -119,6 +122,9 @@ def measure_fold(*, job: dict, features_dir: str | os.PathLike, classes: list[st
     torch.set_num_threads(max(1, threads))
     device = resolve_device(train_cfg.get("device", "auto"))
     epochs = {"epochs": 1, "patience": 1, "min_epochs": 0}
+    # warm-up: torch's one-off CPU start-up (kernels, thread pools, autograd engine) is not the method's memory
+    warm = torch.nn.Linear(8, 2)
+    torch.optim.Adam(warm.parameters()).step(lambda: warm(torch.randn(4, 8)).sum().backward())
     with tempfile.TemporaryDirectory(prefix="hardmil-efficiency-") as tmp:
         with PeakMemory(device) as mem:
             run_fold(splits=job["splits"], features_dir=features_dir, classes=classes, fold=job["fold"],

@@ -305,3 +305,32 @@ def patch_grid(patches: list[np.ndarray], labels: list[str] | None = None, *, co
     fig.suptitle(title or f"{len(patches)} patches")
     fig.tight_layout()
     return fig
+
+
+def fold_values(paths: list[str | os.PathLike], metric: str) -> list[float]:
+    """``metric`` from each run's ``metrics.json`` (a missing run or metric is an error naming the file)."""
+    import json
+
+    out = []
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{p}: missing run (needed by this figure)")
+        d = json.loads(Path(p).read_text())
+        if metric not in d:
+            raise InputError(p, f"no metric {metric!r}")
+        out.append(float(d[metric]))
+    return out
+
+
+def sweep_panels(fig_cfg: dict, runs_of) -> dict:
+    """Panels for :func:`sweep_figure` from a ``figures`` entry of kind ``sweep``; ``runs_of(method)`` gives
+    the method's metrics.json paths."""
+    metric = fig_cfg.get("metric", "auc")
+    panels = {}
+    for name, p in fig_cfg["panels"].items():
+        series = {label: {float(x): fold_values(runs_of(m), metric) for x, m in points.items()}
+                  for label, points in p["series"].items()}
+        base = p.get("baseline")
+        baseline = (p.get("baseline_label", base), fold_values(runs_of(base), metric)) if base else None
+        panels[name] = {"xlabel": p.get("xlabel", "swept value"), "series": series, "baseline": baseline}
+    return panels

@@ -216,6 +216,8 @@ def table_spec(tcfg: dict) -> tuple[dict[str, str], dict[str, dict], str]:
                                  dataset=tcfg.get("published_dataset", ""), baseline=baseline)
         shown = f"{label} [{baseline}]" if baseline and not isinstance(row, str) else label
         rows[method] = shown
+        if not isinstance(row, str) and row.get("in_paper") is False:
+            continue
         if label not in column:
             raise ValueError(f"tables: row {label!r} (method {method!r}) is not a row of {name} for "
                              f"{tcfg.get('published_encoder') or 'any encoder'} / "

@@ -212,12 +212,13 @@ def table_spec(tcfg: dict) -> tuple[dict[str, str], dict[str, dict], str]:
     for method, row in tcfg["rows"].items():
         label, baseline = (row, tcfg.get("published_baseline", "")) if isinstance(row, str) else (
             row["row"], row.get("baseline", tcfg.get("published_baseline", "")))
+        if not isinstance(row, str) and row.get("in_paper") is False:
+            rows[method] = label
+            continue
         column = pub.long_values(name, encoder=tcfg.get("published_encoder", ""),
                                  dataset=tcfg.get("published_dataset", ""), baseline=baseline)
         shown = f"{label} [{baseline}]" if baseline and not isinstance(row, str) else label
         rows[method] = shown
-        if not isinstance(row, str) and row.get("in_paper") is False:
-            continue
         if label not in column:
             raise ValueError(f"tables: row {label!r} (method {method!r}) is not a row of {name} for "
                              f"{tcfg.get('published_encoder') or 'any encoder'} / "

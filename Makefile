@@ -11,7 +11,7 @@ STAMP := $(VENV)/.hardmil-installed
 CORES ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean readme-assets
 
 install: $(STAMP)
 
@@ -39,3 +39,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf results/runs results/tables results/splits results/logs results/benchmarks .snakemake
+
+# the README's table and figure (docs/), from a finished demo
+readme-assets: $(STAMP)
+	$(BIN)/python bench/readme_assets.py

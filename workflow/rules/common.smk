@@ -268,17 +268,13 @@ def all_targets():
 EFFICIENCY = "results/efficiency/{dataset}/{encoder}/{method}.json"
 
 
-class _Fields(dict):
-    """A dict that also answers attribute access, as Snakemake's wildcards do."""
-
-    __getattr__ = dict.__getitem__
-
-
 def efficiency_job(wc):
-    """The fold the efficiency rule times: first seed, fold 0, first protocol (as a train_jobs entry)."""
-    fields = _Fields(dataset=wc.dataset, encoder=wc.encoder, method=wc.method,
-                     protocol=config["protocols"][0], seed=SEEDS[0], fold=0)
-    return train_jobs(fields)[0]
+    """The fold that the efficiency job times (first seed, fold 0, first protocol), as a train_jobs entry."""
+    from snakemake.iocontainers import Wildcards
+
+    fields = dict(dataset=wc.dataset, encoder=wc.encoder, method=wc.method, protocol=config["protocols"][0],
+                  seed=SEEDS[0], fold=0)
+    return train_jobs(Wildcards(fromdict=fields))[0]
 
 
 def efficiency_inputs(wc):

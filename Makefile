@@ -11,7 +11,7 @@ STAMP := $(VENV)/.hardmil-installed
 CORES ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test install lint bench clean test-slurm
+.PHONY: demo test install lint bench clean test-slurm readme-assets
 
 install: $(STAMP)
 
@@ -46,3 +46,7 @@ test-slurm: $(STAMP)
 	scripts/slurm/start_slurm.sh
 	HARDMIL_REQUIRE_SLURM=1 $(BIN)/python -m pytest -m slurm tests/test_slurm.py -q -rA; \
 	rc=$$?; scripts/slurm/stop_slurm.sh; exit $$rc
+
+# the README's table and figure (docs/), from a finished demo
+readme-assets: $(STAMP)
+	$(BIN)/python bench/readme_assets.py

@@ -20,6 +20,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/hardneg.smk"
 include: "workflow/rules/confounders.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/efficiency.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

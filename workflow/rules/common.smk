@@ -248,6 +248,8 @@ def all_runs(name="metrics.json"):
 
 def table_runs(wildcards):
     t = config["tables"][wildcards.table]
+    if t.get("kind") == "efficiency":
+        return [EFFICIENCY.format(dataset=t["dataset"], encoder=t["encoder"], method=m) for m in t["rows"]]
     return [
         path
         for method in t["rows"]
@@ -258,7 +260,76 @@ def table_runs(wildcards):
 
 def all_targets():
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
-    return tables + all_runs()
+    figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
+    return tables + figures + all_runs()
+
+
+# --- report: efficiency measurements (Table 6) and figures ---
+EFFICIENCY = "results/efficiency/{dataset}/{encoder}/{method}.json"
+
+
+def efficiency_job(wc):
+    """The fold that the efficiency job times (first seed, fold 0, first protocol), as a train_jobs entry."""
+    from snakemake.iocontainers import Wildcards
+
+    fields = dict(dataset=wc.dataset, encoder=wc.encoder, method=wc.method, protocol=config["protocols"][0],
+                  seed=SEEDS[0], fold=0)
+    return train_jobs(Wildcards(fromdict=fields))[0]
+
+
+def efficiency_inputs(wc):
+    job = efficiency_job(wc)
+    files = {"splits": job["splits"], "features": features_dir(wc.dataset, wc.encoder),
+             "model": f"{job['out_dir']}/model.pt"}
+    files.update({k: job[k] for k in ("extra_bags", "confounders", "teacher") if job[k]})
+    return files
+
+
+def figure_inputs(wc):
+    """The run files a figure reads (metrics.json stands for a finished run)."""
+    f = config["figures"][wc.figure]
+    runs = lambda m, name="metrics.json": method_runs(f["dataset"], f["encoder"], m, f["protocol"], name)
+    if f["kind"] == "sweep":
+        methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
+        methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
+        return [path for m in dict.fromkeys(methods) for path in runs(m)]
+    if f["kind"] == "curves":
+        return [path for m in f["methods"] for path in runs(m, "history.tsv")]
+    if f["kind"] == "assessment":
+        return [path for m in f["methods"] for path in runs(m)]
+    return [
+        f"{HARDNEG_DIR}/mined.tsv".format(dataset=f["dataset"], encoder=f["encoder"], variant=f["variant"],
+                                          protocol=f["protocol"], seed=s, fold=k)
+        for s in SEEDS
+        for k in FOLDS
+    ]
+
+
+def _validate_report_references():
+    for name, f in config["figures"].items():
+        if f["dataset"] not in config["datasets"]:
+            raise ValueError(f"config figures.{name}.dataset: {f['dataset']!r} is not in datasets")
+        if f["kind"] == "sweep":
+            if "panels" not in f:
+                raise ValueError(f"config figures.{name}: a sweep needs panels")
+            methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
+            methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
+        elif f["kind"] in ("curves", "assessment"):
+            methods = list(f.get("methods") or [])
+            if not methods:
+                raise ValueError(f"config figures.{name}: kind {f['kind']!r} needs methods")
+        else:
+            if f.get("variant") not in config["hardneg"]:
+                raise ValueError(f"config figures.{name}.variant: {f.get('variant')!r} is not in hardneg")
+            methods = []
+        for m in methods:
+            if m not in config["methods"]:
+                raise ValueError(f"config figures.{name}: method {m!r} is not in methods")
+        if f["kind"] == "assessment":
+            for m in methods:
+                if config["methods"][m]["model"] != "mhim":
+                    raise ValueError(f"config figures.{name}: {m!r} is not an MHIM method (no teacher to assess)")
 
 
 _validate_references()
+_validate_report_references()

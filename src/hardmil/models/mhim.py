@@ -202,6 +202,7 @@ class MHIM(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("has_teacher", torch.tensor(False))
         self.total_steps = 1
+        self.assessment = None  # optional hardmil.report.assessment.TeacherAssessment, set by the caller
 
     # --- set-up -------------------------------------------------------------------------------------
     def init_teacher(self, saved: dict) -> None:
@@ -229,6 +230,7 @@ class MHIM(nn.Module):
         t.train(self.cfg.teacher_dropout)
         h = t.embed(x)
         out = t.head(h)
+        self._teacher_attention = None if out.attention is None else out.attention[0]
         return t.instance_scores(h, out, self.cfg.version), out.embedding[0]
 
     def high_ratio(self) -> float:
@@ -281,6 +283,8 @@ class MHIM(nn.Module):
         if len(x) != 1 or mask is not None:
             raise ValueError("MHIM trains one bag at a time (batch size 1, no padding), as the reference")
         score, z_teacher = self.teacher_scores(x)
+        if self.assessment is not None:
+            self.assessment.add(score, self._teacher_attention, int(label[0]))
         kept, recycled = self.select(score)
         tokens = s.embed(x[:, kept])[0]  # masked instances are never embedded by the student
         if len(recycled):

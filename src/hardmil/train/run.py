@@ -121,8 +121,21 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
                 "confounders": str(confounders) if confounders else None,
                 "teacher": str(teacher) if teacher else None}
     digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
+    if hasattr(net, "assessment"):  # MHIM: per-epoch stats of the teacher's scores (teacher_assessment.tsv)
+        from hardmil.report.assessment import TeacherAssessment
+
+        net.assessment = TeacherAssessment()
+
+    def epoch_end(epoch: int) -> None:
+        if getattr(net, "assessment", None) is not None:
+            net.assessment.close_epoch(epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
-                   on_epoch_end=on_epoch_end, progress=progress)
+                   on_epoch_end=epoch_end, progress=progress)
+    if getattr(net, "assessment", None) is not None and net.assessment.rows:
+        _write_tsv(out / "teacher_assessment.tsv", net.assessment.rows)
     net.load_state_dict(result.best_state)
     device = resolve_device(cfg.device)
 

@@ -52,8 +52,14 @@ def _validate_references():
     for name, m in config["methods"].items():
         if m.get("teacher") and m["teacher"] not in config["methods"]:
             raise ValueError(f"config methods.{name}.teacher: {m['teacher']!r} is not in methods")
-        if m["model"] == "mhim" and not m.get("teacher"):
-            raise ValueError(f"config methods.{name}: an MHIM method needs teacher: <trained baseline method>")
+        params = m.get("params", {})
+        no_init = "none" in (params.get("teacher_init"), (params.get("teacher") or {}).get("init"))
+        if m["model"] == "mhim" and not m.get("teacher") and not no_init:
+            raise ValueError(f"config methods.{name}: an MHIM method needs teacher: <trained baseline method> "
+                             "(or params.teacher.init: none for an explicitly untrained teacher)")
+        if m["model"] == "mhim" and m.get("teacher") and no_init:
+            raise ValueError(f"config methods.{name}: teacher: {m['teacher']} and params.teacher.init: none "
+                             "contradict each other")
     for name, t in config["tables"].items():
         if t["dataset"] not in config["datasets"]:
             raise ValueError(

@@ -74,8 +74,9 @@ class MHIMConfig:
     baseline_params: dict = field(default_factory=dict)
     version: str = "v2"  # 'v1': raw attention scores; 'v2': class-aware instance probability
     mask_high: float = 0.01  # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
-    mask_high_random: float = 1.0  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
-    mask_high_cosine: bool = False  # cosine decay of mask_high to 0 over all training steps (mrh_sche)
+    # paper defaults (Table 12: MHIM-v2 uses RHSM and the decay); the reference README recipe runs 1.0 / False
+    mask_high_random: float = 0.5  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
+    mask_high_cosine: bool = True  # cosine decay of mask_high to 0 over all training steps (mrh_sche)
     mask_low: float = 0.0  # v1: masked fraction of the lowest-scoring instances
     mask_random: float = 0.0  # v1: masked fraction drawn at random
     # v2: random score masking, the masked fraction of the instances left after high-score masking; recycled by the
@@ -96,6 +97,11 @@ class MHIMConfig:
     momentum: float = 0.9997  # teacher EMA (v2 default; v1 0.9999)
     momentum_cosine: bool = False  # cosine schedule of the EMA momentum towards 1 (mm_sche)
     teacher_dropout: bool = True
+    # Table 10 ablations: 'baseline' = loaded from the same fold's trained baseline (a DAG edge; the default),
+    # 'none' = the teacher starts as a copy of the untrained student (explicitly requested, never a fallback)
+    teacher_init: str = "baseline"
+    # 'ema' = momentum teacher (default); 'student' = no separate teacher: the student scores its own bag
+    teacher_update: str = "ema"
     init_student: str = "none"  # 'none' (v2) or 'fc' (v1: copy the baseline's instance projection)
 
 
@@ -107,7 +113,8 @@ NESTED_NAMES = {
                 "head_dim": "grn_head_dim", "dropout": "grn_dropout", "at_inference": "grn_at_inference",
                 "embedding_grad": "grn_embed_grad"},
     "consistency": {"weight": "alpha", "temperature": "temp_teacher", "student_temperature": "temp_student"},
-    "teacher": {"momentum": "momentum", "momentum_cosine": "momentum_cosine", "dropout": "teacher_dropout"},
+    "teacher": {"momentum": "momentum", "momentum_cosine": "momentum_cosine", "dropout": "teacher_dropout",
+                "init": "teacher_init", "update": "teacher_update"},
 }
 
 
@@ -188,6 +195,9 @@ class MHIM(nn.Module):
 
         if cfg.version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {cfg.version!r}")
+        if cfg.teacher_init not in ("baseline", "none") or cfg.teacher_update not in ("ema", "student"):
+            raise ValueError(f"teacher_init must be 'baseline' or 'none' and teacher_update 'ema' or 'student', "
+                             f"got {cfg.teacher_init!r} / {cfg.teacher_update!r}")
         self.cfg = cfg
         self.student = build_model(cfg.baseline, **{**cfg.baseline_params, "in_dim": cfg.in_dim,
                                                      "n_classes": cfg.n_classes})
@@ -200,13 +210,16 @@ class MHIM(nn.Module):
             init_xavier(self.grn)  # the reference initialises every Linear Xavier-normal
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("has_teacher", torch.tensor(False))
+        # with teacher_init 'none' the teacher is the untrained student's copy from the start (asked for)
+        self.register_buffer("has_teacher", torch.tensor(cfg.teacher_init == "none"))
         self.total_steps = 1
         self.assessment = None  # optional hardmil.report.assessment.TeacherAssessment, set by the caller
 
     # --- set-up -------------------------------------------------------------------------------------
     def init_teacher(self, saved: dict) -> None:
         """Load the trained baseline (a run's model.pt) into the teacher; mismatches are errors."""
+        if self.cfg.teacher_init == "none":
+            raise ValueError("teacher_init is 'none' but a baseline checkpoint was given: drop one of the two")
         if saved.get("model") != self.cfg.baseline:
             raise ValueError(f"teacher checkpoint is a {saved.get('model')!r} model, MHIM wraps {self.cfg.baseline!r}")
         mine = dict(self.student.cfg.__dict__)
@@ -226,12 +239,15 @@ class MHIM(nn.Module):
     @torch.no_grad()
     def teacher_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(instance scores [N], teacher bag embedding) for one bag x [1, N, D]."""
-        t = self.teacher
+        t = self.student if self.cfg.teacher_update == "student" else self.teacher
+        training = t.training
         t.train(self.cfg.teacher_dropout)
         h = t.embed(x)
         out = t.head(h)
         self._teacher_attention = None if out.attention is None else out.attention[0]
-        return t.instance_scores(h, out, self.cfg.version), out.embedding[0]
+        score = t.instance_scores(h, out, self.cfg.version)
+        t.train(training)
+        return score, out.embedding[0]
 
     def high_ratio(self) -> float:
         h = self.cfg.mask_high
@@ -317,6 +333,7 @@ class MHIM(nn.Module):
         m = self.cfg.momentum
         if self.cfg.momentum_cosine:
             m = cosine(m, 1.0, int(self.step), self.total_steps)
-        for pt, ps in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
-            pt.mul_(m).add_((1 - m) * ps.detach())
+        if self.cfg.teacher_update == "ema":
+            for pt, ps in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+                pt.mul_(m).add_((1 - m) * ps.detach())
         self.step += 1

@@ -233,3 +233,21 @@ def test_table10_teacher_variants():
     fixed(x, label=y)
     fixed.after_step()
     assert all(torch.equal(a, b) for a, b in zip(t0, fixed.teacher.parameters(), strict=True))
+
+
+def test_lsm_mode_and_attention_score_switch():
+    m = mhim(mask_high=0.1, mask_high_random=1.0, rsm_ratio=0.5, mask={"random_mode": "low"})
+    score = torch.arange(100, dtype=torch.float32)
+    kept, rec = m.select(score)
+    assert set(rec.tolist()) == set(range(45)) and set(kept.tolist()) == set(range(45, 90))
+    x = torch.randn(1, 30, 8)
+    att = mhim(teacher={"dropout": False}, mask={"score": "attention"})
+    prob = mhim(teacher={"dropout": False})
+    s_att, _ = att.teacher_scores(x)
+    s_prob, _ = prob.teacher_scores(x)
+    t = prob.teacher.eval()
+    with torch.no_grad():
+        h = t.embed(x)
+        torch.testing.assert_close(s_att, t.instance_scores(h, t.head(h), "v1"))
+        torch.testing.assert_close(s_prob, t.instance_scores(h, t.head(h), "v2"))
+    assert not torch.allclose(s_att, s_prob)

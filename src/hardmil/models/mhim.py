@@ -73,6 +73,7 @@ class MHIMConfig:
     baseline: str = "abmil"  # a registered model exposing embed / head / instance_scores
     baseline_params: dict = field(default_factory=dict)
     version: str = "v2"  # 'v1': raw attention scores; 'v2': class-aware instance probability
+    score: str = "auto"  # 'auto' (by version), 'attention' or 'probability' (Table 8 swaps them inside v2)
     mask_high: float = 0.01  # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
     # paper defaults (Table 12: MHIM-v2 uses RHSM and the decay); the reference README recipe runs 1.0 / False
     mask_high_random: float = 0.5  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
@@ -83,6 +84,7 @@ class MHIMConfig:
     # GRN when it is on, dropped when it is off. Paper: "70% ~ 90%" (0.8 = the reference's option default
     # merge_ratio 0.2); the README recipe's merge_ratio {0.8, 0.9} is rsm_ratio {0.2, 0.1}.
     rsm_ratio: float = 0.8
+    rsm_mode: str = "random"  # 'random' (RSM) or 'low': the lowest-scoring share instead (Table 9 "LSM+GRN")
     grn: bool = True  # v2: Global Recycle Network
     grn_tokens: int = 1  # K (grid {1, 5, 10})
     grn_heads: int = 8
@@ -108,7 +110,8 @@ class MHIMConfig:
 # Plain nested names (config: ``params: {mask: {high_ratio: 0.03}, ...}``) -> MHIMConfig fields.
 NESTED_NAMES = {
     "mask": {"high_ratio": "mask_high", "high_random_fraction": "mask_high_random", "decay": "mask_high_cosine",
-             "low_ratio": "mask_low", "random_ratio": "rsm_ratio", "v1_random_ratio": "mask_random"},
+             "low_ratio": "mask_low", "random_ratio": "rsm_ratio", "v1_random_ratio": "mask_random",
+             "random_mode": "rsm_mode", "score": "score"},
     "recycle": {"enabled": "grn", "queries": "grn_tokens", "momentum": "grn_momentum", "heads": "grn_heads",
                 "head_dim": "grn_head_dim", "dropout": "grn_dropout", "at_inference": "grn_at_inference",
                 "embedding_grad": "grn_embed_grad"},
@@ -195,6 +198,9 @@ class MHIM(nn.Module):
 
         if cfg.version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {cfg.version!r}")
+        if cfg.score not in ("auto", "attention", "probability") or cfg.rsm_mode not in ("random", "low"):
+            raise ValueError(f"score must be auto/attention/probability and rsm_mode random/low, "
+                             f"got {cfg.score!r} / {cfg.rsm_mode!r}")
         if cfg.teacher_init not in ("baseline", "none") or cfg.teacher_update not in ("ema", "student"):
             raise ValueError(f"teacher_init must be 'baseline' or 'none' and teacher_update 'ema' or 'student', "
                              f"got {cfg.teacher_init!r} / {cfg.teacher_update!r}")
@@ -245,7 +251,8 @@ class MHIM(nn.Module):
         h = t.embed(x)
         out = t.head(h)
         self._teacher_attention = None if out.attention is None else out.attention[0]
-        score = t.instance_scores(h, out, self.cfg.version)
+        kind = {"auto": self.cfg.version, "attention": "v1", "probability": "v2"}[self.cfg.score]
+        score = t.instance_scores(h, out, kind)
         t.train(training)
         return score, out.embedding[0]
 
@@ -273,7 +280,10 @@ class MHIM(nn.Module):
         recycled = remaining[:0]
         if self.cfg.version == "v2" and self.cfg.rsm_ratio > 0 and len(remaining) > 1:
             n_rec = min(len(remaining) - 1, int(len(remaining) * self.cfg.rsm_ratio))
-            pick = torch.randperm(len(remaining), device=score.device)[:n_rec]
+            if self.cfg.rsm_mode == "low":
+                pick = score[remaining].topk(n_rec, largest=False).indices
+            else:
+                pick = torch.randperm(len(remaining), device=score.device)[:n_rec]
             keep = torch.ones(len(remaining), dtype=torch.bool, device=score.device)
             keep[pick] = False
             if self.grn is not None:  # without the GRN the randomly masked instances are simply dropped

@@ -20,6 +20,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/hardneg.smk"
 include: "workflow/rules/confounders.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/external.smk"
+include: "workflow/rules/survival.smk"
 
 
 rule all:

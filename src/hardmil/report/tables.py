@@ -23,7 +23,8 @@ from hardmil.report.published import METRICS
 from hardmil.utils import atomic_path, write_text
 
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F-score", "auc": "AUC",
-          "fpr": "FPR"}
+          "fpr": "FPR", "c_index": "C-index", "nll": "NLL", "balanced_accuracy": "Balanced accuracy",
+          "macro_f1": "Macro F1"}
 
 
 RUN_PATH = re.compile(r"(?P<method>[^/]+)/(?P<protocol>[^/]+)/seed(?P<seed>\d+)/fold(?P<fold>\d+)/metrics\.json$")
@@ -60,8 +61,12 @@ def _stats(per_run: list[tuple[int, float]]) -> dict[str, float]:
     }
 
 
-def aggregate(runs: list[RunRef], rows: dict[str, str], published: dict[str, dict]) -> list[dict]:
-    """One record per (protocol, method): our mean/std/se per metric beside the published row."""
+def aggregate(runs: list[RunRef], rows: dict[str, str], published: dict[str, dict],
+              metrics: tuple[str, ...] | list[str] = METRICS) -> list[dict]:
+    """One record per (protocol, method): our mean/std/se per metric beside the published row.
+
+    ``metrics``: the metrics.json keys shown (survival tables: ``["c_index"]``; cross-source tables read
+    the external runs, whose paths have the same method/protocol/seed/fold tail)."""
     missing = [r.path for r in runs if not Path(r.path).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} run(s) missing, e.g. {missing[0]}")
@@ -74,7 +79,7 @@ def aggregate(runs: list[RunRef], rows: dict[str, str], published: dict[str, dic
         pub = published.get(paper_row, {})
         rec = {"protocol": protocol, "method": method, "paper_row": paper_row, "n_runs": len(items),
                "n_repetitions": len({r.seed for r, _ in items})}
-        for m in METRICS:
+        for m in metrics:
             s = _stats([(r.seed, float(d.get(m, float("nan")))) for r, d in items])
             p = pub.get(m)
             rec.update({f"{m}_mean": s["mean"], f"{m}_std": s["std"], f"{m}_se": s["se"],
@@ -90,17 +95,18 @@ def _fmt(x: float | None, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
-def to_markdown(records: list[dict], title: str, note: str = "") -> str:
+def to_markdown(records: list[dict], title: str, note: str = "",
+                metrics: tuple[str, ...] | list[str] = METRICS) -> str:
     out = [f"# {title}", ""]
     if note:
         out += [note, ""]
     for protocol in sorted({r["protocol"] for r in records}, key=lambda p: (p != "paper", p)):
         out += [f"## Protocol `{protocol}`", "",
-                "| Method | Paper row | Runs | " + " | ".join(LABELS[m] for m in METRICS) + " |",
-                "|---|---|---|" + "---|" * len(METRICS)]
+                "| Method | Paper row | Runs | " + " | ".join(LABELS.get(m, m) for m in metrics) + " |",
+                "|---|---|---|" + "---|" * len(metrics)]
         for r in (r for r in records if r["protocol"] == protocol):
             cells = []
-            for m in METRICS:
+            for m in metrics:
                 ours = f"{_fmt(r[f'{m}_mean'])} ± {_fmt(r[f'{m}_std'])} (se {_fmt(r[f'{m}_se'])})"
                 pub = r[f"{m}_published"]
                 paper = (f"paper {_fmt(pub)} ± {_fmt(r[f'{m}_published_se'])}, Δ {_fmt(r[f'{m}_diff'], True)}"
@@ -112,7 +118,7 @@ def to_markdown(records: list[dict], title: str, note: str = "") -> str:
 
 
 def write_table(records: list[dict], csv_path: str | os.PathLike, md_path: str | os.PathLike, title: str,
-                note: str = "") -> None:
+                note: str = "", metrics: tuple[str, ...] | list[str] = METRICS) -> None:
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(records[0]), lineterminator="\n")
@@ -120,4 +126,4 @@ def write_table(records: list[dict], csv_path: str | os.PathLike, md_path: str |
             for r in records:
                 w.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
                             for k, v in r.items()})
-    write_text(md_path, to_markdown(records, title, note))
+    write_text(md_path, to_markdown(records, title, note, metrics))

@@ -220,8 +220,9 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         "selected_epoch": result.best_epoch, "epochs_run": len(result.history), "threshold": threshold,
         "threshold_chosen_on": select_role, "selection_set": select_role,
         "selection": {k: select_metrics[k] for k in selection_keys},
-        "n_train": len(roles["train"]), "n_train_generated": len(generated), "n_val": len(roles["val"]),
-        "n_test": len(roles["test"]),
+        # bags: slides, or cases for survival
+        "n_train": len(bags["train"]), "n_train_generated": len(generated), "n_val": len(bags.get("val", [])),
+        "n_test": len(bags["test"]),
         "n_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),  # trainable only
         # the only fields that differ between two runs of the same seed
         "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0},

@@ -120,7 +120,8 @@ def test_gdc_fields_and_ready_columns(tmp_path):
         {"slide": "c1", "case": "C", "vital_status": "Alive", "days_to_death": "'--", "days_to_last_follow_up": "'--"},
         {"slide": "d1", "case": "D", "vital_status": "Alive", "days_to_death": "'--", "days_to_last_follow_up": "0"},
         {"slide": "e1", "case": "E", "vital_status": "Dead", "days_to_death": "-3", "days_to_last_follow_up": "NA"},
-        {"slide": "f1", "case": "F", "vital_status": "Not Reported", "days_to_death": "", "days_to_last_follow_up": "7"},
+        {"slide": "f1", "case": "F", "vital_status": "Not Reported", "days_to_death": "",
+         "days_to_last_follow_up": "7"},
     ]
     write_manifest(tmp_path / "m.tsv", rows)
     kept, dropped = read_survival_manifest(tmp_path / "m.tsv")
@@ -235,20 +236,21 @@ def _survival_splits(root, manifest, folds=3, protocol="paper"):
 
 
 def test_survival_training_end_to_end_abmil_ranks_cases(tmp_path):
-    feats, manifest = survival_cohort(tmp_path)
+    feats, manifest = survival_cohort(tmp_path, n_cases=90)
     splits = _survival_splits(tmp_path, manifest, protocol="clean")  # a validation split picks the epoch
     assert set(read_splits(splits, 0)["test"][0]) >= {"time", "event"}
     scores = []
     for fold in range(3):
         m = run_fold(splits=splits, features_dir=feats, classes=[], fold=fold, protocol="clean", seed=0,
-                     model="abmil", model_params={}, train_cfg={"epochs": 15, "patience": 15, "lr": 1e-3},
+                     model="abmil", model_params={}, train_cfg={"epochs": 30, "patience": 30},
                      out_dir=tmp_path / f"run{fold}", progress=False, task="survival", time_bins=4)
         scores.append(m["c_index"])
-        assert m["n_test"] == 20 and "threshold" in m and m["threshold"] is None
+        assert m["n_test"] == 30 and "threshold" in m and m["threshold"] is None
     print(f"AB-MIL survival C-index per fold {np.round(scores, 3).tolist()}, mean {np.mean(scores):.3f}")
-    assert np.mean(scores) > 0.65
+    # the oracle C-index of the true tumour burden on this cohort is 0.84
+    assert np.mean(scores) > 0.6 and min(scores) > 0.55
     preds = list(csv.DictReader(open(tmp_path / "run0" / "predictions.tsv"), delimiter="\t"))
-    assert len(preds) == 20 and len({p["case"] for p in preds}) == 20  # one row per case
+    assert len(preds) == 30 and len({p["case"] for p in preds}) == 30  # one row per case
     assert {"time", "event", "time_bin", "risk", "hazard_3", "survival_3", "slides"} <= set(preds[0])
     risk = np.array([float(p["risk"]) for p in preds])
     surv = np.array([[float(p[f"survival_{k}"]) for k in range(4)] for p in preds])
@@ -292,3 +294,40 @@ def test_every_mhim_variant_gets_a_survival_head(tmp_path, baseline, version):
                  out_dir=tmp_path / "mhim", teacher=tmp_path / "base" / "model.pt", **kw)
     assert 0.0 <= m["c_index"] <= 1.0
     assert json.loads((tmp_path / "mhim" / "metrics.json").read_text())["n_test"] == 6
+
+
+def three_class_cohort(root, n_bags=30, dim=8, seed=0):
+    """Bags of three classes; class k shifts a quarter of its instances along feature k."""
+    rng = np.random.default_rng(seed)
+    feats = root / "features"
+    feats.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_bags):
+        k = i % 3
+        x = rng.normal(size=(int(rng.integers(6, 12)), dim))
+        x[:3, k] += 3.0
+        write_features(feats / f"b{i:03d}.h5", x)
+        rows.append({"slide": f"b{i:03d}", "case": f"c{i:03d}", "label": "abc"[k]})
+    write_manifest(root / "manifest.tsv", rows)
+    return feats, root / "manifest.tsv"
+
+
+@pytest.mark.parametrize("model", ["abmil", "dsmil", "clam_mb", "transmil"])
+def test_three_class_run_end_to_end(tmp_path, model):
+    from hardmil.data.bags import read_manifest
+
+    classes = ["a", "b", "c"]
+    feats, manifest = three_class_cohort(tmp_path)
+    write_splits(tmp_path / "splits.tsv", make_splits(read_manifest(manifest, classes), 3, 0, "clean"))
+    m = run_fold(splits=tmp_path / "splits.tsv", features_dir=feats, classes=classes, fold=0, protocol="clean",
+                 seed=0, model=model, model_params={}, out_dir=tmp_path / "r", progress=False,
+                 train_cfg={"epochs": 15 if model == "abmil" else 2, "patience": 15, "lr": 1e-3})
+    assert m["threshold"] is None and "fpr" not in m
+    assert {"auc", "balanced_accuracy", "macro_f1", "accuracy", "precision", "recall", "f1"} <= set(m)
+    preds = list(csv.DictReader(open(tmp_path / "r" / "predictions.tsv"), delimiter="\t"))
+    probs = np.array([[float(p[f"prob_{c}"]) for c in classes] for p in preds])
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    y = np.array([int(p["label_index"]) for p in preds])
+    assert m["accuracy"] == pytest.approx((probs.argmax(1) == y).mean())
+    if model == "abmil":
+        assert m["auc"] > 0.8  # the class signal is strong

@@ -245,6 +245,7 @@ def all_runs(name="metrics.json"):
     return [
         path
         for dataset, dcfg in config["datasets"].items()
+        if not dcfg["external_only"]
         for encoder in dcfg["encoders"]
         for method in config["methods"]
         if runs_on(method, dataset)
@@ -276,7 +277,7 @@ def all_targets():
 
 
 # --- cross-source evaluation (config `external`): trained fold models tested on another dataset ---
-EXTERNAL_DIR = "results/external/{name}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
+EXTERNAL_DIR = "results/external/{pair}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
 EXTERNAL_FILES = ["predictions.tsv", "metrics.json"]
 
 
@@ -294,7 +295,7 @@ def external_encoders(name):
 def external_runs(name, encoder, method, protocol, file="metrics.json"):
     return [
         f"{EXTERNAL_DIR}/{file}".format(
-            name=name, encoder=encoder, method=method, protocol=protocol, seed=s, fold=f
+            pair=name, encoder=encoder, method=method, protocol=protocol, seed=s, fold=f
         )
         for s in SEEDS
         for f in FOLDS
@@ -314,7 +315,7 @@ def all_external():
 
 def external_jobs(wc):
     """One dict per fold of an external job: the fold's trained model and where its results go."""
-    train = config["external"][wc.name]["train"]
+    train = config["external"][wc.pair]["train"]
     jobs = []
     for s, f in fold_ids(wc):
         fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}

@@ -5,16 +5,16 @@
 rule external:
     input:
         models=lambda wc: [job["model"] for job in external_jobs(wc)],
-        manifest=lambda wc: manifest_path(config["external"][wc.name]["test"]),
-        features=lambda wc: features_dir(config["external"][wc.name]["test"], wc.encoder),
+        manifest=lambda wc: manifest_path(config["external"][wc.pair]["test"]),
+        features=lambda wc: features_dir(config["external"][wc.pair]["test"], wc.encoder),
     output:
         [per_job(f"{EXTERNAL_DIR}/{name}") for name in EXTERNAL_FILES],
     log:
-        job_log("results/logs/external/{name}/{encoder}/{method}/{protocol}"),
+        job_log("results/logs/external/{pair}/{encoder}/{method}/{protocol}"),
     benchmark:
-        job_log("results/benchmarks/external/{name}/{encoder}/{method}/{protocol}", "tsv")
+        job_log("results/benchmarks/external/{pair}/{encoder}/{method}/{protocol}", "tsv")
     wildcard_constraints:
-        name=one_of(list(config["external"])),
+        pair=one_of(list(config["external"])),
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -22,8 +22,8 @@ rule external:
         mem_mb=config["train"]["mem_mb"],
         runtime=30,
     params:
-        task=lambda wc: task(config["external"][wc.name]["test"]),
-        classes=lambda wc: classes(config["external"][wc.name]["test"]),
+        task=lambda wc: task(config["external"][wc.pair]["test"]),
+        classes=lambda wc: classes(config["external"][wc.pair]["test"]),
         device=config["train"]["device"],
         jobs=external_jobs,
     script:

@@ -25,16 +25,14 @@ times outside the training range). A time ``t`` falls in bin ``k`` when ``edge_k
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
-from hardmil.data.bags import Bag, features_path, read_features
+from hardmil.data.bags import Bag, features_path, read_features, read_manifest_rows
 from hardmil.utils import InputError
 
 log = logging.getLogger(__name__)
@@ -78,17 +76,8 @@ def label_row(row: dict) -> tuple[float, int] | str:
 def read_survival_manifest(path: str | os.PathLike) -> tuple[list[dict], Counter]:
     """Slide rows (``slide``, ``case``, ..., ``time`` float, ``event`` 0/1) with a usable label, and the
     number of dropped slides per reason. The slides of one case must agree on their label."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "manifest does not exist")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if not rows:
-        raise InputError(path, "manifest has no rows")
+    rows = read_manifest_rows(path, ("slide", "case"))
     cols = set(rows[0])
-    missing = [c for c in ("slide", "case") if c not in cols]
-    if missing:
-        raise InputError(path, f"manifest lacks column(s) {missing}")
     if not (set(READY_COLUMNS) <= cols or set(GDC_COLUMNS) <= cols):
         raise InputError(path, f"a survival manifest needs columns {list(READY_COLUMNS)} or {list(GDC_COLUMNS)}; "
                                f"found {sorted(cols)}")

@@ -17,18 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_cohort(root: Path, n_bags: int = 16, dim: int = 8, seed: int = 0, slides_per_case: int = 1,
                 classes=("neg", "pos")) -> tuple[Path, Path]:
-    """Bags whose positives hold a few shifted ('tumour') instances. Returns (features_dir, manifest)."""
+    """Bags whose positives hold a few shifted ('tumour') instances. Returns (features_dir, manifest).
+
+    With more than two ``classes``, bag ``i`` has class ``i % C`` and class ``k > 0`` shifts feature ``k - 1``."""
     rng = np.random.default_rng(seed)
     feats_dir = root / "features"
     feats_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n_bags):
-        label = i % 2
+        label = i % len(classes)
         for j in range(slides_per_case):
             n = int(rng.integers(5, 12))
             x = rng.normal(size=(n, dim))
             if label:
-                x[: max(1, n // 4), 0] += 3.0
+                x[: max(1, n // 4), label - 1] += 3.0
             slide = f"s{i:03d}_{j}"
             cells = rng.choice(36, size=n, replace=False)  # distinct cells of a 6 x 6 grid of 256-px patches
             coords = np.stack([cells % 6, cells // 6], axis=1) * 256 + 512

@@ -97,7 +97,12 @@ def features_dir(dataset, encoder):
 
 
 def classes(dataset):
-    return config["datasets"][dataset]["classes"]
+    """Class names (classification); survival datasets have none."""
+    return config["datasets"][dataset].get("classes", [])
+
+
+def task(dataset):
+    return config["datasets"][dataset]["task"]
 
 
 def train_config(method):
@@ -212,6 +217,8 @@ def train_params(wc):
         "model_params": config["methods"][wc.method]["params"],
         "train": train_config(wc.method),
         "standardize": config["train"]["standardize"],
+        "task": task(wc.dataset),
+        "time_bins": config["datasets"][wc.dataset]["time_bins"],
     }
 
 
@@ -244,6 +251,7 @@ def all_runs(name="metrics.json"):
     return [
         path
         for dataset, dcfg in config["datasets"].items()
+        if not dcfg["external_only"]
         for encoder in dcfg["encoders"]
         for method in config["methods"]
         if runs_on(method, dataset)
@@ -256,6 +264,13 @@ def table_runs(wildcards):
     t = config["tables"][wildcards.table]
     if t.get("kind") == "efficiency":
         return [EFFICIENCY.format(dataset=t["dataset"], encoder=t["encoder"], method=m) for m in t["rows"]]
+    if t.get("external"):
+        return [
+            path
+            for method in t["rows"]
+            for protocol in config["protocols"]
+            for path in external_runs(t["external"], t["encoder"], method, protocol)
+        ]
     return [
         path
         for method in t["rows"]
@@ -267,7 +282,7 @@ def table_runs(wildcards):
 def all_targets():
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
     figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
-    return tables + figures + all_runs()
+    return tables + figures + all_runs() + all_external()
 
 
 # --- report: efficiency measurements (Table 6) and figures ---
@@ -337,5 +352,84 @@ def _validate_report_references():
                     raise ValueError(f"config figures.{name}: {m!r} is not an MHIM method (no teacher to assess)")
 
 
+
+
+# --- cross-source evaluation (config `external`): trained fold models tested on another dataset ---
+EXTERNAL_DIR = "results/external/{pair}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
+EXTERNAL_FILES = ["predictions.tsv", "metrics.json"]
+
+
+def external_methods(name):
+    e = config["external"][name]
+    return [m for m in e.get("methods", config["methods"]) if runs_on(m, e["train"])]
+
+
+def external_encoders(name):
+    e = config["external"][name]
+    test_encoders = config["datasets"][e["test"]]["encoders"]
+    return [enc for enc in config["datasets"][e["train"]]["encoders"] if enc in test_encoders]
+
+
+def external_runs(name, encoder, method, protocol, file="metrics.json"):
+    return [
+        f"{EXTERNAL_DIR}/{file}".format(
+            pair=name, encoder=encoder, method=method, protocol=protocol, seed=s, fold=f
+        )
+        for s in SEEDS
+        for f in FOLDS
+    ]
+
+
+def all_external():
+    return [
+        path
+        for name in config["external"]
+        for encoder in external_encoders(name)
+        for method in external_methods(name)
+        for protocol in config["protocols"]
+        for path in external_runs(name, encoder, method, protocol)
+    ]
+
+
+def external_jobs(wc):
+    """One dict per fold of an external job: the fold's trained model and where its results go."""
+    train = config["external"][wc.pair]["train"]
+    jobs = []
+    for s, f in fold_ids(wc):
+        fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
+        jobs.append(
+            {
+                "model": run_file("model.pt", **(fields | {"dataset": train})),
+                "out_dir": EXTERNAL_DIR.format(**fields),
+            }
+        )
+    return jobs
+
+
+def _validate_external():
+    for name, e in config["external"].items():
+        for key in ("train", "test"):
+            if e[key] not in config["datasets"]:
+                raise ValueError(f"config external.{name}.{key}: {e[key]!r} is not in datasets")
+        a, b = config["datasets"][e["train"]], config["datasets"][e["test"]]
+        if a["task"] != b["task"] or a.get("classes") != b.get("classes"):
+            raise ValueError(
+                f"config external.{name}: {e['train']!r} and {e['test']!r} differ in task or classes"
+            )
+        if not external_encoders(name):
+            raise ValueError(f"config external.{name}: the two datasets share no encoder")
+        for m in e.get("methods", []):
+            if m not in config["methods"]:
+                raise ValueError(f"config external.{name}.methods: {m!r} is not in methods")
+    for name, t in config["tables"].items():
+        if t.get("external") and t["external"] not in config["external"]:
+            raise ValueError(f"config tables.{name}.external: {t['external']!r} is not in external")
+
+
+def datasets_simulated():
+    return [d for d, c in config["datasets"].items() if "simulate" in c]
+
+
 _validate_references()
 _validate_report_references()
+_validate_external()

@@ -29,4 +29,7 @@ with rule_log(snakemake.log[0]):
                 "Protocol `paper`: the test fold also picks the epoch and the Youden threshold (as the authors' "
                 "code does); `clean`: a validation split of each training fold picks both and the test fold is "
                 f"used once. {len(p.folds)} folds x {len(p.seeds)} repetitions (seeds).")
+    if t.get("external"):
+        note += (f" Cross-source: each fold's model trained on {t['dataset']} is evaluated, without retraining, on "
+                 f"the whole external dataset of entry {t['external']!r}.")
     write_table(records, snakemake.output.csv, snakemake.output.md, title, note, tex_path=snakemake.output.tex)

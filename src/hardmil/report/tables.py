@@ -23,7 +23,8 @@ from hardmil.report.published import METRICS
 from hardmil.utils import atomic_path, write_text
 
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F-score", "auc": "AUC",
-          "fpr": "FPR", "c_index": "C-index", "balanced_accuracy": "Balanced accuracy", "macro_f1": "Macro-F1"}
+          "fpr": "FPR", "c_index": "C-index", "nll": "NLL", "balanced_accuracy": "Balanced accuracy",
+          "macro_f1": "Macro-F1"}
 
 
 RUN_PATH = re.compile(r"(?P<method>[^/]+)/(?P<protocol>[^/]+)/seed(?P<seed>\d+)/fold(?P<fold>\d+)/metrics\.json$")

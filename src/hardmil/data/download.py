@@ -118,23 +118,46 @@ def _fetch_into(url: str, partial: Path, have: int, timeout: float, headers: dic
             raise _Retryable(f"short read: {got} of {expected} bytes")
 
 
-def get_json(url: str, *, accept: str = "application/json", retries: int = 4, backoff: float = 1.0,
-             timeout: float = 60.0) -> object:
-    """GET a JSON document with the same bounded retries on 5xx and connection errors."""
+def get_bytes(url: str, *, accept: str = "*/*", retries: int = 4, backoff: float = 1.0, timeout: float = 60.0,
+              body: object | None = None) -> bytes:
+    """GET (or, with ``body``, POST as JSON) a small document into memory.
+
+    Bounded retries on HTTP 5xx / 429, connection errors and short reads; other HTTP errors fail at once.
+    """
+    import http.client
     import json
 
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Accept": accept} | ({} if data is None else {"Content-Type": "application/json"})
     last = "no attempt made"
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": accept}),
+            with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers),
                                         timeout=timeout) as resp:
-                return json.loads(resp.read().decode())
+                raw = resp.read()
+                expected = resp.headers.get("Content-Length")
+            if expected is not None and len(raw) < int(expected):
+                last = f"short read: {len(raw)} of {expected} bytes"
+                continue
+            return raw
         except urllib.error.HTTPError as err:
             if not (500 <= err.code < 600 or err.code == 429):
                 raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from err
             last = f"HTTP {err.code}"
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            last = str(err)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            last = str(err) or type(err).__name__
     raise DownloadError(f"{url}: gave up after {retries + 1} attempts: {last}")
+
+
+def get_json(url: str, *, accept: str = "application/json", retries: int = 4, backoff: float = 1.0,
+             timeout: float = 60.0, body: object | None = None) -> object:
+    """:func:`get_bytes` parsed as JSON. An answer that is not JSON fails at once, naming the URL."""
+    import json
+
+    raw = get_bytes(url, accept=accept, retries=retries, backoff=backoff, timeout=timeout, body=body)
+    try:
+        return json.loads(raw.decode())
+    except ValueError as err:
+        raise DownloadError(f"{url}: the answer is not JSON ({err}): {raw[:80]!r}") from err

@@ -262,3 +262,20 @@ def all_targets():
 
 
 _validate_references()
+
+
+# --- slides downloaded from the GDC or the CAMELYON bucket (workflow/rules/download.smk) ---
+def slide_source_config(dataset):
+    """The dataset's `gdc` or `camelyon` block (the latter may be left out: schema defaults apply)."""
+    d = config["datasets"][dataset]
+    return dict(d.get(d["source"]) or {})
+
+
+def downloaded_slides(dataset=None):
+    """The listing file(s) that mark a dataset's slides as downloaded and verified ([] for other sources)."""
+    names = [dataset] if dataset else list(config["datasets"])
+    return [
+        f"resources/slides/{d}/download.tsv"
+        for d in names
+        if config["datasets"][d]["source"] in ("gdc", "camelyon")
+    ]

@@ -117,3 +117,19 @@ def fetch_slides(items: list[SlideFile], slides_dir: str | os.PathLike, listing:
                             "retry):\n  " + "\n  ".join(failed[:20]))
     write_tsv(listing, rows, LISTING_COLUMNS)
     return counts
+
+
+def read_rows(path: str | os.PathLike, required: list[str]) -> list[dict]:
+    """Rows of a manifest TSV; a missing file or column is an error naming the file."""
+    from hardmil.utils import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "manifest does not exist")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        rows = list(reader)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(path, f"manifest lacks column(s) {missing}")
+    return rows

@@ -318,3 +318,61 @@ def test_download_5xx_retried_then_given_up(gdc_server, tmp_path):
     counts = fetch_slides(items, out, out / "download.tsv", on_error="skip", retries=2, backoff=0)
     assert counts["downloaded"] == 1 and counts["failed"] == 1
     assert server.fail[f"/data/{items[1].url.rsplit('/', 1)[1]}"] == 47  # exactly 3 attempts
+
+
+@pytest.mark.workflow
+def test_download_rules_end_to_end_with_snakemake(gdc_server, tmp_path):
+    """slide_manifest -> download_slides for a GDC and a CAMELYON dataset; a failed slide is retried alone."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .conftest import REPO
+    from .test_camelyon import serve_bucket
+
+    server, slides = gdc_server
+    serve_bucket(server)
+    cfg = {
+        "datasets": {
+            "nsclc": {"source": "gdc", "classes": ["luad", "lusc"],
+                      "gdc": {**NSCLC, "api_url": server.url, "page_size": 4}},
+            "cam": {"source": "camelyon", "classes": ["normal", "tumor"], "camelyon": {"base_url": server.url}},
+        },
+        "download": {"retries": 1, "backoff": 0, "timeout": 10},
+        "methods": {"abmil": {"model": "abmil"}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    good = {s["file_id"]: s["body"] for s in slides}
+    bad_id = next(s["file_id"] for s in slides if s["submitter"] == "TCGA-BB-0003")
+    server.files[f"/data/{bad_id}"] = b"\0" * len(good[bad_id])  # md5 will not match
+    server.cut[f"/data/{slides[0]['file_id']}"] = 1  # and one transfer is cut half-way
+
+    def run(*args):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "download_all_slides", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    dry = run("-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    for rule in ("slide_manifest", "download_slides", "download_all_slides"):
+        assert rule in dry.stdout
+    first = run("--keep-going")
+    assert first.returncode != 0
+    log = (tmp_path / "results/logs/download_slides/nsclc.log").read_text()
+    assert "1 of 6 slide(s) failed" in log and "md5" in log
+    assert (tmp_path / "resources/slides/cam/download.tsv").exists()  # the other dataset finished
+    nsclc = tmp_path / "resources/slides/nsclc"
+    assert len(list(nsclc.glob("*.svs"))) == 5 and not (nsclc / "download.tsv").exists()
+
+    server.files[f"/data/{bad_id}"] = good[bad_id]  # the server is fixed: only the missing slide is fetched
+    before = len(server.requests)
+    second = run()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert [p for p, _ in server.requests[before:]] == [f"/data/{bad_id}"]
+    manifest = read_tsv(tmp_path / "results/manifests/nsclc.tsv")
+    listing = read_tsv(nsclc / "download.tsv")
+    assert [r["slide"] for r in listing] == [r["slide"] for r in manifest]
+    for r in manifest:
+        assert (nsclc / f"{r['slide']}.svs").read_bytes() == good[r["file_id"]]
+    assert len(read_tsv(tmp_path / "resources/slides/cam/download.tsv")) == 8

@@ -39,8 +39,8 @@ def serve_bucket(server, reference_header=False, tamper=None):
         ref = "image,class,type,center\n" + ref.replace(",,\n", ",0\n")
     server.files["/CAMELYON16/evaluation/reference.csv"] = ref.encode()
     server.files["/CAMELYON17/stages.csv"] = (
-        "patient,stage\npatient_000.zip,pN1\npatient_000_node_0.tif,negative\npatient_000_node_1.tif,itc\n"
-        "patient_000_node_2.tif,macro\npatient_100.zip,\n").encode()
+        b"patient,stage\npatient_000.zip,pN1\npatient_000_node_0.tif,negative\npatient_000_node_1.tif,itc\n"
+        b"patient_000_node_2.tif,macro\npatient_100.zip,\n")
     return bodies
 
 
@@ -110,3 +110,17 @@ def test_schema_defaults_match_the_module_defaults():
     from hardmil.data import gdc
 
     assert gdc_props["api_url"]["default"] == gdc.GDC_API
+
+
+def test_example_config_is_valid_and_a_gdc_dataset_needs_its_query():
+    from hardmil.config import load_config, validate_config
+
+    schema_path = REPO / "workflow/schemas/config.schema.yaml"
+    cfg = load_config(REPO / "config/examples/slides.yaml", schema_path)
+    assert cfg["datasets"]["camelyon"]["camelyon"]["c17_labels"]["itc"] == "tumor"  # defaults filled in
+    assert cfg["datasets"]["tcga_nsclc"]["gdc"]["api_url"] == "https://api.gdc.cancer.gov"
+    assert cfg["download"]["on_error"] == "fail"
+    schema = yaml.safe_load(schema_path.read_text())
+    bad = {"datasets": {"x": {"source": "gdc", "classes": ["a", "b"]}}, "methods": {"m": {"model": "abmil"}}}
+    with pytest.raises(ValueError, match="config datasets.x: 'gdc' is a required property"):
+        validate_config(bad, schema)

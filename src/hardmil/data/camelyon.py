@@ -31,11 +31,9 @@ import logging
 import os
 import re
 from collections import Counter
-from datetime import datetime, timezone
 
 from hardmil.data.download import DownloadError, get_bytes
-from hardmil.data.slide_download import SlideFile
-from hardmil.utils import write_json, write_tsv
+from hardmil.data.slide_download import SlideFile, write_cohort_manifest
 
 log = logging.getLogger(__name__)
 
@@ -172,21 +170,10 @@ def build_manifest(cfg: dict, manifest: str | os.PathLike, provenance: str | os.
             raise DownloadError(f"{base}/{key}: no labelled slide under images/ ({dict(part_excluded)})")
         rows += part_rows
         excluded += part_excluded
-    if classes:
-        bad = sorted({r["label"] for r in rows} - set(classes))
-        if bad:
-            raise DownloadError(f"{manifest}: labels {bad} are not among the dataset's classes {classes}")
-    for why, n in excluded.most_common():
-        log.warning("left out %d slide(s): %s", n, why)
-    write_tsv(manifest, rows, MANIFEST_COLUMNS)
-    write_json(provenance, {
+    write_cohort_manifest(manifest, provenance, rows, MANIFEST_COLUMNS, excluded, {
         "source": "camelyon", "base_url": base, "parts": cfg["parts"], "sources_sha256": sources,
-        "queried_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "slides_kept": len(rows), "cases_kept": len({r["case"] for r in rows}), "excluded": dict(excluded),
-        "per_label": dict(Counter(r["label"] for r in rows)),
         "per_part": dict(Counter(r["part"] for r in rows)),
-    })
-    log.info("%s: %d slides of %d cases", manifest, len(rows), len({r['case'] for r in rows}))
+    }, classes)
     return rows
 
 

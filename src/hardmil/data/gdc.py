@@ -32,12 +32,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 from hardmil.data.download import DownloadError, get_json
-from hardmil.data.slide_download import SlideFile
-from hardmil.utils import write_json, write_tsv
+from hardmil.data.slide_download import SlideFile, write_cohort_manifest
 
 log = logging.getLogger(__name__)
 
@@ -223,28 +221,16 @@ def build_manifest(cfg: dict, manifest: str | os.PathLike, provenance: str | os.
                           data_format=cfg.get("data_format", "SVS"), **page, **net)
     clinical = query_clinical(api, projects, **page, **net)
     rows, excluded = manifest_rows(slides, clinical, label_field, labels)
-    if classes:
-        bad = sorted({r["label"] for r in rows} - set(classes))
-        if bad:
-            raise DownloadError(f"{manifest}: labels {bad} are not among the dataset's classes {classes}; "
-                                "fix gdc.labels or classes")
     if not rows:
         raise DownloadError(f"{api}/files: no slide left for projects {projects} "
                             f"({sum(excluded.values())} excluded: {dict(excluded)})")
-    no_clinical = sum(1 for s in slides if s["case_id"] not in clinical)
-    for why, n in excluded.most_common():
-        log.warning("left out %d slide(s): %s", n, why)
-    write_tsv(manifest, rows, MANIFEST_COLUMNS)
-    write_json(provenance, {
+    write_cohort_manifest(manifest, provenance, rows, MANIFEST_COLUMNS, excluded, {
         "source": "gdc", "api_url": api, "projects": projects, "label_field": label_field, "labels": labels,
         "filter": slide_filter(projects, cfg.get("experimental_strategy", "Diagnostic Slide"),
                                cfg.get("data_format", "SVS")),
-        "queried_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "slides_found": len(slides), "slides_kept": len(rows), "cases_kept": len({r["case"] for r in rows}),
-        "slides_without_clinical_record": no_clinical, "excluded": dict(excluded),
-        "per_label": dict(Counter(r["label"] for r in rows)),
-    })
-    log.info("%s: %d slides of %d cases", manifest, len(rows), len({r['case'] for r in rows}))
+        "slides_found": len(slides),
+        "slides_without_clinical_record": sum(1 for s in slides if s["case_id"] not in clinical),
+    }, classes)
     return rows
 
 

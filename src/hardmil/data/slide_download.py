@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +134,32 @@ def read_rows(path: str | os.PathLike, required: list[str]) -> list[dict]:
     if missing:
         raise InputError(path, f"manifest lacks column(s) {missing}")
     return rows
+
+
+def write_cohort_manifest(manifest: str | os.PathLike, provenance: str | os.PathLike, rows: list[dict],
+                          columns: list[str], excluded: Counter, info: dict,
+                          classes: list[str] | None = None) -> None:
+    """Check labels against ``classes``, then write the manifest TSV and its provenance JSON (both atomically).
+
+    The provenance holds ``info`` (where the list came from) plus the counts: slides and cases kept,
+    slides per label, and why slides were left out.
+    """
+    from datetime import datetime, timezone
+
+    from hardmil.utils import write_json
+
+    if classes:
+        bad = sorted({r["label"] for r in rows} - set(classes))
+        if bad:
+            raise DownloadError(f"{manifest}: labels {bad} are not among the dataset's classes {classes}; "
+                                "fix the label mapping or classes")
+    for why, n in excluded.most_common():
+        log.warning("left out %d slide(s): %s", n, why)
+    cases = len({r["case"] for r in rows})
+    write_tsv(manifest, rows, columns)
+    write_json(provenance, {
+        **info, "queried_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "slides_kept": len(rows), "cases_kept": cases, "excluded": dict(excluded),
+        "per_label": dict(Counter(r["label"] for r in rows)),
+    })
+    log.info("%s: %d slides of %d cases", manifest, len(rows), cases)

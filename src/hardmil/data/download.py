@@ -46,12 +46,13 @@ def _check(path: Path, size: int | None, digests: dict[str, str]) -> str | None:
 
 def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5: str | None = None,
              sha256: str | None = None, retries: int = 4, backoff: float = 1.0, timeout: float = 60.0,
-             headers: dict[str, str] | None = None) -> Path:
+             headers: dict[str, str] | None = None, progress=None) -> Path:
     """Download ``url`` to ``dest``; skip the transfer when ``dest`` already matches size and checksums.
 
     Retries (at most ``retries`` extra attempts) on connection errors, short reads and HTTP 5xx,
     resuming from the bytes already in the ``.partial`` file. A checksum mismatch of a complete file
     removes the partial file and fails: the data on the server is not what the caller expects.
+    ``progress``, if given, is called with the size of every block written (e.g. ``tqdm.update``).
     """
     dest = Path(dest)
     digests = {k: v for k, v in (("md5", md5), ("sha256", sha256)) if v}
@@ -70,7 +71,7 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5:
             have = 0
         if size is None or have < size:
             try:
-                _fetch_into(url, partial, have, timeout, headers or {})
+                _fetch_into(url, partial, have, timeout, headers or {}, progress)
             except _Retryable as err:
                 last_error = str(err)
                 log.warning("%s: attempt %d/%d failed: %s", url, attempt + 1, retries + 1, err)
@@ -88,7 +89,8 @@ class _Retryable(Exception):
     pass
 
 
-def _fetch_into(url: str, partial: Path, have: int, timeout: float, headers: dict[str, str]) -> None:
+def _fetch_into(url: str, partial: Path, have: int, timeout: float, headers: dict[str, str],
+                progress=None) -> None:
     req = urllib.request.Request(url, headers=dict(headers))
     if have:
         req.add_header("Range", f"bytes={have}-")
@@ -112,6 +114,8 @@ def _fetch_into(url: str, partial: Path, have: int, timeout: float, headers: dic
                 for block in iter(lambda: resp.read(CHUNK), b""):
                     fh.write(block)
                     got += len(block)
+                    if progress is not None:
+                        progress(len(block))
         except (OSError, ValueError) as err:  # includes http.client.IncompleteRead
             raise _Retryable(f"connection lost after {got} bytes: {err}") from err
         if expected is not None and got < int(expected):

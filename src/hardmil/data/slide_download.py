@@ -43,8 +43,13 @@ class SlideFile:
 def _read_ledger(path: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
-    with open(path, newline="") as fh:
-        return {r["filename"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    try:
+        with open(path, newline="") as fh:
+            return {r["filename"]: r for r in csv.DictReader(fh, delimiter="\t")
+                    if all(r.get(c) for c in LEDGER_COLUMNS)}
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError) as err:
+        log.warning("%s: unreadable (%s); every file will be checked again", path, err)
+        return {}
 
 
 def _ledger_row(dest: Path, md5: str) -> dict:
@@ -59,6 +64,24 @@ def _already_verified(dest: Path, item: SlideFile, ledger: dict[str, dict]) -> b
     st = dest.stat()
     return (str(st.st_size) == rec["size"] and str(st.st_mtime_ns) == rec["mtime_ns"]
             and rec["md5"] == item.md5.lower() and (item.size is None or item.size == st.st_size))
+
+
+def _fetch_one(it: SlideFile, dest: Path, bar: tqdm, net: dict) -> str:
+    """Download or verify one file, advancing ``bar`` by its bytes; return its status."""
+    before = dest.stat().st_mtime_ns if dest.exists() else None
+    resumed = dest.with_name(dest.name + ".partial").exists()
+    shown = 0
+
+    def advance(n: int) -> None:
+        nonlocal shown
+        shown += n
+        bar.update(n)
+
+    download(it.url, dest, size=it.size, md5=it.md5, progress=advance, **net)
+    bar.update(dest.stat().st_size - shown)  # bytes from before a resume, or a file that was already there
+    if before is not None and dest.stat().st_mtime_ns == before:
+        return "verified"
+    return "resumed" if resumed else "downloaded"
 
 
 def fetch_slides(items: list[SlideFile], slides_dir: str | os.PathLike, listing: str | os.PathLike, *,
@@ -88,30 +111,22 @@ def fetch_slides(items: list[SlideFile], slides_dir: str | os.PathLike, listing:
             dest = slides_dir / it.filename
             if _already_verified(dest, it, ledger):
                 status = "skipped"
+                bar.update(dest.stat().st_size)
             else:
-                before = dest.stat().st_mtime_ns if dest.exists() else None
-                resumed = dest.with_name(dest.name + ".partial").exists()
                 try:
-                    download(it.url, dest, size=it.size, md5=it.md5, retries=retries, backoff=backoff,
-                             timeout=timeout, headers=headers)
+                    status = _fetch_one(it, dest, bar, dict(retries=retries, backoff=backoff, timeout=timeout,
+                                                            headers=headers))
                 except DownloadError as err:
                     log.error("%s: %s", it.slide, err)
                     failed.append(f"{it.slide}: {err}")
                     counts["failed"] += 1
-                    bar.update(it.size or 0)
                     continue
-                if before is not None and dest.stat().st_mtime_ns == before:
-                    status = "verified"  # was already there and complete
-                else:
-                    status = "resumed" if resumed else "downloaded"
                 ledger[dest.name] = _ledger_row(dest, it.md5)
                 write_tsv(ledger_path, list(ledger.values()), LEDGER_COLUMNS)
                 log.info("%s: %s", it.slide, status)
             counts[status] += 1
-            size = dest.stat().st_size
-            bar.update(it.size or 0)
-            rows.append({"slide": it.slide, "filename": it.filename, "path": str(dest), "size": size,
-                         "md5": it.md5.lower(), "status": status})
+            rows.append({"slide": it.slide, "filename": it.filename, "path": str(dest),
+                         "size": dest.stat().st_size, "md5": it.md5.lower(), "status": status})
     log.info("cohort %s: %s", slides_dir, counts)
     if failed and on_error == "fail":
         raise DownloadError(f"{len(failed)} of {len(items)} slide(s) failed (the others are kept; re-run to "

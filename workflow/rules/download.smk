@@ -53,9 +53,9 @@ rule ucsb_features:
 
 # Whole-slide images from the GDC (TCGA) or the CAMELYON bucket: a manifest per dataset, then one resumable
 # job per dataset that fetches every slide to resources/slides/{dataset}/{slide}.{ext} and lists what is there.
-SLIDE_SOURCES = ["gdc", "camelyon"]
-DL = config["download"]
-NET = {k: DL[k] for k in ("retries", "backoff", "timeout")}
+DOWNLOAD_SOURCES = ["gdc", "camelyon"]
+DOWNLOAD_CFG = config["download"]
+DOWNLOAD_NET = {k: DOWNLOAD_CFG[k] for k in ("retries", "backoff", "timeout")}
 
 
 rule slide_manifest:
@@ -67,7 +67,7 @@ rule slide_manifest:
     benchmark:
         "results/benchmarks/slide_manifest/{dataset}.tsv"
     wildcard_constraints:
-        dataset=one_of([d for s in SLIDE_SOURCES for d in datasets_from(s)]),
+        dataset=one_of([d for s in DOWNLOAD_SOURCES for d in datasets_from(s)]),
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -78,7 +78,7 @@ rule slide_manifest:
         source=lambda wc: config["datasets"][wc.dataset]["source"],
         cfg=lambda wc: slide_source_config(wc.dataset),
         classes=lambda wc: classes(wc.dataset),
-        net=NET,
+        net=DOWNLOAD_NET,
     script:
         "../scripts/slide_manifest.py"
 
@@ -93,18 +93,18 @@ rule download_slides:
     benchmark:
         "results/benchmarks/download_slides/{dataset}.tsv"
     wildcard_constraints:
-        dataset=one_of([d for s in SLIDE_SOURCES for d in datasets_from(s)]),
+        dataset=one_of([d for s in DOWNLOAD_SOURCES for d in datasets_from(s)]),
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=DL["runtime"],
+        runtime=DOWNLOAD_CFG["runtime"],
     params:
         source=lambda wc: config["datasets"][wc.dataset]["source"],
         cfg=lambda wc: slide_source_config(wc.dataset),
-        on_error=DL["on_error"],
-        net=NET,
+        on_error=DOWNLOAD_CFG["on_error"],
+        net=DOWNLOAD_NET,
     script:
         "../scripts/download_slides.py"
 

@@ -430,6 +430,23 @@ def datasets_simulated():
     return [d for d, c in config["datasets"].items() if "simulate" in c]
 
 
+# --- slides downloaded from the GDC or the CAMELYON bucket (workflow/rules/download.smk) ---
+def slide_source_config(dataset):
+    """The dataset's `gdc` or `camelyon` block (the latter may be left out: schema defaults apply)."""
+    d = config["datasets"][dataset]
+    return dict(d.get(d["source"]) or {})
+
+
+def downloaded_slides(dataset=None):
+    """The listing file(s) that mark a dataset's slides as downloaded and verified ([] for other sources)."""
+    names = [dataset] if dataset else list(config["datasets"])
+    return [
+        f"resources/slides/{d}/download.tsv"
+        for d in names
+        if config["datasets"][d]["source"] in ("gdc", "camelyon")
+    ]
+
+
 _validate_references()
 _validate_report_references()
 _validate_external()

@@ -11,7 +11,7 @@ STAMP := $(VENV)/.hardmil-installed
 CORES ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean test-slurm readme-assets
 
 install: $(STAMP)
 
@@ -39,3 +39,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf results/runs results/tables results/splits results/logs results/benchmarks .snakemake
+
+# The SLURM profile on a real single-node SLURM (root; installs slurm-wlm + munge if missing, about 20 s):
+# start SLURM, run tests/test_slurm.py (a failure, not a skip, when SLURM is not usable), stop SLURM.
+test-slurm: $(STAMP)
+	scripts/slurm/start_slurm.sh
+	HARDMIL_REQUIRE_SLURM=1 $(BIN)/python -m pytest -m slurm tests/test_slurm.py -q -rA; \
+	rc=$$?; scripts/slurm/stop_slurm.sh; exit $$rc
+
+# the README's table and figure (docs/), from a finished demo
+readme-assets: $(STAMP)
+	$(BIN)/python bench/readme_assets.py

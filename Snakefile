@@ -23,6 +23,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/hardneg.smk"
 include: "workflow/rules/confounders.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/efficiency.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/external.smk"
+include: "workflow/rules/survival.smk"
 
 
 rule all:

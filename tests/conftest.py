@@ -17,18 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_cohort(root: Path, n_bags: int = 16, dim: int = 8, seed: int = 0, slides_per_case: int = 1,
                 classes=("neg", "pos")) -> tuple[Path, Path]:
-    """Bags whose positives hold a few shifted ('tumour') instances. Returns (features_dir, manifest)."""
+    """Bags whose positives hold a few shifted ('tumour') instances. Returns (features_dir, manifest).
+
+    With more than two ``classes``, bag ``i`` has class ``i % C`` and class ``k > 0`` shifts feature ``k - 1``."""
     rng = np.random.default_rng(seed)
     feats_dir = root / "features"
     feats_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n_bags):
-        label = i % 2
+        label = i % len(classes)
         for j in range(slides_per_case):
             n = int(rng.integers(5, 12))
             x = rng.normal(size=(n, dim))
             if label:
-                x[: max(1, n // 4), 0] += 3.0
+                x[: max(1, n // 4), label - 1] += 3.0
             slide = f"s{i:03d}_{j}"
             cells = rng.choice(36, size=n, replace=False)  # distinct cells of a 6 x 6 grid of 256-px patches
             coords = np.stack([cells % 6, cells // 6], axis=1) * 256 + 512
@@ -49,8 +51,9 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 class FaultyServer:
     """Serves ``files`` (path -> bytes) with Range support.
 
-    ``fail[path]`` = number of 503 answers before success; ``cut[path]`` = number of answers that
-    announce the full length but close the connection after half the body. ``requests`` logs each GET.
+    ``fail[path]`` = number of 503 answers before success (GET and POST); ``cut[path]`` = number of answers
+    that announce the full length but close the connection after half the body. ``requests`` logs each GET.
+    ``post[path]`` = a handler for POSTed JSON (its return value is sent back); ``posts`` logs each POST.
     """
 
     def __init__(self):
@@ -59,6 +62,9 @@ class FaultyServer:
         self.fail: dict[str, int] = {}
         self.cut: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []
+        # POST: path -> handler(parsed JSON body) returning an object (sent as JSON) or raw bytes
+        self.post: dict = {}
+        self.posts: list[tuple[str, object]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -105,6 +111,31 @@ class FaultyServer:
                     self.close_connection = True
                     return
                 self.wfile.write(part)
+
+            def do_POST(self):
+                import json
+
+                path = self.path.split("?")[0]
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw or b"null")
+                except ValueError:
+                    body = raw
+                server.posts.append((path, body))
+                status, out = 200, b""
+                if server.fail.get(path, 0) > 0:
+                    server.fail[path] -= 1
+                    status = 503
+                elif path not in server.post:
+                    status = 404
+                else:
+                    answer = server.post[path](body)
+                    out = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

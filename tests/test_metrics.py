@@ -56,5 +56,9 @@ def test_classification_metrics_argmax_and_multiclass():
     m = classification_metrics(y, probs, threshold=0.5)
     # argmax predictions 0,2,2,1: per-class recall 1, 0, 0.5 -> balanced accuracy 0.5
     assert m["balanced_accuracy"] == pytest.approx(0.5)
-    assert "accuracy" not in m  # threshold metrics are binary only
+    # C > 2: no threshold; accuracy at argmax and macro precision / recall / F1 over the three classes
+    # (class 0: P 1, R 1; class 1: P 0, R 0; class 2: P 1/2, R 1/2), no FPR
+    assert m["accuracy"] == m["accuracy_argmax"]
+    assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert "fpr" not in m
     assert m["accuracy_argmax"] == pytest.approx(0.5)

@@ -19,7 +19,7 @@ def mhim(**params):
 
 
 def test_high_masking_exact_top_and_randomly_high():
-    m = mhim(mask_high=0.1, rsm_ratio=0.0)
+    m = mhim(mask_high=0.1, mask_high_random=1.0, rsm_ratio=0.0)
     score = torch.arange(100, dtype=torch.float32)  # instance i has score i
     kept, rec = m.select(score)
     assert len(rec) == 0 and set(range(100)) - set(kept.tolist()) == set(range(90, 100))
@@ -35,7 +35,7 @@ def test_high_masking_exact_top_and_randomly_high():
 
 
 def test_low_random_and_rsm_partition():
-    m = mhim(mask_high=0.1, mask_low=0.2, rsm_ratio=0.5)
+    m = mhim(mask_high=0.1, mask_high_random=1.0, mask_low=0.2, rsm_ratio=0.5)
     score = torch.randn(50)
     kept, rec = m.select(score)
     masked_high = set(score.topk(5).indices.tolist())
@@ -166,3 +166,88 @@ def test_mhim_over_transmil():
     out = m.train()(x, label=torch.tensor([0]))
     (out.logits.sum() + sum(out.aux_losses.values())).backward()
     assert torch.allclose(m.eval()(x).logits, m.student(x).logits)
+
+
+def test_issue_counts_n1000_and_nested_names():
+    """N=1000, h=0.03: r=0.5 masks 30 among the top 60; r=1 masks exactly the top 30 (plain nested names)."""
+    score = torch.randperm(1000).float()
+    top60, top30 = set(score.topk(60).indices.tolist()), set(score.topk(30).indices.tolist())
+    rhsm = mhim(mask={"high_ratio": 0.03, "high_random_fraction": 0.5, "random_ratio": 0.0})
+    assert rhsm.cfg.mask_high == 0.03 and rhsm.cfg.mask_high_random == 0.5 and rhsm.cfg.rsm_ratio == 0.0
+    for _ in range(10):
+        masked = set(range(1000)) - set(rhsm.select(score)[0].tolist())
+        assert len(masked) == 30 and masked <= top60
+    hsm = mhim(mask={"high_ratio": 0.03, "high_random_fraction": 1.0, "random_ratio": 0.0})
+    assert set(range(1000)) - set(hsm.select(score)[0].tolist()) == top30
+    with pytest.raises(ValueError, match="high_rate"):
+        mhim(mask={"high_rate": 0.03})
+
+
+def test_rsm_without_grn_drops_the_random_share():
+    m = mhim(mask_high=0.03, rsm_ratio=0.8, grn=False)
+    kept, rec = m.select(torch.randn(1000))
+    assert len(rec) == 0 and len(kept) == 970 - int(970 * 0.8)
+
+
+def test_grn_associative_form_equals_explicit_attention():
+    m = mhim(grn_tokens=3).eval()
+    x = torch.randn(57, m.student.cfg.hidden_dim, requires_grad=True)
+    fast, slow = m.grn(x), m.grn.forward_explicit(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().sum(), [x, m.grn.to_kv.weight])
+    g_slow = torch.autograd.grad(slow.square().sum(), [x, m.grn.to_kv.weight])
+    for a, b in zip(g_fast, g_slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_table10_teacher_variants():
+    x, y = torch.randn(1, 40, 8), torch.tensor([1])
+    # 'none': explicitly untrained teacher (no checkpoint needed, a checkpoint is then an error)
+    torch.manual_seed(0)
+    fresh = build_model("mhim", in_dim=8, teacher={"init": "none"}).train()
+    fresh(x, label=y)
+    with pytest.raises(ValueError, match="teacher_init is 'none'"):
+        fresh.init_teacher({"model": "abmil", "model_config": dataclasses.asdict(fresh.student.cfg),
+                            "state_dict": fresh.student.state_dict()})
+    # 'student': the student scores its own bag; no EMA; the student stays in train mode
+    own = mhim(teacher={"update": "student", "momentum": 0.5, "dropout": False}).train()
+    before = [p.clone() for p in own.teacher.parameters()]
+    with torch.no_grad():
+        for p in own.student.parameters():
+            p.add_(1.0)
+    own(x, label=y)
+    own.after_step()
+    assert own.student.training
+    assert all(torch.equal(a, b) for a, b in zip(before, own.teacher.parameters(), strict=True))
+    score, _ = own.teacher_scores(x)  # from the (shifted) student, not from the untouched teacher copy
+    s = own.student.eval()
+    with torch.no_grad():
+        h = s.embed(x)
+        torch.testing.assert_close(score, s.instance_scores(h, s.head(h), "v2"))
+        t = own.teacher.eval()
+        ht = t.embed(x)
+        assert not torch.allclose(score, t.instance_scores(ht, t.head(ht), "v2"))
+    # fixed teacher ('Init.' row): momentum 1.0 leaves it untouched
+    fixed = mhim(teacher={"momentum": 1.0}).train()
+    t0 = [p.clone() for p in fixed.teacher.parameters()]
+    fixed(x, label=y)
+    fixed.after_step()
+    assert all(torch.equal(a, b) for a, b in zip(t0, fixed.teacher.parameters(), strict=True))
+
+
+def test_lsm_mode_and_attention_score_switch():
+    m = mhim(mask_high=0.1, mask_high_random=1.0, rsm_ratio=0.5, mask={"random_mode": "low"})
+    score = torch.arange(100, dtype=torch.float32)
+    kept, rec = m.select(score)
+    assert set(rec.tolist()) == set(range(45)) and set(kept.tolist()) == set(range(45, 90))
+    x = torch.randn(1, 30, 8)
+    att = mhim(teacher={"dropout": False}, mask={"score": "attention"})
+    prob = mhim(teacher={"dropout": False})
+    s_att, _ = att.teacher_scores(x)
+    s_prob, _ = prob.teacher_scores(x)
+    t = prob.teacher.eval()
+    with torch.no_grad():
+        h = t.embed(x)
+        torch.testing.assert_close(s_att, t.instance_scores(h, t.head(h), "v1"))
+        torch.testing.assert_close(s_prob, t.instance_scores(h, t.head(h), "v2"))
+    assert not torch.allclose(s_att, s_prob)

@@ -180,3 +180,50 @@ def test_every_model_and_the_stage_edges(http_server, tmp_path):
     zoo = list(csv.DictReader(open(out / "tables/zoo.csv")))
     assert {r["method"] for r in zoo} == set(MODELS) - {"mhim"} and all(r["n_runs"] == "4" for r in zoo)
     assert not (out / "runs/ucsb_tiny/provided/mamba2d").exists()
+
+
+def test_report_tables_figures_and_html(http_server, tmp_path):
+    """The report stage on a tiny finished workflow: an MHIM table against the paper, the measured efficiency
+    table, every figure kind, and `snakemake --report` with all of them."""
+    serve_wheel(http_server, tmp_path)
+    methods = {"abmil": {"model": "abmil"}, "li2019": {"model": "li2019"},
+               "li2019_fmb": {"model": "li2019", "hardneg": "li_fmb"},
+               "mhim": {"model": "mhim", "teacher": "abmil", "params": {"mask_high": 0.1, "rsm_ratio": 0.3}},
+               "mhim_h30": {"model": "mhim", "teacher": "abmil", "params": {"mask_high": 0.3, "rsm_ratio": 0.3}}}
+    tables = {
+        "t2": {"published": "mhim2025_table2", "published_encoder": "R50", "published_dataset": "camelyon",
+               "metrics": ["accuracy", "auc", "f1"], "dataset": "ucsb_tiny",
+               "rows": {"abmil": "AB-MIL [14]", "mhim": "MHIM-v2(AB-MIL)"}},
+        "t6": {"kind": "efficiency", "published": "mhim2025_table6", "published_dataset": "camelyon",
+               "dataset": "ucsb_tiny", "rows": {"abmil": "ABMIL", "mhim": "MHIM-v2(AB.)"}},
+    }
+    figures = {
+        "sweep": {"kind": "sweep", "dataset": "ucsb_tiny", "panels": {"AB-MIL": {
+            "xlabel": "masked fraction h", "baseline": "abmil",
+            "series": {"MHIM-v2": {0.1: "mhim", 0.3: "mhim_h30"}}}}},
+        "curves": {"kind": "curves", "dataset": "ucsb_tiny", "methods": {"abmil": "AB-MIL", "mhim": "MHIM-v2"}},
+        "fig8": {"kind": "assessment", "dataset": "ucsb_tiny", "methods": {"mhim": "MHIM-v2"}},
+        "mined": {"kind": "hardneg", "dataset": "ucsb_tiny", "variant": "li_fmb"},
+    }
+    tiny_config(tmp_path, http_server.url, bad=False, byo_good=False, protocols=["paper"], methods=methods,
+                hardneg={"li_fmb": {"from": "li2019", "generator": "fmb", "clusters": 2, "n_bags": 3, "min_bags": 2}},
+                tables=tables, figures=figures)
+    res = snakemake(tmp_path, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "results"
+    t2 = (out / "tables/t2.md").read_text()
+    assert "MHIM-v2(AB-MIL)" in t2 and "paper 0.928 ± 0.020" in t2  # R50 CAMELYON AUC 92.77 ± 1.97
+    assert (out / "tables/t2.tex").read_text().count(r"\begin{tabular}") == 1
+    t6 = list(csv.DictReader(open(out / "tables/t6.csv")))
+    assert [r["method"] for r in t6] == ["abmil", "mhim"] and t6[0]["parameters_published"] == "0.66"
+    for r in t6:
+        assert float(r["parameters_mean"]) > 0 and float(r["inference_slides_per_second_mean"]) > 0
+        assert float(r["train_seconds_per_epoch_mean"]) > 0 and float(r["peak_memory_mean"]) >= 0
+    for name in figures:
+        assert (out / f"figures/{name}.png").stat().st_size > 5000 and (out / f"figures/{name}.pdf").exists()
+    tsv = (out / "runs/ucsb_tiny/provided/mhim/paper/seed0/fold0/teacher_assessment.tsv").read_text().splitlines()
+    assert tsv[0].split("\t")[:3] == ["epoch", "label", "n_bags"] and len(tsv) == 1 + 3 * 2  # 3 epochs x 2 labels
+    res = snakemake(tmp_path, "--report", str(tmp_path / "report.html"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "t6.csv" in html and "fig8.png" in html

@@ -52,8 +52,14 @@ def _validate_references():
     for name, m in config["methods"].items():
         if m.get("teacher") and m["teacher"] not in config["methods"]:
             raise ValueError(f"config methods.{name}.teacher: {m['teacher']!r} is not in methods")
-        if m["model"] == "mhim" and not m.get("teacher"):
-            raise ValueError(f"config methods.{name}: an MHIM method needs teacher: <trained baseline method>")
+        params = m.get("params", {})
+        no_init = "none" in (params.get("teacher_init"), (params.get("teacher") or {}).get("init"))
+        if m["model"] == "mhim" and not m.get("teacher") and not no_init:
+            raise ValueError(f"config methods.{name}: an MHIM method needs teacher: <trained baseline method> "
+                             "(or params.teacher.init: none for an explicitly untrained teacher)")
+        if m["model"] == "mhim" and m.get("teacher") and no_init:
+            raise ValueError(f"config methods.{name}: teacher: {m['teacher']} and params.teacher.init: none "
+                             "contradict each other")
     for name, t in config["tables"].items():
         if t["dataset"] not in config["datasets"]:
             raise ValueError(
@@ -95,7 +101,12 @@ def features_dir(dataset, encoder):
 
 
 def classes(dataset):
-    return config["datasets"][dataset]["classes"]
+    """Class names (classification); survival datasets have none."""
+    return config["datasets"][dataset].get("classes", [])
+
+
+def task(dataset):
+    return config["datasets"][dataset]["task"]
 
 
 def train_config(method):
@@ -210,6 +221,8 @@ def train_params(wc):
         "model_params": config["methods"][wc.method]["params"],
         "train": train_config(wc.method),
         "standardize": config["train"]["standardize"],
+        "task": task(wc.dataset),
+        "time_bins": config["datasets"][wc.dataset]["time_bins"],
     }
 
 
@@ -242,6 +255,7 @@ def all_runs(name="metrics.json"):
     return [
         path
         for dataset, dcfg in config["datasets"].items()
+        if not dcfg["external_only"]
         for encoder in dcfg["encoders"]
         for method in config["methods"]
         if runs_on(method, dataset)
@@ -252,6 +266,15 @@ def all_runs(name="metrics.json"):
 
 def table_runs(wildcards):
     t = config["tables"][wildcards.table]
+    if t.get("kind") == "efficiency":
+        return [EFFICIENCY.format(dataset=t["dataset"], encoder=t["encoder"], method=m) for m in t["rows"]]
+    if t.get("external"):
+        return [
+            path
+            for method in t["rows"]
+            for protocol in config["protocols"]
+            for path in external_runs(t["external"], t["encoder"], method, protocol)
+        ]
     return [
         path
         for method in t["rows"]
@@ -262,11 +285,174 @@ def table_runs(wildcards):
 
 def all_targets():
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
-    return tables + all_runs()
+    figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
+    return tables + figures + all_runs() + all_external()
+
+
+# --- report: efficiency measurements (Table 6) and figures ---
+EFFICIENCY = "results/efficiency/{dataset}/{encoder}/{method}.json"
+
+
+def efficiency_job(wc):
+    """The fold that the efficiency job times (first seed, fold 0, first protocol), as a train_jobs entry."""
+    from snakemake.iocontainers import Wildcards
+
+    fields = dict(dataset=wc.dataset, encoder=wc.encoder, method=wc.method, protocol=config["protocols"][0],
+                  seed=SEEDS[0], fold=0)
+    return train_jobs(Wildcards(fromdict=fields))[0]
+
+
+def efficiency_inputs(wc):
+    job = efficiency_job(wc)
+    files = {"splits": job["splits"], "features": features_dir(wc.dataset, wc.encoder),
+             "model": f"{job['out_dir']}/model.pt"}
+    files.update({k: job[k] for k in ("extra_bags", "confounders", "teacher") if job[k]})
+    return files
+
+
+def figure_inputs(wc):
+    """The run files a figure reads (metrics.json stands for a finished run)."""
+    f = config["figures"][wc.figure]
+    runs = lambda m, name="metrics.json": method_runs(f["dataset"], f["encoder"], m, f["protocol"], name)
+    if f["kind"] == "sweep":
+        methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
+        methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
+        return [path for m in dict.fromkeys(methods) for path in runs(m)]
+    if f["kind"] == "curves":
+        return [path for m in f["methods"] for path in runs(m, "history.tsv")]
+    if f["kind"] == "assessment":
+        return [path for m in f["methods"] for path in runs(m)]
+    return [
+        f"{HARDNEG_DIR}/mined.tsv".format(dataset=f["dataset"], encoder=f["encoder"], variant=f["variant"],
+                                          protocol=f["protocol"], seed=s, fold=k)
+        for s in SEEDS
+        for k in FOLDS
+    ]
+
+
+def _validate_report_references():
+    for name, f in config["figures"].items():
+        if f["dataset"] not in config["datasets"]:
+            raise ValueError(f"config figures.{name}.dataset: {f['dataset']!r} is not in datasets")
+        if f["kind"] == "sweep":
+            if "panels" not in f:
+                raise ValueError(f"config figures.{name}: a sweep needs panels")
+            methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
+            methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
+        elif f["kind"] in ("curves", "assessment"):
+            methods = list(f.get("methods") or [])
+            if not methods:
+                raise ValueError(f"config figures.{name}: kind {f['kind']!r} needs methods")
+        else:
+            if f.get("variant") not in config["hardneg"]:
+                raise ValueError(f"config figures.{name}.variant: {f.get('variant')!r} is not in hardneg")
+            methods = []
+        for m in methods:
+            if m not in config["methods"]:
+                raise ValueError(f"config figures.{name}: method {m!r} is not in methods")
+        if f["kind"] == "assessment":
+            for m in methods:
+                if config["methods"][m]["model"] != "mhim":
+                    raise ValueError(f"config figures.{name}: {m!r} is not an MHIM method (no teacher to assess)")
+
+
+
+
+# --- cross-source evaluation (config `external`): trained fold models tested on another dataset ---
+EXTERNAL_DIR = "results/external/{pair}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
+EXTERNAL_FILES = ["predictions.tsv", "metrics.json"]
+
+
+def external_methods(name):
+    e = config["external"][name]
+    return [m for m in e.get("methods", config["methods"]) if runs_on(m, e["train"])]
+
+
+def external_encoders(name):
+    e = config["external"][name]
+    test_encoders = config["datasets"][e["test"]]["encoders"]
+    return [enc for enc in config["datasets"][e["train"]]["encoders"] if enc in test_encoders]
+
+
+def external_runs(name, encoder, method, protocol, file="metrics.json"):
+    return [
+        f"{EXTERNAL_DIR}/{file}".format(
+            pair=name, encoder=encoder, method=method, protocol=protocol, seed=s, fold=f
+        )
+        for s in SEEDS
+        for f in FOLDS
+    ]
+
+
+def all_external():
+    return [
+        path
+        for name in config["external"]
+        for encoder in external_encoders(name)
+        for method in external_methods(name)
+        for protocol in config["protocols"]
+        for path in external_runs(name, encoder, method, protocol)
+    ]
+
+
+def external_jobs(wc):
+    """One dict per fold of an external job: the fold's trained model and where its results go."""
+    train = config["external"][wc.pair]["train"]
+    jobs = []
+    for s, f in fold_ids(wc):
+        fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
+        jobs.append(
+            {
+                "model": run_file("model.pt", **(fields | {"dataset": train})),
+                "out_dir": EXTERNAL_DIR.format(**fields),
+            }
+        )
+    return jobs
+
+
+def _validate_external():
+    for name, e in config["external"].items():
+        for key in ("train", "test"):
+            if e[key] not in config["datasets"]:
+                raise ValueError(f"config external.{name}.{key}: {e[key]!r} is not in datasets")
+        a, b = config["datasets"][e["train"]], config["datasets"][e["test"]]
+        if a["task"] != b["task"] or a.get("classes") != b.get("classes"):
+            raise ValueError(
+                f"config external.{name}: {e['train']!r} and {e['test']!r} differ in task or classes"
+            )
+        if not external_encoders(name):
+            raise ValueError(f"config external.{name}: the two datasets share no encoder")
+        for m in e.get("methods", []):
+            if m not in config["methods"]:
+                raise ValueError(f"config external.{name}.methods: {m!r} is not in methods")
+    for name, t in config["tables"].items():
+        if t.get("external") and t["external"] not in config["external"]:
+            raise ValueError(f"config tables.{name}.external: {t['external']!r} is not in external")
+
+
+def datasets_simulated():
+    return [d for d, c in config["datasets"].items() if "simulate" in c]
+
+
+# --- slides downloaded from the GDC or the CAMELYON bucket (workflow/rules/download.smk) ---
+def slide_source_config(dataset):
+    """The dataset's `gdc` or `camelyon` block (the latter may be left out: schema defaults apply)."""
+    d = config["datasets"][dataset]
+    return dict(d.get(d["source"]) or {})
+
+
+def downloaded_slides(dataset=None):
+    """The listing file(s) that mark a dataset's slides as downloaded and verified ([] for other sources)."""
+    names = [dataset] if dataset else list(config["datasets"])
+    return [
+        f"resources/slides/{d}/download.tsv"
+        for d in names
+        if config["datasets"][d]["source"] in ("gdc", "camelyon")
+    ]
 
 
 # --- slide datasets (source synthetic | slides): slides -> patches -> features, per-cohort shard jobs ---
-SLIDE_SOURCES = ("synthetic", "slides")
+SLIDE_SOURCES = ("synthetic", "slides", "gdc", "camelyon")
 PATCH_REPORT = "results/patches/{dataset}/shards/{shard}-of-{n}.tsv"
 FEATURE_REPORT = "results/features/{dataset}/{encoder}/shards/{shard}-of-{n}.tsv"
 
@@ -315,10 +501,11 @@ def asset_path(name):
 
 
 def slide_inputs(wc):
-    """What must exist before a cohort's slides are read: the synthetic cohort's provenance, else nothing."""
+    """What must exist before a cohort's slides are read: the synthetic cohort's provenance, the download
+    listing of a GDC / CAMELYON cohort, else nothing (user-provided slides)."""
     if config["datasets"][wc.dataset]["source"] == "synthetic":
         return [f"results/slides/{wc.dataset}/provenance.json"]
-    return []
+    return downloaded_slides(wc.dataset)
 
 
 def encoder_weights(wc):
@@ -339,3 +526,5 @@ def _validate_slide_references():
 
 _validate_references()
 _validate_slide_references()
+_validate_report_references()
+_validate_external()

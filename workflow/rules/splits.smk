@@ -29,5 +29,7 @@ rule splits:
         val_fraction=config["cv"]["val_fraction"],
         protocols=config["protocols"],
         seeds=SEEDS,
+        task=lambda wc: task(wc.dataset),
+        stratify=lambda wc: config["datasets"][wc.dataset]["stratify"],
     script:
         "../scripts/splits.py"

@@ -11,6 +11,7 @@ rule table:
             category="Tables",
         ),
         md="results/tables/{table}.md",
+        tex="results/tables/{table}.tex",
     log:
         "results/logs/tables/{table}.log",
     benchmark:

@@ -2,11 +2,15 @@
 
 from hardmil.data.bags import check_features_exist, read_manifest
 from hardmil.data.splits import make_splits, write_splits
+from hardmil.data.survival import read_survival_manifest, strata
 from hardmil.utils import rule_log
 
 p = snakemake.params
 with rule_log(snakemake.log[0]):
-    rows = read_manifest(snakemake.input.manifest, p.classes)
+    if p.task == "survival":  # labels = strata; the splits also carry time and event
+        rows = strata(read_survival_manifest(snakemake.input.manifest)[0], p.stratify)
+    else:
+        rows = read_manifest(snakemake.input.manifest, p.classes)
     for features_dir in snakemake.input.features:
         check_features_exist(rows, features_dir, snakemake.input.manifest)
     outputs = iter(snakemake.output)

@@ -106,8 +106,8 @@ def features_path(features_dir: str | os.PathLike, slide: str) -> Path:
     return base / f"{slide}.h5"
 
 
-def read_manifest(path: str | os.PathLike, classes: list[str]) -> list[dict]:
-    """Read a manifest TSV (columns slide, case, label, ...) and check labels against ``classes``."""
+def read_manifest_rows(path: str | os.PathLike, columns: tuple[str, ...] = MANIFEST_COLUMNS) -> list[dict]:
+    """The rows of a manifest TSV that must exist, have rows and have ``columns``."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "manifest does not exist")
@@ -115,9 +115,15 @@ def read_manifest(path: str | os.PathLike, classes: list[str]) -> list[dict]:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     if not rows:
         raise InputError(path, "manifest has no rows")
-    missing = [c for c in MANIFEST_COLUMNS if c not in rows[0]]
+    missing = [c for c in columns if c not in rows[0]]
     if missing:
         raise InputError(path, f"manifest lacks column(s) {missing}")
+    return rows
+
+
+def read_manifest(path: str | os.PathLike, classes: list[str]) -> list[dict]:
+    """Read a manifest TSV (columns slide, case, label, ...) and check labels against ``classes``."""
+    rows = read_manifest_rows(path)
     seen: set[str] = set()
     for i, row in enumerate(rows, start=2):
         if row["label"] not in classes:

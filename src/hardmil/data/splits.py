@@ -22,6 +22,8 @@ from hardmil.utils import InputError, atomic_path
 
 PROTOCOLS = ("paper", "clean")
 COLUMNS = ("slide", "case", "label", "fold", "role")
+# survival splits also carry each slide's case-level label; ``label`` then holds the stratum
+SURVIVAL_COLUMNS = ("time", "event")
 
 
 def _cases(rows: list[dict], source: str) -> tuple[list[str], list[str]]:
@@ -60,7 +62,8 @@ def make_splits(rows: list[dict], folds: int, seed: int, protocol: str, val_frac
         else:
             roles.update({c: "train" for c in train_cases})
         role_of.append(roles)
-    out = [{"slide": r["slide"], "case": r["case"], "label": r["label"], "fold": k, "role": roles[r["case"]]}
+    out = [{"slide": r["slide"], "case": r["case"], "label": r["label"], "fold": k, "role": roles[r["case"]],
+            **{c: r[c] for c in SURVIVAL_COLUMNS if c in r}}
            for k, roles in enumerate(role_of) for r in rows]
     check_splits(out, protocol, source)
     return out
@@ -91,7 +94,8 @@ def check_splits(rows: list[dict], protocol: str, source: str = "splits") -> Non
 def write_splits(path: str | os.PathLike, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(COLUMNS), delimiter="\t", lineterminator="\n",
+            extra = [c for c in SURVIVAL_COLUMNS if rows and c in rows[0]]
+            w = csv.DictWriter(fh, fieldnames=list(COLUMNS) + extra, delimiter="\t", lineterminator="\n",
                                extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)

@@ -5,6 +5,11 @@
   threshold is Youden's J optimum on the protocol's selection set (paper: the test fold itself;
   clean: the validation split) and then applied to the test fold.
 * balanced accuracy and macro-F1 at argmax (any C).
+* C > 2 (multi-class subtyping): no threshold exists, so ``accuracy`` is plain accuracy at argmax and
+  ``precision`` / ``recall`` / ``f1`` are their macro averages over classes at argmax (MHIM-MIL's
+  ``metrics_base`` also reports macro precision / recall / F1); ``fpr`` is not reported. The training loop
+  selects the epoch on the macro one-vs-rest AUC for every C (the MHIM-MIL reference uses macro accuracy
+  for C > 2).
 """
 
 from __future__ import annotations
@@ -74,4 +79,12 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, threshold: float | 
     }
     if probs.shape[1] == 2 and threshold is not None:
         out.update(threshold_metrics(y, probs[:, 1], threshold))
+    elif probs.shape[1] > 2:
+        from sklearn.metrics import precision_score, recall_score
+
+        labels = list(range(probs.shape[1]))
+        out.update({"accuracy": out["accuracy_argmax"],
+                    "precision": float(precision_score(y, pred, labels=labels, average="macro", zero_division=0)),
+                    "recall": float(recall_score(y, pred, labels=labels, average="macro", zero_division=0)),
+                    "f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))})
     return out

@@ -37,7 +37,13 @@ def build_confounders(*, model_path: str | os.PathLike, splits: str | os.PathLik
     """Write ``confounders.npy`` [K, H] and ``summary.json`` into ``out_dir``."""
     from sklearn.cluster import KMeans
 
-    train = load_bags(read_splits(splits, fold)["train"], features_dir, classes)
+    rows = read_splits(splits, fold)["train"]
+    if rows and "event" in rows[0]:  # survival splits: the training cases' bags
+        from hardmil.data.survival import load_case_bags
+
+        train = load_case_bags(rows, features_dir)
+    else:
+        train = load_bags(rows, features_dir, classes)
     model, mean, std = load_trained(model_path)
     emb = bag_embeddings(model, train, mean, std)
     k = min(clusters, len(emb))

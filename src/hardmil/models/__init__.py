@@ -44,6 +44,9 @@ def model_config(name: str, **params):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
     cls = MODELS[name].config_class
+    translate = getattr(MODELS[name], "translate_params", None)
+    if translate is not None:
+        params = translate(params)
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - valid)
     if unknown:

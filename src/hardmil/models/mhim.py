@@ -23,8 +23,8 @@ One training step on a bag (``forward`` with a label, in train mode):
    ``r = 0.5`` is "top 2x, random half"; optional cosine decay of ``h`` to 0 over the schedule); v1 low-score
    masking ``mask_low`` and random masking ``mask_random``; v2 random score masking: a random fraction
    ``rsm_ratio`` of the remaining instances is taken out and, with the Global Recycle Network, summarised
-   into K tokens that are appended. ``rsm_ratio`` is the *masked* fraction: the reference's ``merge_ratio``
-   is the *kept* fraction, ``rsm_ratio = 1 - merge_ratio``.
+   into K tokens that are appended (without the GRN they are dropped: Table 9's "RSM" row). ``rsm_ratio`` is
+   the *masked* fraction: the reference's ``merge_ratio`` is the *kept* fraction, ``rsm_ratio = 1 - merge_ratio``.
 3. GRN: K global queries (no gradient; updated after each training forward as an EMA of the GRN outputs,
    momentum ``grn_momentum``) cross-attend (8 heads x 64, LayerNorm on both sides, no biases on q/kv,
    dropout 0.1, output ``Linear(512, 512)``, no residual) to the randomly masked instances.
@@ -37,6 +37,18 @@ Inference: the student alone on every instance (the GRN only if ``grn_at_inferen
 Deliberate deviations and choices:
 * A missing or mismatched teacher checkpoint is an error (the reference silently keeps a random teacher).
 * ``teacher_dropout`` (default True: the reference runs the teacher in train mode, dropout active).
+* ``rsm_ratio`` defaults to 0.8, the paper's "large proportion (e.g., 70% ~ 90%)" and the reference's option
+  default (``merge_ratio`` 0.2); the reference README's recipe runs ``merge_ratio`` {0.8, 0.9}, i.e.
+  ``rsm_ratio`` {0.2, 0.1} -- set it explicitly to run the code's recipe (config/baselines.yaml does).
+* Config names: the flat field names below, or the plain nested names of :data:`NESTED_NAMES`
+  (``mask.high_ratio``, ``mask.high_random_fraction``, ``mask.decay``, ``mask.low_ratio``, ``mask.random_ratio``
+  (= ``rsm_ratio``), ``recycle.queries``, ``recycle.momentum``, ``consistency.weight``,
+  ``consistency.temperature``, ``teacher.momentum``, ...).
+* The GRN is computed by associativity (see :meth:`GlobalRecycleNetwork.forward`): same function, ~100x
+  fewer FLOPs over the masked instances. High-score-masked instances are never embedded by the student.
+  ``recycle.embedding_grad: false`` (``grn_embed_grad``) is a cost option, off by default: the recycled
+  instances are embedded without gradient, so the student's instance projection learns from the kept
+  instances only (the GRN's own weights still learn).
 * Kept instances stay in their original order; the reference shuffles the ones kept by random masking
   (AB-MIL pooling is order-free, so this changes nothing for it).
 """
@@ -61,12 +73,18 @@ class MHIMConfig:
     baseline: str = "abmil"  # a registered model exposing embed / head / instance_scores
     baseline_params: dict = field(default_factory=dict)
     version: str = "v2"  # 'v1': raw attention scores; 'v2': class-aware instance probability
+    score: str = "auto"  # 'auto' (by version), 'attention' or 'probability' (Table 8 swaps them inside v2)
     mask_high: float = 0.01  # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
-    mask_high_random: float = 1.0  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
-    mask_high_cosine: bool = False  # cosine decay of mask_high to 0 over all training steps (mrh_sche)
+    # paper defaults (Table 12: MHIM-v2 uses RHSM and the decay); the reference README recipe runs 1.0 / False
+    mask_high_random: float = 0.5  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
+    mask_high_cosine: bool = True  # cosine decay of mask_high to 0 over all training steps (mrh_sche)
     mask_low: float = 0.0  # v1: masked fraction of the lowest-scoring instances
     mask_random: float = 0.0  # v1: masked fraction drawn at random
-    rsm_ratio: float = 0.2  # v2: random score masking, fraction recycled by the GRN (= 1 - merge_ratio)
+    # v2: random score masking, the masked fraction of the instances left after high-score masking; recycled by the
+    # GRN when it is on, dropped when it is off. Paper: "70% ~ 90%" (0.8 = the reference's option default
+    # merge_ratio 0.2); the README recipe's merge_ratio {0.8, 0.9} is rsm_ratio {0.2, 0.1}.
+    rsm_ratio: float = 0.8
+    rsm_mode: str = "random"  # 'random' (RSM) or 'low': the lowest-scoring share instead (Table 9 "LSM+GRN")
     grn: bool = True  # v2: Global Recycle Network
     grn_tokens: int = 1  # K (grid {1, 5, 10})
     grn_heads: int = 8
@@ -74,13 +92,51 @@ class MHIMConfig:
     grn_dropout: float = 0.1
     grn_momentum: float = 0.9999  # merge_mm (README recipe)
     grn_at_inference: bool = False
+    grn_embed_grad: bool = True  # False: the recycled instances' embeddings carry no gradient (cost option)
     alpha: float = 0.5  # consistency weight (aux_alpha, README recipe)
     temp_teacher: float = 0.1
     temp_student: float = 1.0
     momentum: float = 0.9997  # teacher EMA (v2 default; v1 0.9999)
     momentum_cosine: bool = False  # cosine schedule of the EMA momentum towards 1 (mm_sche)
     teacher_dropout: bool = True
+    # Table 10 ablations: 'baseline' = loaded from the same fold's trained baseline (a DAG edge; the default),
+    # 'none' = the teacher starts as a copy of the untrained student (explicitly requested, never a fallback)
+    teacher_init: str = "baseline"
+    # 'ema' = momentum teacher (default); 'student' = no separate teacher: the student scores its own bag
+    teacher_update: str = "ema"
     init_student: str = "none"  # 'none' (v2) or 'fc' (v1: copy the baseline's instance projection)
+
+
+# Plain nested names (config: ``params: {mask: {high_ratio: 0.03}, ...}``) -> MHIMConfig fields.
+NESTED_NAMES = {
+    "mask": {"high_ratio": "mask_high", "high_random_fraction": "mask_high_random", "decay": "mask_high_cosine",
+             "low_ratio": "mask_low", "random_ratio": "rsm_ratio", "v1_random_ratio": "mask_random",
+             "random_mode": "rsm_mode", "score": "score"},
+    "recycle": {"enabled": "grn", "queries": "grn_tokens", "momentum": "grn_momentum", "heads": "grn_heads",
+                "head_dim": "grn_head_dim", "dropout": "grn_dropout", "at_inference": "grn_at_inference",
+                "embedding_grad": "grn_embed_grad"},
+    "consistency": {"weight": "alpha", "temperature": "temp_teacher", "student_temperature": "temp_student"},
+    "teacher": {"momentum": "momentum", "momentum_cosine": "momentum_cosine", "dropout": "teacher_dropout",
+                "init": "teacher_init", "update": "teacher_update"},
+}
+
+
+def flatten_params(params: dict) -> dict:
+    """Translate the nested plain names of :data:`NESTED_NAMES` into MHIMConfig fields (flat names pass)."""
+    flat = {}
+    for key, value in params.items():
+        if key in NESTED_NAMES and isinstance(value, dict):
+            unknown = sorted(set(value) - set(NESTED_NAMES[key]))
+            if unknown:
+                raise ValueError(f"mhim: unknown {key}.* parameter(s) {unknown}; valid: {sorted(NESTED_NAMES[key])}")
+            for sub, v in value.items():
+                name = NESTED_NAMES[key][sub]
+                if name in params or name in flat:
+                    raise ValueError(f"mhim: {key}.{sub} and {name} both given")
+                flat[name] = v
+        else:
+            flat[key] = value
+    return flat
 
 
 def cosine(start: float, end: float, step: int, total: int) -> float:
@@ -103,9 +159,27 @@ class GlobalRecycleNetwork(nn.Module):
         self.register_buffer("queries", torch.empty(cfg.grn_tokens, dim).uniform_(-bound, bound))
 
     def forward(self, masked: Tensor) -> Tensor:
-        """masked [M, dim] -> K recycled tokens [K, dim]."""
+        """masked [M, dim] -> K recycled tokens [K, dim].
+
+        Computed by associativity, never forming the [M, 2 x heads x head_dim] keys and values:
+        ``q . (W_k x) = (W_k^T q) . x`` and ``sum_m a_m W_v x_m = W_v sum_m a_m x_m``. The cost over the M
+        masked instances is then O(M dim heads K) instead of O(M dim 2 heads head_dim) -- the same function and
+        gradients (up to float rounding; tested against the explicit form), 100x fewer FLOPs for K = 1.
+        """
         k_, dim = self.queries.shape
+        heads, hd = self.heads, self.head_dim
         # a copy: the queries are updated in place right after this forward, before the backward
+        q = self.to_q(self.norm_q(self.queries.clone())).reshape(k_, heads, hd).transpose(0, 1)  # [H, K, hd]
+        w_k, w_v = self.to_kv.weight.reshape(2, heads, hd, dim).unbind(0)  # [H, hd, dim] each
+        xn = self.norm_kv(masked)  # [M, dim]
+        q_in = (q @ w_k) * hd**-0.5  # [H, K, dim]: the queries moved into input space
+        attn = self.attn_drop(torch.softmax(q_in @ xn.T, dim=-1))  # [H, K, M]
+        ctx = (attn @ xn) @ w_v.transpose(1, 2)  # [H, K, dim] -> [H, K, hd]
+        return self.out(ctx.transpose(0, 1).reshape(k_, -1))
+
+    def forward_explicit(self, masked: Tensor) -> Tensor:
+        """The textbook form (keys and values for every instance); kept to test :meth:`forward` against."""
+        k_, _ = self.queries.shape
         q = self.to_q(self.norm_q(self.queries.clone())).reshape(k_, self.heads, self.head_dim).transpose(0, 1)
         k, v = self.to_kv(self.norm_kv(masked)).chunk(2, dim=-1)
         k = k.reshape(-1, self.heads, self.head_dim).transpose(0, 1)
@@ -116,6 +190,7 @@ class GlobalRecycleNetwork(nn.Module):
 
 class MHIM(nn.Module):
     config_class = MHIMConfig
+    translate_params = staticmethod(flatten_params)
 
     def __init__(self, cfg: MHIMConfig):
         super().__init__()
@@ -123,6 +198,12 @@ class MHIM(nn.Module):
 
         if cfg.version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {cfg.version!r}")
+        if cfg.score not in ("auto", "attention", "probability") or cfg.rsm_mode not in ("random", "low"):
+            raise ValueError(f"score must be auto/attention/probability and rsm_mode random/low, "
+                             f"got {cfg.score!r} / {cfg.rsm_mode!r}")
+        if cfg.teacher_init not in ("baseline", "none") or cfg.teacher_update not in ("ema", "student"):
+            raise ValueError(f"teacher_init must be 'baseline' or 'none' and teacher_update 'ema' or 'student', "
+                             f"got {cfg.teacher_init!r} / {cfg.teacher_update!r}")
         self.cfg = cfg
         self.student = build_model(cfg.baseline, **{**cfg.baseline_params, "in_dim": cfg.in_dim,
                                                      "n_classes": cfg.n_classes})
@@ -135,12 +216,16 @@ class MHIM(nn.Module):
             init_xavier(self.grn)  # the reference initialises every Linear Xavier-normal
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("has_teacher", torch.tensor(False))
+        # with teacher_init 'none' the teacher is the untrained student's copy from the start (asked for)
+        self.register_buffer("has_teacher", torch.tensor(cfg.teacher_init == "none"))
         self.total_steps = 1
+        self.assessment = None  # optional hardmil.report.assessment.TeacherAssessment, set by the caller
 
     # --- set-up -------------------------------------------------------------------------------------
     def init_teacher(self, saved: dict) -> None:
         """Load the trained baseline (a run's model.pt) into the teacher; mismatches are errors."""
+        if self.cfg.teacher_init == "none":
+            raise ValueError("teacher_init is 'none' but a baseline checkpoint was given: drop one of the two")
         if saved.get("model") != self.cfg.baseline:
             raise ValueError(f"teacher checkpoint is a {saved.get('model')!r} model, MHIM wraps {self.cfg.baseline!r}")
         mine = dict(self.student.cfg.__dict__)
@@ -160,11 +245,16 @@ class MHIM(nn.Module):
     @torch.no_grad()
     def teacher_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(instance scores [N], teacher bag embedding) for one bag x [1, N, D]."""
-        t = self.teacher
+        t = self.student if self.cfg.teacher_update == "student" else self.teacher
+        training = t.training
         t.train(self.cfg.teacher_dropout)
         h = t.embed(x)
         out = t.head(h)
-        return t.instance_scores(h, out, self.cfg.version), out.embedding[0]
+        self._teacher_attention = None if out.attention is None else out.attention[0]
+        kind = {"auto": self.cfg.version, "attention": "v1", "probability": "v2"}[self.cfg.score]
+        score = t.instance_scores(h, out, kind)
+        t.train(training)
+        return score, out.embedding[0]
 
     def high_ratio(self) -> float:
         h = self.cfg.mask_high
@@ -188,12 +278,16 @@ class MHIM(nn.Module):
             masked[score.argmin()] = False
         remaining = (~masked).nonzero().squeeze(1)
         recycled = remaining[:0]
-        if self.grn is not None and self.cfg.rsm_ratio > 0 and len(remaining) > 1:
+        if self.cfg.version == "v2" and self.cfg.rsm_ratio > 0 and len(remaining) > 1:
             n_rec = min(len(remaining) - 1, int(len(remaining) * self.cfg.rsm_ratio))
-            pick = torch.randperm(len(remaining), device=score.device)[:n_rec]
-            recycled = remaining[pick].sort().values
+            if self.cfg.rsm_mode == "low":
+                pick = score[remaining].topk(n_rec, largest=False).indices
+            else:
+                pick = torch.randperm(len(remaining), device=score.device)[:n_rec]
             keep = torch.ones(len(remaining), dtype=torch.bool, device=score.device)
             keep[pick] = False
+            if self.grn is not None:  # without the GRN the randomly masked instances are simply dropped
+                recycled = remaining[pick].sort().values
             remaining = remaining[keep]
         return remaining, recycled
 
@@ -215,11 +309,17 @@ class MHIM(nn.Module):
         if len(x) != 1 or mask is not None:
             raise ValueError("MHIM trains one bag at a time (batch size 1, no padding), as the reference")
         score, z_teacher = self.teacher_scores(x)
-        h = s.embed(x)[0]
+        if self.assessment is not None:
+            self.assessment.add(score, self._teacher_attention, int(label[0]))
         kept, recycled = self.select(score)
-        tokens = h[kept]
+        tokens = s.embed(x[:, kept])[0]  # masked instances are never embedded by the student
         if len(recycled):
-            summary = self.grn(h[recycled])
+            if self.cfg.grn_embed_grad:
+                rec = s.embed(x[:, recycled])[0]
+            else:  # option: no gradient from the GRN into the student's instance projection (cheaper)
+                with torch.no_grad():
+                    rec = s.embed(x[:, recycled])[0]
+            summary = self.grn(rec)
             tokens = torch.cat([tokens, summary])
             with torch.no_grad():  # the queries follow the GRN outputs by EMA, never by gradient
                 m = self.cfg.grn_momentum
@@ -232,7 +332,7 @@ class MHIM(nn.Module):
             target = torch.softmax(t / self.cfg.temp_teacher, dim=-1)
             cons = -(target * F.log_softmax(z / self.cfg.temp_student, dim=-1)).sum()
             out.aux_losses["consistency"] = self.cfg.alpha * cons
-        attn = out.attention if out.attention is not None else torch.zeros(1, len(tokens), device=h.device)
+        attn = out.attention if out.attention is not None else torch.zeros(1, len(tokens), device=x.device)
         out.attention = torch.zeros_like(score)[None].scatter(1, kept[None], attn[:, : len(kept)])
         out.instance_logits = None
         return out
@@ -243,6 +343,7 @@ class MHIM(nn.Module):
         m = self.cfg.momentum
         if self.cfg.momentum_cosine:
             m = cosine(m, 1.0, int(self.step), self.total_steps)
-        for pt, ps in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
-            pt.mul_(m).add_((1 - m) * ps.detach())
+        if self.cfg.teacher_update == "ema":
+            for pt, ps in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+                pt.mul_(m).add_((1 - m) * ps.detach())
         self.step += 1

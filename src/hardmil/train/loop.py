@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from hardmil.eval.metrics import auc
+from hardmil.eval.survival import c_index, nll_survival_loss, risk_scores
 from hardmil.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,11 @@ class TrainConfig:
     min_lr: float = 1e-7  # MHIM-MIL cosine floor
     patience: int = 20  # MHIM-MIL option default
     min_epochs: int = 0  # earliest epoch at which early stopping may end training
-    selection_metric: str = "auc"  # 'auc' (ties broken by lower loss) or 'loss'
+    selection_metric: str = "auc"  # 'auc' (survival: the C-index; ties broken by lower loss) or 'loss'
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
     seed: int = 0
+    nll_alpha: float = 0.0  # survival: weight of the uncensored term in the discrete-time NLL (MHIM-MIL: 0)
 
 
 def bag_tensors(bag, mean: np.ndarray | None = None, std: np.ndarray | None = None
@@ -56,12 +58,21 @@ def bag_tensors(bag, mean: np.ndarray | None = None, std: np.ndarray | None = No
 
 @dataclass
 class Tensors:
-    """Bags ready for the loop: features on CPU (pinned when training on CUDA) and integer labels."""
+    """Bags ready for the loop: features on CPU (pinned when training on CUDA) and integer labels.
+
+    Survival bags (``extra`` holding ``time`` and ``event``) also carry ``times`` and ``events``; their
+    ``labels`` are the time bins."""
 
     features: list[torch.Tensor]
     labels: torch.Tensor
     ids: list[str] = field(default_factory=list)
     coords: list[torch.Tensor | None] = field(default_factory=list)
+    times: torch.Tensor | None = None
+    events: torch.Tensor | None = None
+
+    @property
+    def survival(self) -> bool:
+        return self.events is not None
 
     @classmethod
     def from_bags(cls, bags, mean: np.ndarray | None = None, std: np.ndarray | None = None,
@@ -71,7 +82,12 @@ class Tensors:
             x, c = bag_tensors(b, mean, std)
             feats.append(x[0].pin_memory() if pin else x[0])
             coords.append(None if c is None else c[0])
-        return cls(feats, torch.tensor([b.label for b in bags], dtype=torch.long), [b.slide for b in bags], coords)
+        times = events = None
+        if bags and "event" in bags[0].extra:
+            times = torch.tensor([b.extra["time"] for b in bags], dtype=torch.float64)
+            events = torch.tensor([b.extra["event"] for b in bags], dtype=torch.long)
+        return cls(feats, torch.tensor([b.label for b in bags], dtype=torch.long), [b.slide for b in bags], coords,
+                   times, events)
 
     def batch(self, i: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Bag ``i`` as a batch of one: (features [1, N, D], coords [1, N, 2] or None) on ``device``."""
@@ -107,22 +123,42 @@ def _autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Tensors, device: torch.device, amp: bool = False) -> np.ndarray:
-    """Class probabilities ``[n_bags, C]`` with the model in eval mode."""
+def predict_logits(model: nn.Module, data: Tensors, device: torch.device, amp: bool = False) -> np.ndarray:
+    """Logits ``[n_bags, C]`` (float32) with the model in eval mode."""
     model.eval()
     out = []
     for i in range(len(data.features)):
         x, coords = data.batch(i, device)
         with _autocast(device, amp):
             logits = model(x, None, coords=coords).logits
-        out.append(torch.softmax(logits.float(), dim=-1)[0].cpu())
+        out.append(logits.float()[0].cpu())
     return torch.stack(out).numpy()
 
 
-def _score(model, data: Tensors, device, amp) -> tuple[float, float]:
-    probs = predict(model, data, device, amp)
-    loss = F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), data.labels).item()
-    return loss, auc(data.labels.numpy(), probs)
+def predict(model: nn.Module, data: Tensors, device: torch.device, amp: bool = False) -> np.ndarray:
+    """Class probabilities ``[n_bags, C]`` with the model in eval mode."""
+    return torch.softmax(torch.from_numpy(predict_logits(model, data, device, amp)), dim=-1).numpy()
+
+
+def bag_loss(logits: Tensor, data: Tensors, index: slice, alpha: float = 0.0) -> Tensor:
+    """The bag loss of ``data``'s bags ``index``: cross-entropy, or the discrete-time NLL for survival."""
+    y = data.labels[index].to(logits.device)
+    if data.survival:
+        return nll_survival_loss(logits, y, data.events[index].to(logits.device), alpha)
+    return F.cross_entropy(logits.float(), y)
+
+
+def score_name(data: Tensors) -> str:
+    return "c_index" if data.survival else "auc"
+
+
+def _score(model, data: Tensors, device, amp, alpha: float = 0.0) -> tuple[float, float]:
+    """(loss, primary score) on ``data``: (cross-entropy, AUC) or, for survival, (NLL, C-index)."""
+    logits = predict_logits(model, data, device, amp)
+    loss = bag_loss(torch.from_numpy(logits), data, slice(None), alpha).item()
+    if data.survival:
+        return loss, c_index(data.times.numpy(), data.events.numpy(), risk_scores(logits))
+    return loss, auc(data.labels.numpy(), torch.softmax(torch.from_numpy(logits), dim=-1).numpy())
 
 
 def _better(cfg: TrainConfig, loss: float, score: float, best: dict | None) -> bool:
@@ -185,11 +221,11 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             opt.zero_grad(set_to_none=True)
             with _autocast(device, cfg.amp):
                 out = model(x, None, label=y, coords=coords)
-                bag_loss = out.bag_loss_weight * F.cross_entropy(out.logits.float(), y)
+                main_loss = out.bag_loss_weight * bag_loss(out.logits, train_data, slice(i, i + 1), cfg.nll_alpha)
             if hasattr(model, "training_step"):  # a model with its own backward order (DTFD's two tiers)
-                loss = model.training_step(out, bag_loss)
+                loss = model.training_step(out, main_loss)
             else:
-                loss = bag_loss + sum(out.aux_losses.values())
+                loss = main_loss + sum(out.aux_losses.values())
                 loss.backward()
             opt.step()
             if hasattr(model, "after_step"):  # e.g. MHIM's teacher EMA update
@@ -197,9 +233,9 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             total += loss.item()
         sched.step()
         state["seconds"] += time.perf_counter() - start
-        sel_loss, sel_auc = _score(model, select_data, device, cfg.amp)
+        sel_loss, sel_auc = _score(model, select_data, device, cfg.amp, cfg.nll_alpha)
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": total / n,
-               "select_loss": sel_loss, "select_auc": sel_auc}
+               "select_loss": sel_loss, f"select_{score_name(select_data)}": sel_auc}
         if _better(cfg, sel_loss, sel_auc, state["best"]):
             state["best"] = {"epoch": epoch, "loss": sel_loss, "score": sel_auc}
             state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
@@ -208,7 +244,7 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             state["bad_epochs"] += 1
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", sel_auc=f"{sel_auc:.3f}", best=state["best"]["epoch"])
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", sel_score=f"{sel_auc:.3f}", best=state["best"]["epoch"])
         if ckpt is not None:
             _save_checkpoint(ckpt, model, opt, sched, state, digest)
         if on_epoch_end is not None:

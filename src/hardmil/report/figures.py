@@ -1,0 +1,336 @@
+"""The papers' figures from the workflow's outputs (matplotlib; every figure is written as PNG and PDF).
+
+* :func:`sweep_figure` -- Tang et al. (MHIM-v2) Fig. 5 (random-score masking alone vs the full framework
+  across mask ratios) and Fig. 6 (sensitivity to a hyperparameter): a metric's mean ± std over folds
+  against a swept value, one line per series, the un-swept baseline as a dashed band.
+* :func:`heatmap_figure` -- Fig. 7: instance scores (attention or instance probability) drawn over a slide
+  thumbnail, optionally with the ground-truth tumour outline and a localisation score
+  (:func:`localisation_auc`: instance-level ROC AUC of the scores against mask-derived patch labels).
+* :func:`assessment_figure` -- Fig. 8: the MHIM teacher's assessment over training
+  (``teacher_assessment.tsv``, :mod:`hardmil.report.assessment`).
+* :func:`curves_figure` -- training curves of every fold of a method (``history.tsv``).
+* :func:`mined_figure` and :func:`patch_grid` -- Li et al. Fig. 3: the mined hard negatives
+  (``mined.tsv``), and a grid of patch images when slides exist.
+
+Figures are meant to be read without the papers: titles say what is shown, axes carry units, and the
+caption-level facts (folds, protocol, data set) are in the title or a footnote.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hardmil.utils import InputError, atomic_path  # noqa: E402
+
+METRIC_LABELS = {"auc": "AUC", "accuracy": "accuracy", "f1": "F1-score", "c_index": "C-index",
+                 "balanced_accuracy": "balanced accuracy"}
+
+
+def save_figure(fig, png: str | os.PathLike, pdf: str | os.PathLike | None = None, dpi: int = 150) -> None:
+    """Write ``fig`` atomically as PNG (and PDF), then close it."""
+    for path, fmt in ((png, "png"), (pdf, "pdf")):
+        if path is None:
+            continue
+        with atomic_path(path, suffix=f".{fmt}") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def read_tsv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: missing (has the run that writes it finished?)")
+    with open(p, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if rows and (absent := [c for c in required if c not in rows[0]]):
+        raise InputError(p, f"missing column(s) {absent}; has {list(rows[0])}")
+    return rows
+
+
+# --- Fig. 5 / Fig. 6: sweeps -----------------------------------------------------------------------------
+def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "", footnote: str = ""):
+    """One panel per entry of ``panels``: ``{panel: {"xlabel": str, "series": {label: {x: [values]}},
+    "baseline": (label, [values]) | None}}``; x values are numbers (plotted in the order given, equally
+    spaced, labelled with their value). Each point is the mean over folds with a ±1 std error bar."""
+    if not panels:
+        raise ValueError("sweep_figure: no panels")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    ylabel = f"test {METRIC_LABELS.get(metric, metric)} (mean ± std over folds)"
+    for ax, (name, panel) in zip(axes[0], panels.items(), strict=True):
+        xs_all = sorted({float(x) for s in panel["series"].values() for x in s})
+        pos = {x: i for i, x in enumerate(xs_all)}
+        for k, (label, points) in enumerate(panel["series"].items()):
+            xs = sorted(points, key=float)
+            mean = [np.nanmean(points[x]) for x in xs]
+            std = [np.nanstd(points[x], ddof=1) if len(points[x]) > 1 else 0.0 for x in xs]
+            ax.errorbar([pos[float(x)] + 0.06 * (k - 0.5) for x in xs], mean, yerr=std, marker="os^Dv"[k % 5],
+                        capsize=3, label=label)
+        if panel.get("baseline"):
+            label, values = panel["baseline"]
+            m, s = np.nanmean(values), (np.nanstd(values, ddof=1) if len(values) > 1 else 0.0)
+            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label} (no masking), band ± 1 std")
+            ax.axhspan(m - s, m + s, color="0.5", alpha=0.15, lw=0)
+        ax.set_xticks(range(len(xs_all)), [f"{x:g}" for x in xs_all])
+        ax.set_xlabel(panel.get("xlabel", "swept value"))
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    if footnote:
+        fig.text(0.01, -0.02, footnote, fontsize=7, ha="left", va="top", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+# --- Fig. 7: heatmaps --------------------------------------------------------------------------------------
+def patch_labels(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray,
+                 min_fraction: float = 0.5) -> np.ndarray:
+    """1 where at least ``min_fraction`` of the patch's footprint on the thumbnail-resolution ``mask`` is
+    tumour. ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
+    h, w = mask.shape
+    out = np.zeros(len(coords), dtype=np.int64)
+    size = max(1.0, patch_size / downsample)
+    for i, (x, y) in enumerate(np.asarray(coords, dtype=float) / downsample):
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        x1, y1 = min(w, max(x0 + 1, int(np.ceil(x + size)))), min(h, max(y0 + 1, int(np.ceil(y + size))))
+        win = mask[max(0, y0):y1, max(0, x0):x1]
+        out[i] = int(win.size > 0 and win.mean() >= min_fraction)
+    return out
+
+
+def localisation_auc(coords: np.ndarray, scores: np.ndarray, patch_size: int, downsample: float,
+                     mask: np.ndarray) -> float:
+    """Instance-level ROC AUC of ``scores`` against tumour labels derived from ``mask`` (NaN if one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = patch_labels(coords, patch_size, downsample, mask > 0)
+    if y.min() == y.max():
+        return float("nan")
+    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
+
+
+def heatmap_figure(thumbnail: np.ndarray, coords: np.ndarray, panels: dict[str, np.ndarray], *, patch_size: int,
+                   downsample: float, mask: np.ndarray | None = None, title: str = "", cmap: str = "inferno"):
+    """Draw each score array of ``panels`` (``{"AB-MIL attention": scores[N], ...}``) as coloured patches over
+    the thumbnail (``[H, W, 3]`` uint8 at ``downsample`` x level 0), with the tumour outline of ``mask``
+    (``[H, W]``, non-zero = tumour) and, if given, the localisation AUC in each panel's title. Scores are
+    min-max scaled per panel (the colour bar says so)."""
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"coords must be [N, 2] (x, y), got shape {coords.shape}")
+    if mask is not None and mask.shape[:2] != thumbnail.shape[:2]:
+        raise ValueError(f"mask {mask.shape[:2]} and thumbnail {thumbnail.shape[:2]} differ in size")
+    n = len(panels) + 1
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4 * thumbnail.shape[0] / max(thumbnail.shape[1], 1) + 0.8),
+                             squeeze=False)
+    size = patch_size / downsample
+    axes[0, 0].imshow(thumbnail)
+    axes[0, 0].set_title("slide thumbnail" + (" + tumour outline (blue)" if mask is not None else ""), fontsize=9)
+    for ax, (name, scores) in zip(axes[0, 1:], panels.items(), strict=True):
+        scores = np.asarray(scores, dtype=float)
+        if len(scores) != len(coords):
+            raise ValueError(f"{name}: {len(scores)} scores for {len(coords)} patches")
+        lo, hi = np.nanmin(scores), np.nanmax(scores)
+        norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+        grid = np.full(thumbnail.shape[:2], np.nan)
+        for (x, y), v in zip(coords / downsample, norm, strict=True):
+            grid[int(y):int(np.ceil(y + size)), int(x):int(np.ceil(x + size))] = v
+        ax.imshow(thumbnail, alpha=0.35)
+        im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, alpha=0.85, interpolation="nearest")
+        label = name
+        if mask is not None:
+            auc = localisation_auc(coords, scores, patch_size, downsample, mask)
+            label += f"\nlocalisation AUC vs tumour mask: {auc:.3f}" if np.isfinite(auc) else "\n(no tumour patches)"
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="score (min-max scaled per slide)")
+    for ax in axes[0]:
+        if mask is not None:
+            ax.contour(mask > 0, levels=[0.5], colors="#1f5fff", linewidths=1.2)
+        ax.set_xlabel(f"x (thumbnail px, {downsample:g}x level 0)")
+        ax.set_ylabel("y (thumbnail px)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_inputs(thumbnail_png: str | os.PathLike, coords_h5: str | os.PathLike,
+                   mask_png: str | os.PathLike | None = None) -> dict:
+    """Read the heatmap's files: thumbnail PNG, TRIDENT-style coords h5 (``coords`` [N, 2] with attrs
+    ``patch_size_level0`` or ``patch_size``), optional mask PNG (non-zero = tumour, same size as the
+    thumbnail). Returns ``thumbnail``, ``coords``, ``patch_size``, ``mask``."""
+    import h5py
+    from PIL import Image
+
+    for p in (thumbnail_png, coords_h5, mask_png):
+        if p is not None and not Path(p).exists():
+            raise FileNotFoundError(f"{p}: missing")
+    thumb = np.asarray(Image.open(thumbnail_png).convert("RGB"))
+    with h5py.File(coords_h5, "r") as f:
+        if "coords" not in f:
+            raise InputError(coords_h5, "no 'coords' dataset")
+        coords = f["coords"][:]
+        attrs = dict(f["coords"].attrs) | dict(f.attrs)
+    patch = attrs.get("patch_size_level0", attrs.get("patch_size"))
+    if patch is None:
+        raise InputError(coords_h5, "coords has no patch_size_level0 / patch_size attribute")
+    mask = None
+    if mask_png is not None:
+        mask = np.asarray(Image.open(mask_png).convert("L")) > 0
+        if mask.shape != thumb.shape[:2]:
+            raise InputError(mask_png, f"mask is {mask.shape}, thumbnail {thumbnail_png} is {thumb.shape[:2]}")
+    return {"thumbnail": thumb, "coords": coords, "patch_size": int(patch), "mask": mask}
+
+
+# --- Fig. 8: teacher assessment ----------------------------------------------------------------------------
+ASSESSMENT_PANELS = (("score_entropy", "normalised entropy of the teacher's scores\n(1 = uniform over instances)"),
+                     ("top_decile_mass", "share of score mass in the top 10 % instances"),
+                     ("attention_overlap", "overlap of top-10 % by score and by attention"))
+
+
+def assessment_figure(tables: dict[str, list[str | os.PathLike]], *, classes: list[str] | None = None,
+                      title: str = ""):
+    """``{method label: [teacher_assessment.tsv of each fold]}`` -> three panels over epochs, one line per
+    method and bag class (mean over folds)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    styles = ["-", "--", ":", "-."]
+    for k, (label, paths) in enumerate(tables.items()):
+        by = defaultdict(lambda: defaultdict(list))
+        for p in paths:
+            for row in read_tsv(p, ("epoch", "label") + tuple(c for c, _ in ASSESSMENT_PANELS)):
+                for col, _ in ASSESSMENT_PANELS:
+                    by[(int(row["label"]), col)][int(row["epoch"])].append(float(row[col]))
+        for (cls, col), series in sorted(by.items()):
+            ax = axes[[c for c, _ in ASSESSMENT_PANELS].index(col)]
+            ep = sorted(series)
+            name = classes[cls] if classes and cls < len(classes) else f"class {cls}"
+            ax.plot([e + 1 for e in ep], [np.nanmean(series[e]) for e in ep], ls=styles[cls % 4], color=f"C{k}",
+                    label=f"{label}, {name} bags")
+    for ax, (_, ylabel) in zip(axes, ASSESSMENT_PANELS, strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "MHIM teacher's instance assessment during training (mean over folds)")
+    fig.tight_layout()
+    return fig
+
+
+# --- training curves ---------------------------------------------------------------------------------------
+def curves_figure(histories: dict[str, list[str | os.PathLike]], *, title: str = ""):
+    """``{method label: [history.tsv of each fold]}`` -> training loss, selection loss and selection AUC
+    per epoch: thin lines per fold, a thick line for the mean over folds still running."""
+    cols = (("train_loss", "training loss (cross-entropy + aux.)"), ("select_loss", "selection-set loss"),
+            ("select_auc", "selection-set AUC"))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for k, (label, paths) in enumerate(histories.items()):
+        runs = [read_tsv(p, ("epoch",) + tuple(c for c, _ in cols)) for p in paths]
+        for ax, (col, _) in zip(axes, cols, strict=True):
+            per_epoch = defaultdict(list)
+            for rows in runs:
+                ep = [int(r["epoch"]) + 1 for r in rows]
+                vals = [float(r[col]) for r in rows]
+                ax.plot(ep, vals, color=f"C{k}", alpha=0.15, lw=0.7)
+                for e, v in zip(ep, vals, strict=True):
+                    per_epoch[e].append(v)
+            ep = sorted(per_epoch)
+            ax.plot(ep, [np.nanmean(per_epoch[e]) for e in ep], color=f"C{k}", lw=2,
+                    label=f"{label} ({len(runs)} folds)")
+    for ax, (_, ylabel) in zip(axes, cols, strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    fig.suptitle(title or "Training curves (thin: one fold; thick: mean over folds still training)")
+    fig.tight_layout()
+    return fig
+
+
+# --- Li et al. Fig. 3: mined hard negatives ----------------------------------------------------------------
+def mined_figure(mined: list[str | os.PathLike], *, title: str = ""):
+    """From the ``mined.tsv`` of every fold: per mined negative bag, the stage-1 model's P(not negative)
+    against the share of its instances selected as hard negatives by eq. 3 (colour: why the bag was mined),
+    and the histogram of hard negatives per bag."""
+    rows = [r for p in mined for r in read_tsv(p, ("reason", "prob_not_negative", "n_instances", "n_hard"))]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    reasons = {"false_positive": "false-positive bag (P >= 0.5)",
+               "hardest_negative": "most positive-looking negative (top-up)"}
+    for k, (reason, text) in enumerate(reasons.items()):
+        sel = [r for r in rows if r["reason"] == reason]
+        if not sel:
+            continue
+        p = [float(r["prob_not_negative"]) for r in sel]
+        share = [int(r["n_hard"]) / max(1, int(r["n_instances"])) for r in sel]
+        axes[0].scatter(p, share, s=18, alpha=0.7, color=f"C{k}", label=f"{text}: {len(sel)} bags")
+        axes[1].hist([int(r["n_hard"]) for r in sel], bins=range(0, max(int(r["n_hard"]) for r in rows) + 2),
+                     alpha=0.6, color=f"C{k}", label=text)
+    axes[0].set_xlabel("stage-1 model's P(not negative) of the bag")
+    axes[0].set_ylabel("share of the bag's instances mined (eq. 3)")
+    axes[0].set_xlim(0, 1)
+    axes[1].set_xlabel("hard-negative instances per mined bag")
+    axes[1].set_ylabel("mined bags")
+    axes[1].yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"Hard negatives mined from negative training bags ({len(mined)} folds, {len(rows)} bags)")
+    fig.tight_layout()
+    return fig
+
+
+def patch_grid(patches: list[np.ndarray], labels: list[str] | None = None, *, columns: int = 8, title: str = ""):
+    """A grid of patch images ([h, w, 3] uint8), e.g. the hard negatives of a false-positive slide."""
+    if not patches:
+        raise ValueError("patch_grid: no patches")
+    rows = -(-len(patches) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(patches):
+            ax.imshow(patches[i])
+            if labels:
+                ax.set_title(labels[i], fontsize=7)
+    fig.suptitle(title or f"{len(patches)} patches")
+    fig.tight_layout()
+    return fig
+
+
+def fold_values(paths: list[str | os.PathLike], metric: str) -> list[float]:
+    """``metric`` from each run's ``metrics.json`` (a missing run or metric is an error naming the file)."""
+    import json
+
+    out = []
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{p}: missing run (needed by this figure)")
+        d = json.loads(Path(p).read_text())
+        if metric not in d:
+            raise InputError(p, f"no metric {metric!r}")
+        out.append(float(d[metric]))
+    return out
+
+
+def sweep_panels(fig_cfg: dict, runs_of) -> dict:
+    """Panels for :func:`sweep_figure` from a ``figures`` entry of kind ``sweep``; ``runs_of(method)`` gives
+    the method's metrics.json paths."""
+    metric = fig_cfg.get("metric", "auc")
+    panels = {}
+    for name, p in fig_cfg["panels"].items():
+        series = {label: {float(x): fold_values(runs_of(m), metric) for x, m in points.items()}
+                  for label, points in p["series"].items()}
+        base = p.get("baseline")
+        baseline = (p.get("baseline_label", base), fold_values(runs_of(base), metric)) if base else None
+        panels[name] = {"xlabel": p.get("xlabel", "swept value"), "series": series, "baseline": baseline}
+    return panels

@@ -1,0 +1,30 @@
+# Cross-source evaluation (MHIM Table 5): every fold's trained model of the training dataset tested,
+# without retraining, on the whole external dataset (config `external`). Grouped like `train`.
+
+
+rule external:
+    input:
+        models=lambda wc: [job["model"] for job in external_jobs(wc)],
+        manifest=lambda wc: manifest_path(config["external"][wc.pair]["test"]),
+        features=lambda wc: features_dir(config["external"][wc.pair]["test"], wc.encoder),
+    output:
+        [per_job(f"{EXTERNAL_DIR}/{name}") for name in EXTERNAL_FILES],
+    log:
+        job_log("results/logs/external/{pair}/{encoder}/{method}/{protocol}"),
+    benchmark:
+        job_log("results/benchmarks/external/{pair}/{encoder}/{method}/{protocol}", "tsv")
+    wildcard_constraints:
+        pair=one_of(list(config["external"])),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=config["train"]["mem_mb"],
+        runtime=30,
+    params:
+        task=lambda wc: task(config["external"][wc.pair]["test"]),
+        classes=lambda wc: classes(config["external"][wc.pair]["test"]),
+        device=config["train"]["device"],
+        jobs=external_jobs,
+    script:
+        "../scripts/external.py"

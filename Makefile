@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
 	$(BIN)/snakemake -n --cores 2 > /dev/null
+	$(BIN)/snakemake -n -q --cores 2 --configfile config/paper.yaml > /dev/null
 
 bench: $(STAMP)
 	$(BIN)/python bench/demo_walltime.py

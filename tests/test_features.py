@@ -174,3 +174,16 @@ def test_feature_shard_skips_failed_and_done_slides(tmp_path):
     with pytest.raises(InputError, match="b.h5: cannot read coords"):
         feature_shard(tmp_path / "p.tsv", tmp_path / "m.tsv", slides, tmp_path / "p", tmp_path / "f",
                       tmp_path / "f.tsv", enc, on_error="fail", device="cpu")
+
+
+def test_missing_configured_weights_name_the_file_and_what_to_put_there(tmp_path):
+    from hardmil.features.encoders import missing_weights
+    from hardmil.utils import InputError
+
+    path = tmp_path / "uni" / "pytorch_model.bin"
+    with pytest.raises(InputError, match="never downloaded") as err:
+        missing_weights(path, {"uni": "uni"})
+    assert str(path) in str(err.value) and "MahmoodLab/UNI" in str(err.value)
+    path.parent.mkdir()
+    path.write_bytes(b"x")
+    missing_weights(path, {"uni": "uni"})  # present: nothing to say

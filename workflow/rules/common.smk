@@ -30,13 +30,17 @@ wildcard_constraints:
 
 def _validate_references():
     """Checks the schema cannot express: names that must refer to each other."""
-    from hardmil.models import MODELS
+    from hardmil.models import MODELS, model_config
 
     for name, m in config["methods"].items():
         if m["model"] not in MODELS:
             raise ValueError(
                 f"config methods.{name}.model: unknown model {m['model']!r}; valid: {sorted(MODELS)}"
             )
+        try:  # unknown or ill-typed parameters fail here, before any job runs
+            model_config(m["model"], **m.get("params", {}))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config methods.{name}.params: {err}") from err
     for name, h in config["hardneg"].items():
         if h["from"] not in config["methods"]:
             raise ValueError(f"config hardneg.{name}.from: {h['from']!r} is not in methods")
@@ -506,6 +510,12 @@ def slide_inputs(wc):
     if config["datasets"][wc.dataset]["source"] == "synthetic":
         return [f"results/slides/{wc.dataset}/provenance.json"]
     return downloaded_slides(wc.dataset)
+
+
+def user_weights():
+    """Configured encoder weights that no rule makes (the demo's come from fetch_asset under resources/assets)."""
+    made = {asset_path(a) for a in config["assets"]}
+    return sorted({e["weights"] for e in config["encoders"].values() if e.get("weights")} - made)
 
 
 def encoder_weights(wc):

@@ -77,3 +77,23 @@ rule bag_features:
         runtime=5,
     script:
         "../scripts/bag_features.py"
+
+
+# Encoder weights are never downloaded: a configured weights path that is missing (and that no rule such as
+# fetch_asset makes) gets this job, which fails with what to put there. It keeps `snakemake -n` complete.
+rule encoder_weights:
+    output:
+        "{weights}",
+    log:
+        "results/logs/encoder_weights/{weights}.log",
+    benchmark:
+        "results/benchmarks/encoder_weights/{weights}.tsv"
+    wildcard_constraints:
+        weights=one_of(user_weights()),
+    conda:
+        "../../envs/wsi.yaml"
+    localrule: True
+    params:
+        users=lambda wc: {n: e["model"] for n, e in config["encoders"].items() if e.get("weights") == wc.weights},
+    script:
+        "../scripts/encoder_weights.py"

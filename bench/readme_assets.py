@@ -1,7 +1,8 @@
 """Copy the demo's main table and one figure into docs/ for the README (`make readme-assets`).
 
-The heatmap image is the first ``results/figures/*heatmap*.png`` when the synthetic cohort has produced one,
-otherwise the Li et al. hard-negative figure of the demo."""
+The image is the demo's MHIM Fig. 7 heatmap (``results/figures/synthetic_heatmap.png``, config figure
+``synthetic_heatmap``), else any other ``results/figures/*heatmap*.png``, otherwise the Li et al. hard-negative
+figure of the demo."""
 
 import shutil
 import sys
@@ -11,7 +12,9 @@ from PIL import Image
 
 root = Path(__file__).resolve().parents[1]
 table = root / "results/tables/li2019_table2.md"
-figs = sorted((root / "results/figures").glob("*heatmap*.png")) or [root / "results/figures/li2019_mined.png"]
+preferred = root / "results/figures/synthetic_heatmap.png"
+figs = ([preferred] if preferred.exists() else sorted((root / "results/figures").glob("*heatmap*.png"))
+        or [root / "results/figures/li2019_mined.png"])
 missing = [str(p) for p in (table, figs[0]) if not p.exists()]
 if missing:
     sys.exit(f"run the demo first (make demo): missing {missing}")

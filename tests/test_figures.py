@@ -45,7 +45,7 @@ def test_heatmap_figure_writes_png_and_pdf_and_rejects_bad_shapes(tmp_path):
     thumb, mask, coords, ps, ds = _slide()
     scores = patch_labels(coords, ps, ds, mask).astype(float)
     fig = heatmap_figure(thumb, coords, {"attention": scores}, patch_size=ps, downsample=ds, mask=mask, title="t")
-    assert "localisation AUC vs tumour mask: 1.000" in fig.axes[1].get_title()
+    assert "localisation AUC: 1.000" in fig.axes[1].get_title()
     save_figure(fig, tmp_path / "h.png", tmp_path / "h.pdf")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "h.pdf").read_bytes()[:4] == b"%PDF"
     with pytest.raises(ValueError, match="scores for"):

@@ -326,6 +326,8 @@ def figure_inputs(wc):
         return [path for m in f["methods"] for path in runs(m, "history.tsv")]
     if f["kind"] == "assessment":
         return [path for m in f["methods"] for path in runs(m)]
+    if f["kind"] == "heatmap":
+        return list(heatmap_inputs(wc).values())
     return [
         f"{HARDNEG_DIR}/mined.tsv".format(dataset=f["dataset"], encoder=f["encoder"], variant=f["variant"],
                                           protocol=f["protocol"], seed=s, fold=k)
@@ -343,7 +345,7 @@ def _validate_report_references():
                 raise ValueError(f"config figures.{name}: a sweep needs panels")
             methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
             methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
-        elif f["kind"] in ("curves", "assessment"):
+        elif f["kind"] in ("curves", "assessment", "heatmap"):
             methods = list(f.get("methods") or [])
             if not methods:
                 raise ValueError(f"config figures.{name}: kind {f['kind']!r} needs methods")
@@ -354,12 +356,56 @@ def _validate_report_references():
         for m in methods:
             if m not in config["methods"]:
                 raise ValueError(f"config figures.{name}: method {m!r} is not in methods")
+        if f["kind"] == "heatmap":
+            _validate_heatmap(name, f)
         if f["kind"] == "assessment":
             for m in methods:
                 if config["methods"][m]["model"] != "mhim":
                     raise ValueError(f"config figures.{name}: {m!r} is not an MHIM method (no teacher to assess)")
 
 
+
+# --- MHIM Fig. 7 heatmaps (figure kind `heatmap`): each slide under its own test fold's models ---
+def heatmap_figures():
+    return [n for n, f in config["figures"].items() if f["kind"] == "heatmap"]
+
+
+def heatmap_seed(f):
+    return f.get("seed", SEEDS[0])
+
+
+def heatmap_models(f):
+    """{method: {fold: model.pt}} of the figure's seed (the script picks each slide's test fold)."""
+    return {
+        m: {k: run_file("model.pt", dataset=f["dataset"], encoder=f["encoder"], method=m, protocol=f["protocol"],
+                        seed=heatmap_seed(f), fold=k) for k in FOLDS}
+        for m in f["methods"]
+    }
+
+
+def heatmap_inputs(wc):
+    """Splits of the seed, every fold model of each method, the bags (features + coords done), the slides."""
+    f = config["figures"][wc.figure]
+    files = {"splits": SPLITS.format(dataset=f["dataset"], protocol=f["protocol"], seed=heatmap_seed(f)),
+             "bags": manifest_path(f["dataset"]), "features": features_dir(f["dataset"], f["encoder"])}
+    from types import SimpleNamespace
+
+    files.update({f"slides{i}": p for i, p in enumerate(slide_inputs(SimpleNamespace(dataset=f["dataset"])))})
+    files.update({f"model_{m}_{k}": p for m, by in heatmap_models(f).items() for k, p in by.items()})
+    return files
+
+
+def _validate_heatmap(name, f):
+    if not is_slide_dataset(f["dataset"]):
+        raise ValueError(f"config figures.{name}: a heatmap needs a slide dataset (source synthetic / slides / "
+                         f"gdc / camelyon), {f['dataset']!r} has no slides")
+    if f["encoder"] not in config["datasets"][f["dataset"]]["encoders"]:
+        raise ValueError(f"config figures.{name}.encoder: {f['encoder']!r} is not an encoder of {f['dataset']!r}")
+    if heatmap_seed(f) not in SEEDS:
+        raise ValueError(f"config figures.{name}.seed: {heatmap_seed(f)} is not in cv.seeds {SEEDS}")
+    for m in f["methods"]:
+        if m in config["methods"] and not runs_on(m, f["dataset"]):
+            raise ValueError(f"config figures.{name}: method {m!r} does not run on {f['dataset']!r}")
 
 
 # --- cross-source evaluation (config `external`): trained fold models tested on another dataset ---

@@ -1,5 +1,6 @@
 # Figures from finished runs: sweeps (MHIM Fig. 5/6), training curves, the MHIM teacher's assessment
-# (Fig. 8), mined hard negatives (Li et al. Fig. 3). Heatmaps (Fig. 7): hardmil.report.figures.heatmap_figure.
+# (Fig. 8), mined hard negatives (Li et al. Fig. 3); heatmaps (Fig. 7, rule heatmap_figure) over slides with a
+# localisation AUC table.
 
 
 rule figure:
@@ -16,6 +17,8 @@ rule figure:
         "results/logs/figures/{figure}.log",
     benchmark:
         "results/benchmarks/figures/{figure}.tsv"
+    wildcard_constraints:
+        figure=one_of([n for n in config["figures"] if n not in heatmap_figures()]),
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -36,3 +39,41 @@ rule figure:
         },
     script:
         "../scripts/figure.py"
+
+
+rule heatmap_figure:
+    input:
+        unpack(heatmap_inputs),
+    output:
+        png=report(
+            "results/figures/{figure}.png",
+            caption="../report/heatmap.rst",
+            category="Figures",
+        ),
+        pdf="results/figures/{figure}.pdf",
+        tsv=report(
+            "results/figures/{figure}.tsv",
+            caption="../report/heatmap.rst",
+            category="Figures",
+        ),
+    log:
+        "results/logs/figures/{figure}.log",
+    benchmark:
+        "results/benchmarks/figures/{figure}.tsv"
+    wildcard_constraints:
+        figure=one_of(heatmap_figures()),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        figure=lambda wc: config["figures"][wc.figure],
+        classes=lambda wc: classes(config["figures"][wc.figure]["dataset"]),
+        models=lambda wc: heatmap_models(config["figures"][wc.figure]),
+        seed=lambda wc: heatmap_seed(config["figures"][wc.figure]),
+        coords_dir=lambda wc: f"results/patches/{config['figures'][wc.figure]['dataset']}",
+        slides_dir=lambda wc: slides_dir(config["figures"][wc.figure]["dataset"]),
+    script:
+        "../scripts/heatmap.py"

@@ -127,43 +127,61 @@ def heatmap_figure(thumbnail: np.ndarray, coords: np.ndarray, panels: dict[str, 
     the thumbnail (``[H, W, 3]`` uint8 at ``downsample`` x level 0), with the tumour outline of ``mask``
     (``[H, W]``, non-zero = tumour) and, if given, the localisation AUC in each panel's title. Scores are
     min-max scaled per panel (the colour bar says so)."""
+    n = len(panels) + 1
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4 * thumbnail.shape[0] / max(thumbnail.shape[1], 1) + 0.8),
+                             squeeze=False)
+    draw_heatmap_row(fig, axes[0], thumbnail, coords, panels, patch_size=patch_size, downsample=downsample,
+                     mask=mask, cmaps={name: cmap for name in panels})
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def draw_heatmap_row(fig, axes, thumbnail: np.ndarray, coords: np.ndarray, panels: dict[str, np.ndarray], *,
+                     patch_size: int, downsample: float, mask: np.ndarray | None = None,
+                     cmaps: dict[str, str] | None = None, absolute: set[str] = frozenset(),
+                     bar_labels: dict[str, str] | None = None, thumb_title: str | None = None) -> dict[str, float]:
+    """One slide on ``axes`` (thumbnail, then one axis per panel); returns each panel's localisation AUC.
+    Panels named in ``absolute`` are drawn on a fixed 0-1 scale (probabilities), the others min-max scaled."""
     coords = np.asarray(coords)
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be [N, 2] (x, y), got shape {coords.shape}")
     if mask is not None and mask.shape[:2] != thumbnail.shape[:2]:
         raise ValueError(f"mask {mask.shape[:2]} and thumbnail {thumbnail.shape[:2]} differ in size")
-    n = len(panels) + 1
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4 * thumbnail.shape[0] / max(thumbnail.shape[1], 1) + 0.8),
-                             squeeze=False)
     size = patch_size / downsample
-    axes[0, 0].imshow(thumbnail)
-    axes[0, 0].set_title("slide thumbnail" + (" + tumour outline (blue)" if mask is not None else ""), fontsize=9)
-    for ax, (name, scores) in zip(axes[0, 1:], panels.items(), strict=True):
+    axes[0].imshow(thumbnail)
+    axes[0].set_title(thumb_title or "slide thumbnail" + (" + tumour outline (blue)" if mask is not None else ""),
+                      fontsize=9)
+    aucs = {}
+    for ax, (name, scores) in zip(axes[1:], panels.items(), strict=True):
         scores = np.asarray(scores, dtype=float)
         if len(scores) != len(coords):
             raise ValueError(f"{name}: {len(scores)} scores for {len(coords)} patches")
-        lo, hi = np.nanmin(scores), np.nanmax(scores)
-        norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+        if name in absolute:
+            norm = scores
+        else:
+            lo, hi = np.nanmin(scores), np.nanmax(scores)
+            norm = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
         grid = np.full(thumbnail.shape[:2], np.nan)
         for (x, y), v in zip(coords / downsample, norm, strict=True):
             grid[int(y):int(np.ceil(y + size)), int(x):int(np.ceil(x + size))] = v
         ax.imshow(thumbnail, alpha=0.35)
-        im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, alpha=0.85, interpolation="nearest")
+        im = ax.imshow(grid, cmap=(cmaps or {}).get(name, "inferno"), vmin=0, vmax=1, alpha=0.85,
+                       interpolation="nearest")
         label = name
         if mask is not None:
-            auc = localisation_auc(coords, scores, patch_size, downsample, mask)
-            label += f"\nlocalisation AUC vs tumour mask: {auc:.3f}" if np.isfinite(auc) else "\n(no tumour patches)"
+            auc = aucs[name] = localisation_auc(coords, scores, patch_size, downsample, mask)
+            label += f"\nlocalisation AUC: {auc:.3f}" if np.isfinite(auc) else "\n(no tumour patches)"
         ax.set_title(label, fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="score (min-max scaled per slide)")
-    for ax in axes[0]:
+        default = "score (0-1)" if name in absolute else "score (min-max scaled per slide)"
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=(bar_labels or {}).get(name, default))
+    for ax in axes:
         if mask is not None:
             ax.contour(mask > 0, levels=[0.5], colors="#1f5fff", linewidths=1.2)
         ax.set_xlabel(f"x (thumbnail px, {downsample:g}x level 0)")
         ax.set_ylabel("y (thumbnail px)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return aucs
 
 
 def heatmap_inputs(thumbnail_png: str | os.PathLike, coords_h5: str | os.PathLike,

@@ -1,0 +1,10 @@
+"""Adapter: one `heatmap` figure -> results/figures/{figure}.{png,pdf,tsv} (hardmil.report.heatmaps)."""
+
+from hardmil.report.heatmaps import heatmap_job
+from hardmil.utils import rule_log
+
+p = snakemake.params
+with rule_log(snakemake.log[0]):
+    heatmap_job(p.figure, splits=snakemake.input.splits, models=p.models, features_dir=snakemake.input.features,
+                coords_dir=p.coords_dir, slides_dir=p.slides_dir, classes=p.classes, png=snakemake.output.png,
+                pdf=snakemake.output.pdf, tsv=snakemake.output.tsv, seed=p.seed, name=snakemake.wildcards.figure)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -227,3 +228,26 @@ def test_report_tables_figures_and_html(http_server, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "t6.csv" in html and "fig8.png" in html
+
+
+def test_a_synthetic_dataset_overrides_the_global_cohort_block(tmp_path):
+    """`datasets.<name>.synthetic` changes that cohort only (seed, textures, ...); the rest comes from `synthetic`."""
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    ext = cfg["datasets"]["synthetic_external"]
+    ext["synthetic"] = {"seed": 7, "tumour": ["slideflow_norm_tile"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "-n", "--cores", "1", "--printshellcmds", "results/manifests/synthetic_external.tsv",
+                    "results/manifests/synthetic.tsv")
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    jobs = {}
+    for block in res.stdout.split("rule synthetic_cohort:")[1:]:
+        name = re.search(r"wildcards: dataset=(\w+)", block).group(1)
+        jobs[name] = re.search(r"input: ([^\n]*)", block).group(1)
+    assert "tia_target_image" in jobs["synthetic"] and "slideflow_norm_tile" in jobs["synthetic"]
+    assert "tia_target_image" not in jobs["synthetic_external"] and "slideflow_norm_tile" in jobs["synthetic_external"]
+    ext["synthetic"]["tumour"] = ["no_such_texture"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "-n", "--cores", "1")
+    assert res.returncode != 0
+    message = "synthetic (dataset synthetic_external): texture 'no_such_texture' is not in assets"
+    assert message in res.stderr + res.stdout

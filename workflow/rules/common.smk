@@ -564,6 +564,16 @@ def user_weights():
     return sorted({e["weights"] for e in config["encoders"].values() if e.get("weights")} - made)
 
 
+def synthetic_config(dataset):
+    """The synthetic block with the dataset's own overrides (``datasets.<name>.synthetic``) on top."""
+    return {**config["synthetic"], **config["datasets"][dataset].get("synthetic", {})}
+
+
+def synthetic_textures(kind):
+    """Input function: the asset files of the cohort's ``kind`` ('normal' or 'tumour') textures."""
+    return lambda wc: [asset_path(a) for a in synthetic_config(wc.dataset)[kind]]
+
+
 def encoder_weights(wc):
     weights = config["encoders"][wc.encoder].get("weights")
     return [weights] if weights else []
@@ -574,10 +584,10 @@ def _validate_slide_references():
         for e in config["datasets"][d]["encoders"]:
             if e not in config["encoders"]:
                 raise ValueError(f"config datasets.{d}.encoders: {e!r} is not in encoders ({sorted(config['encoders'])})")
-    if any(config["datasets"][d]["source"] == "synthetic" for d in slide_datasets()):
-        for a in config["synthetic"]["normal"] + config["synthetic"]["tumour"]:
+    for d in datasets_from("synthetic"):
+        for a in synthetic_config(d)["normal"] + synthetic_config(d)["tumour"]:
             if a not in config["assets"]:
-                raise ValueError(f"config synthetic: texture {a!r} is not in assets")
+                raise ValueError(f"config synthetic (dataset {d}): texture {a!r} is not in assets")
 
 
 _validate_references()

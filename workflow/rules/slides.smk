@@ -27,8 +27,8 @@ rule fetch_asset:
 
 rule synthetic_cohort:
     input:
-        normal=[asset_path(a) for a in config["synthetic"]["normal"]],
-        tumour=[asset_path(a) for a in config["synthetic"]["tumour"]],
+        normal=synthetic_textures("normal"),
+        tumour=synthetic_textures("tumour"),
     output:
         manifest="results/manifests/{dataset}.tsv",
         provenance="results/slides/{dataset}/provenance.json",
@@ -45,7 +45,7 @@ rule synthetic_cohort:
         mem_mb=2000,
         runtime=30,
     params:
-        cfg=config["synthetic"],
+        cfg=lambda wc: synthetic_config(wc.dataset),
         patch_size=config["patching"]["patch_size"],
         texture_mpp={asset_path(a): config["assets"][a].get("mpp") for a in config["assets"]},
     script:

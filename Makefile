@@ -33,7 +33,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
 	$(BIN)/snakemake -n --cores 2 > /dev/null
-	$(BIN)/snakemake -n -q --cores 2 --configfile config/paper.yaml > /dev/null
+	for c in config/*.yaml config/examples/*.yaml; do \
+	  $(BIN)/snakemake -n -q --cores 2 --configfile $$c > /dev/null || { echo "dry run failed: $$c"; exit 1; }; done
 
 bench: $(STAMP)
 	$(BIN)/python bench/demo_walltime.py

@@ -335,9 +335,10 @@ def test_download_rules_end_to_end_with_snakemake(gdc_server, tmp_path):
     serve_bucket(server)
     cfg = {
         "datasets": {
-            "nsclc": {"source": "gdc", "classes": ["luad", "lusc"],
+            "nsclc": {"source": "gdc", "classes": ["luad", "lusc"], "encoders": ["efficientnet_lite0"],
                       "gdc": {**NSCLC, "api_url": server.url, "page_size": 4}},
-            "cam": {"source": "camelyon", "classes": ["normal", "tumor"], "camelyon": {"base_url": server.url}},
+            "cam": {"source": "camelyon", "classes": ["normal", "tumor"], "encoders": ["efficientnet_lite0"],
+                    "camelyon": {"base_url": server.url}},
         },
         "download": {"retries": 1, "backoff": 0, "timeout": 10},
         "methods": {"abmil": {"model": "abmil"}},

@@ -14,7 +14,7 @@ reference code https://github.com/DearCaat/MHIM-MIL):
   the fold (so it *includes* the fold's features held in memory; small for UCSB, large for WSI cohorts), and
   ``peak_rss_bytes`` = ``ru_maxrss`` of the whole process for reference.
 * ``inference_slides_per_second``: the trained fold's model predicting every test slide of the fold
-  (features already in memory, no I/O), slides / wall seconds.
+  (features already in memory, no I/O), slides / wall seconds of the fastest of 5 passes.
 
 Deviations: the paper timed CAMELYON on an RTX 3090; absolute numbers here depend on the machine and the
 data set, so the table gives the paper's values beside ours for their ratios, not for equality.
@@ -141,11 +141,14 @@ def measure_fold(*, job: dict, features_dir: str | os.PathLike, classes: list[st
     predict(net, Tensors(data.features[:1], data.labels[:1], data.ids[:1], data.coords[:1]), device)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    predict(net, data, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    infer = time.perf_counter() - t0
+    passes = []  # the fastest of 5 passes over the test slides: small folds finish in milliseconds
+    for _ in range(5):
+        t0 = time.perf_counter()
+        predict(net, data, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        passes.append(time.perf_counter() - t0)
+    infer = min(passes)
     return {"timed_epoch_seconds": epoch_seconds, "peak_memory_bytes": mem.peak_bytes, "peak_memory_kind": mem.kind,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "inference_slides_per_second": len(rows) / infer if infer > 0 else float("nan"),

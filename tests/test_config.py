@@ -66,3 +66,22 @@ def test_cli_check_config(capsys):
     assert main(["models"]) == 0
     assert "abmil" in capsys.readouterr().out
     assert Path(REPO / "config/config.yaml").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["methods"].update(m={"model": "mhim"}), "an MHIM method needs teacher"),
+    (lambda c: c["methods"].update(m={"model": "mhim", "teacher": "abmil", "params": {"teacher": {"init": "none"}}}),
+     "contradict each other"),
+    (lambda c: c["methods"].update(m={"model": "mhim", "teacher": "nope"}), "methods.m.teacher: 'nope' is not in"),
+    (lambda c: c["methods"].update(m={"model": "abmil", "params": {"hiden_dim": 3}}), "methods.m.params"),
+    (lambda c: c["methods"]["li2019"].update(datasets=["synthetic"]), "does not run on 'ucsb_breast'"),
+    (lambda c: c["hardneg"]["li2019_sb"].update({"from": "nope"}), "hardneg.li2019_sb.from"),
+])
+def test_cross_references_are_checked_before_any_job(change, message):
+    from hardmil.config import check_references
+
+    cfg = validate_config(copy.deepcopy(DEMO), SCHEMA)
+    check_references(cfg)  # the demo itself is consistent
+    change(cfg)
+    with pytest.raises(ValueError, match=message):
+        check_references(cfg)

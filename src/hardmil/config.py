@@ -47,3 +47,41 @@ def load_config(path: str | os.PathLike, schema_path: str | os.PathLike) -> dict
         return validate_config(config, schema)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
+
+
+def check_references(config: dict) -> None:
+    """Checks the schema cannot express: names that must refer to each other, and each method's model
+    parameters (built into the model's config, so an unknown or ill-typed one fails before any job runs)."""
+    from hardmil.models import MODELS, model_config
+
+    methods = config["methods"]
+    for name, m in methods.items():
+        if m["model"] not in MODELS:
+            raise ValueError(f"config methods.{name}.model: unknown model {m['model']!r}; valid: {sorted(MODELS)}")
+        try:
+            cfg = model_config(m["model"], **m.get("params", {}))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config methods.{name}.params: {err}") from err
+        for key, block in (("hardneg", "hardneg"), ("confounders", "confounders"), ("teacher", "methods")):
+            if m.get(key) and m[key] not in config[block]:
+                raise ValueError(f"config methods.{name}.{key}: {m[key]!r} is not in {block}")
+        if m["model"] == "mhim":
+            untrained = cfg.teacher_init == "none"
+            if not m.get("teacher") and not untrained:
+                raise ValueError(f"config methods.{name}: an MHIM method needs teacher: <trained baseline method> "
+                                 "(or params.teacher.init: none for an explicitly untrained teacher)")
+            if m.get("teacher") and untrained:
+                raise ValueError(f"config methods.{name}: teacher: {m['teacher']} and params.teacher.init: none "
+                                 "contradict each other")
+    for block in ("hardneg", "confounders"):
+        for name, entry in config[block].items():
+            if entry["from"] not in methods:
+                raise ValueError(f"config {block}.{name}.from: {entry['from']!r} is not in methods")
+    for name, t in config["tables"].items():
+        if t["dataset"] not in config["datasets"]:
+            raise ValueError(f"config tables.{name}.dataset: {t['dataset']!r} is not in datasets")
+        for method in t["rows"]:
+            if method not in methods:
+                raise ValueError(f"config tables.{name}.rows: method {method!r} is not in methods")
+            if t["dataset"] not in methods[method].get("datasets", [t["dataset"]]):
+                raise ValueError(f"config tables.{name}.rows: method {method!r} does not run on {t['dataset']!r}")

@@ -3,6 +3,8 @@ import re
 
 from snakemake.utils import validate
 
+from hardmil.config import check_references
+
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -26,59 +28,6 @@ wildcard_constraints:
     protocol="paper|clean",
     seed=r"\d+",
     fold=r"\d+",
-
-
-def _validate_references():
-    """Checks the schema cannot express: names that must refer to each other."""
-    from hardmil.models import MODELS, model_config
-
-    for name, m in config["methods"].items():
-        if m["model"] not in MODELS:
-            raise ValueError(
-                f"config methods.{name}.model: unknown model {m['model']!r}; valid: {sorted(MODELS)}"
-            )
-        try:  # unknown or ill-typed parameters fail here, before any job runs
-            model_config(m["model"], **m.get("params", {}))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"config methods.{name}.params: {err}") from err
-    for name, h in config["hardneg"].items():
-        if h["from"] not in config["methods"]:
-            raise ValueError(f"config hardneg.{name}.from: {h['from']!r} is not in methods")
-    for name, m in config["methods"].items():
-        if m.get("hardneg") and m["hardneg"] not in config["hardneg"]:
-            raise ValueError(f"config methods.{name}.hardneg: {m['hardneg']!r} is not in hardneg")
-    for name, c in config["confounders"].items():
-        if c["from"] not in config["methods"]:
-            raise ValueError(f"config confounders.{name}.from: {c['from']!r} is not in methods")
-    for name, m in config["methods"].items():
-        if m.get("confounders") and m["confounders"] not in config["confounders"]:
-            raise ValueError(f"config methods.{name}.confounders: {m['confounders']!r} is not in confounders")
-    for name, m in config["methods"].items():
-        if m.get("teacher") and m["teacher"] not in config["methods"]:
-            raise ValueError(f"config methods.{name}.teacher: {m['teacher']!r} is not in methods")
-        params = m.get("params", {})
-        no_init = "none" in (params.get("teacher_init"), (params.get("teacher") or {}).get("init"))
-        if m["model"] == "mhim" and not m.get("teacher") and not no_init:
-            raise ValueError(f"config methods.{name}: an MHIM method needs teacher: <trained baseline method> "
-                             "(or params.teacher.init: none for an explicitly untrained teacher)")
-        if m["model"] == "mhim" and m.get("teacher") and no_init:
-            raise ValueError(f"config methods.{name}: teacher: {m['teacher']} and params.teacher.init: none "
-                             "contradict each other")
-    for name, t in config["tables"].items():
-        if t["dataset"] not in config["datasets"]:
-            raise ValueError(
-                f"config tables.{name}.dataset: {t['dataset']!r} is not in datasets"
-            )
-        for method in t["rows"]:
-            if method not in config["methods"]:
-                raise ValueError(
-                    f"config tables.{name}.rows: method {method!r} is not in methods"
-                )
-            if not runs_on(method, t["dataset"]):
-                raise ValueError(
-                    f"config tables.{name}.rows: method {method!r} does not run on {t['dataset']!r}"
-                )
-
 
 
 def datasets_from(source):
@@ -590,7 +539,7 @@ def _validate_slide_references():
                 raise ValueError(f"config synthetic (dataset {d}): texture {a!r} is not in assets")
 
 
-_validate_references()
+check_references(config)  # hardmil.config: names that refer to each other, method parameters
 _validate_slide_references()
 _validate_report_references()
 _validate_external()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hardmil.models import build_model
+from hardmil.models.base import MILOutput
 from hardmil.models.mhim import cosine
 
 
@@ -251,3 +252,24 @@ def test_lsm_mode_and_attention_score_switch():
         torch.testing.assert_close(s_att, t.instance_scores(h, t.head(h), "v1"))
         torch.testing.assert_close(s_prob, t.instance_scores(h, t.head(h), "v2"))
     assert not torch.allclose(s_att, s_prob)
+
+
+def test_transmil_no_grad_heads_one_at_a_time_and_scores_from_the_forward():
+    """Without autograd the Nystrom layers run head by head (MHIM's teacher): the same output; the class token's
+    row in ``extras`` is the explicit row of layer 1, and TransMIL's attention is that row over the instances."""
+    torch.manual_seed(0)
+    t = build_model("transmil", in_dim=8, landmarks=4).eval()
+    h = t.embed(torch.randn(1, 13, 8))
+    with_grad = t.head(h)
+    with torch.no_grad():
+        no_grad = t.head(h)
+    torch.testing.assert_close(no_grad.logits, with_grad.logits.detach())
+    torch.testing.assert_close(no_grad.extras["cls_attention"], with_grad.extras["cls_attention"])
+    x, _ = t._tokens(h)
+    attn, v = t.layers[0].row_attention(t.norms[0](x), row=0)
+    torch.testing.assert_close(no_grad.extras["cls_attention"], attn[:, :, 1:14].detach())
+    torch.testing.assert_close(no_grad.extras["cls_values"], v[:, :, 1:14].detach())
+    mean = attn[:, :, 1:14].mean(1).clamp_min(0)
+    torch.testing.assert_close(no_grad.attention, (mean / mean.sum()).detach())
+    with pytest.raises(ValueError, match="output of head"):
+        t.instance_scores(h, MILOutput(logits=no_grad.logits), "v2")

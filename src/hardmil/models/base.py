@@ -18,7 +18,9 @@ class MILOutput:
     logits: ``[B, C]`` (survival: hazards over time bins); attention: ``[B, N]`` softmax weights,
     zero on padding; embedding: ``[B, H]`` bag embedding; instance_logits: ``[B, N, C]``;
     aux_losses: extra losses (already weighted) the training loop adds to the bag loss;
-    bag_loss_weight: the weight of the bag cross-entropy (CLAM 0.7, DSMIL 0.5, else 1).
+    bag_loss_weight: the weight of the bag cross-entropy (CLAM 0.7, DSMIL 0.5, else 1);
+    extras: model-specific intermediates a framework may reuse instead of recomputing them (TransMIL: the class
+    token's layer-1 attention and values, which MHIM's teacher scores instances from).
 
     Models whose auxiliary losses need the bag label take it as ``forward(x, mask, label=y)``; the training
     loop passes it, inference does not, and aux_losses are then empty.
@@ -30,6 +32,7 @@ class MILOutput:
     instance_logits: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
     bag_loss_weight: float = 1.0
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
@@ -49,6 +52,18 @@ def init_xavier(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper path for training-mode calls without autograd on the CPU (MHIM's teacher
+    scores a whole bag in train mode, dropout on, as the reference): the mask is ``rand >= p`` instead of
+    ``bernoulli_`` -- the same Bernoulli(1 - p) distribution, about 2x faster on this CPU (bench/models.py).
+    Every other call (autograd on, eval mode, CUDA) is ``nn.Dropout`` itself."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and 0 < self.p < 1 and not torch.is_grad_enabled() and x.device.type == "cpu":
+            return x.mul(torch.rand_like(x) >= self.p).mul_(1 / (1 - self.p))
+        return super().forward(x)
+
+
 def instance_projection(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
     """``Linear(in_dim, hidden_dim) + ReLU + Dropout``: the instance embedding most MIL baselines share."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), Dropout(dropout))

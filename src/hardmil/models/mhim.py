@@ -45,7 +45,8 @@ Deliberate deviations and choices:
   (= ``rsm_ratio``), ``recycle.queries``, ``recycle.momentum``, ``consistency.weight``,
   ``consistency.temperature``, ``teacher.momentum``, ...).
 * The GRN is computed by associativity (see :meth:`GlobalRecycleNetwork.forward`): same function, ~100x
-  fewer FLOPs over the masked instances. High-score-masked instances are never embedded by the student.
+  fewer FLOPs over the masked instances. The student embeds the whole bag once and takes the kept and recycled
+  rows (the high-score-masked rows get no gradient).
   ``recycle.embedding_grad: false`` (``grn_embed_grad``) is a cost option, off by default: the recycled
   instances are embedded without gradient, so the student's instance projection learns from the kept
   instances only (the GRN's own weights still learn).
@@ -312,13 +313,15 @@ class MHIM(nn.Module):
         if self.assessment is not None:
             self.assessment.add(score, self._teacher_attention, int(label[0]))
         kept, recycled = self.select(score)
-        tokens = s.embed(x[:, kept])[0]  # masked instances are never embedded by the student
-        if len(recycled):
-            if self.cfg.grn_embed_grad:
+        # the student embeds the bag once (embed is per instance) and takes the kept and recycled rows: no copy
+        # of x is gathered and kept for the backward; the high-score-masked rows get no gradient
+        if self.cfg.grn_embed_grad:
+            tokens, rec = s.embed(x)[0][torch.cat([kept, recycled])].split([len(kept), len(recycled)])
+        else:  # option: no gradient from the GRN into the student's instance projection (cheaper)
+            tokens = s.embed(x[:, kept])[0]
+            with torch.no_grad():
                 rec = s.embed(x[:, recycled])[0]
-            else:  # option: no gradient from the GRN into the student's instance projection (cheaper)
-                with torch.no_grad():
-                    rec = s.embed(x[:, recycled])[0]
+        if len(recycled):
             summary = self.grn(rec)
             tokens = torch.cat([tokens, summary])
             with torch.no_grad():  # the queries follow the GRN outputs by EMA, never by gradient

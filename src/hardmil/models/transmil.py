@@ -19,9 +19,11 @@ completed with the first instances (the documented exception, tested). With ``ma
 real instances only (one bag at a time), so a padded batch gives the same output as the bags alone.
 
 Deliberate deviations: our own Nystrom implementation (landmarks are segment means after front zero-padding
-to a multiple of the landmark count, as the reference); no attention map is returned (``attention`` is None).
-For MHIM the class token's layer-1 attention row is formed explicitly from the Nystrom factors
-(``row_attention``); v1 averages it over heads (the reference fuses heads by a top-k vote).
+to a multiple of the landmark count, as the reference). ``attention`` (the reference returns none) is the class
+token's layer-1 attention row formed from the same Nystrom factors, mean over heads, clipped at 0 and normalised
+over the real instances (heatmaps, hard-negative mining). MHIM's teacher scores instances from that row per head
+(``out.extras``, so the layer is not run twice); v1 averages it over heads (the reference fuses heads by a top-k
+vote). Without autograd the Nystrom layers run one head at a time (same output, an eighth of the transient memory).
 """
 
 from __future__ import annotations
@@ -69,28 +71,55 @@ class NystromAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
         self.res_conv = nn.Conv2d(heads, heads, (kernel, 1), padding=(kernel // 2, 0), groups=heads, bias=False)
 
-    def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-        """(a1, pinv(a2), a3, v, front padding) of the Nystrom approximation of softmax(q k^T) v."""
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Scaled queries, keys and values [B, heads, pad + n, d] and the front padding."""
         b, n, _ = x.shape
         m = self.landmarks
         pad = (m - n % m) % m
         x = F.pad(x, (0, 0, pad, 0))  # zeros in front, as the reference
         q, k, v = (t.reshape(b, -1, self.heads, self.dim_head).transpose(1, 2) for t in self.to_qkv(x).chunk(3, -1))
-        q = q * self.dim_head**-0.5
-        seg = q.shape[2] // m
-        q_l = q.reshape(b, self.heads, m, seg, -1).mean(3)
-        k_l = k.reshape(b, self.heads, m, seg, -1).mean(3)
+        return q * self.dim_head**-0.5, k, v, pad
+
+    def _approximation(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(a1, pinv(a2), a3) of the Nystrom approximation of softmax(q k^T), for the heads given."""
+        b, h, n, _ = q.shape
+        m = self.landmarks
+        q_l = q.reshape(b, h, m, n // m, -1).mean(3)  # landmarks: segment means
+        k_l = k.reshape(b, h, m, n // m, -1).mean(3)
         a1 = torch.softmax(q @ k_l.transpose(-1, -2), -1)
         a2 = torch.softmax(q_l @ k_l.transpose(-1, -2), -1)
         a3 = torch.softmax(q_l @ k.transpose(-1, -2), -1)
-        return a1, pinv_iterative(a2, self.iters), a3, v, pad
+        return a1, pinv_iterative(a2, self.iters), a3
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """(a1, pinv(a2), a3, v, front padding) of the Nystrom approximation of softmax(q k^T) v."""
+        q, k, v, pad = self._qkv(x)
+        return *self._approximation(q, k), v, pad
+
+    def forward(self, x: Tensor, row: int | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """The layer's output [B, n, dim]; with ``row``, also that token's attention over the n tokens
+        [B, heads, n] (no gradient) and the values [B, heads, n, d], from the same factors.
+
+        Without autograd (MHIM's teacher) the heads are computed one at a time, so the [n, landmarks] factors
+        exist for one head at once: the same result with an eighth of the transient memory."""
         b, n, _ = x.shape
-        a1, a2_inv, a3, v, _ = self._factors(x)
-        out = (a1 @ a2_inv) @ (a3 @ v) + self.res_conv(v)
-        out = out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
-        return self.to_out(out)[:, -n:]
+        q, k, v, pad = self._qkv(x)
+        groups = [slice(None)] if torch.is_grad_enabled() else [slice(i, i + 1) for i in range(self.heads)]
+        outs, rows = [], []
+        for g in groups:
+            a1, a2_inv, a3 = self._approximation(q[:, g], k[:, g])
+            conv = F.conv2d(v[:, g], self.res_conv.weight[g], padding=self.res_conv.padding, groups=a1.shape[1])
+            outs.append(a1 @ (a2_inv @ (a3 @ v[:, g])) + conv)  # right to left: no [n, landmarks] product
+            if row is not None:
+                with torch.no_grad():
+                    rows.append((a1[:, :, pad + row : pad + row + 1] @ a2_inv @ a3)[:, :, 0, pad:])
+            del a1, a2_inv, a3
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        out = self.to_out(out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head))[:, -n:]
+        if row is None:
+            return out
+        v = v[:, :, pad:]  # without autograd a copy, so the [n, 3 x dim] projection can be freed
+        return out, torch.cat(rows, 1), v if torch.is_grad_enabled() else v.contiguous()
 
     def row_attention(self, x: Tensor, row: int) -> tuple[Tensor, Tensor]:
         """Token ``row``'s approximate attention over all tokens [B, heads, n] and the values [B, heads, n, d]."""
@@ -136,38 +165,53 @@ class TransMIL(nn.Module):
         h = torch.cat([h, h[:, : side * side - n]], dim=1)
         return torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1), side
 
-    def _bag_embedding(self, h: Tensor) -> Tensor:
+    def _bag_embedding(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Bag embedding [B, dim]; the class token's layer-1 attention over the N instances [B, heads, N] (no
+        gradient) and the layer-1 values of the N instances [B, heads, N, d]."""
+        n = h.shape[1]
         x, side = self._tokens(h)
-        x = x + self.layers[0](self.norms[0](x))
-        x = self.ppeg(x, side)
+        y, attn, v = self.layers[0](self.norms[0](x), row=0)
+        x = self.ppeg(x + y, side)
         x = x + self.layers[1](self.norms[1](x))
-        return self.norm(x)[:, 0]
+        return self.norm(x)[:, 0], attn[:, :, 1 : n + 1], v[:, :, 1 : n + 1]
 
     def embed(self, x: Tensor) -> Tensor:
         return self.feature(x)
 
     def instance_scores(self, h: Tensor, out: MILOutput, version: str) -> Tensor:
-        """MHIM's instance assessment of one bag h [1, N, H] from the class token's layer-1 attention:
-        v1 its mean over heads; v2 the class-aware probability of the per-head attention-weighted values,
-        concatenated over heads, through the layer's output projection and the classifier (max over classes)."""
-        n = h.shape[1]
-        x, _ = self._tokens(h)
-        layer = self.layers[0]
-        attn, v = layer.row_attention(self.norms[0](x), row=0)  # [1, heads, 1 + n_square]
-        attn, v = attn[:, :, 1 : n + 1], v[:, :, 1 : n + 1]  # the N real instances
+        """MHIM's instance assessment of one bag h [1, N, H] from the class token's layer-1 attention, as
+        ``head`` left it in ``out.extras`` (the teacher's forward is not repeated): v1 its mean over heads; v2
+        the class-aware probability of the per-head attention-weighted values, concatenated over heads, through
+        the layer's output projection and the classifier (max over classes)."""
+        if "cls_attention" not in out.extras:
+            raise ValueError("TransMIL.instance_scores needs the output of head() on the same bag, without a mask")
+        attn, v = out.extras["cls_attention"], out.extras["cls_values"]
         if version == "v1":
             return attn[0].mean(0)
-        f = (attn[..., None] * v).transpose(1, 2).reshape(1, n, -1)
-        return torch.softmax(self.classifier(layer.to_out(f)), dim=-1)[0].amax(-1)
+        f = (attn[..., None] * v).transpose(1, 2).reshape(1, h.shape[1], -1)
+        return torch.softmax(self.classifier(self.layers[0].to_out(f)), dim=-1)[0].amax(-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:
         return self.head(self.embed(x), mask, label)
 
     def head(self, h: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
-        """Everything after the instance embedding (the hook MHIM runs)."""
+        """Everything after the instance embedding (the hook MHIM runs). ``attention``: the class token's
+        layer-1 attention row, mean over heads, clipped at 0 and normalised over the real instances."""
         if mask is None:
-            z = self._bag_embedding(h)
-        else:
-            z = torch.cat([self._bag_embedding(h[b : b + 1, mask[b]]) for b in range(len(h))])
-        return MILOutput(logits=self.classifier(z), embedding=z)
+            z, attn, v = self._bag_embedding(h)
+            return MILOutput(logits=self.classifier(z), embedding=z, attention=_normalised(attn.mean(1)),
+                             extras={"cls_attention": attn, "cls_values": v})
+        zs, attention = [], torch.zeros(mask.shape, device=h.device, dtype=h.dtype)
+        for b in range(len(h)):  # each bag on its real instances only
+            z, attn, _ = self._bag_embedding(h[b : b + 1, mask[b]])
+            zs.append(z)
+            attention[b, mask[b]] = _normalised(attn.mean(1))[0].to(h.dtype)
+        z = torch.cat(zs)
+        return MILOutput(logits=self.classifier(z), embedding=z, attention=attention)
+
+
+def _normalised(a: Tensor) -> Tensor:
+    """Non-negative weights summing to 1 over the last dimension (the Nystrom row can dip below 0)."""
+    a = a.clamp_min(0)
+    return a / a.sum(-1, keepdim=True).clamp_min(1e-12)

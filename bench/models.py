@@ -6,7 +6,8 @@
 A model is a registry name or ``mhim:<baseline>[:field=json,...]`` (MHIM-v2 with its defaults over that
 baseline: h = 0.01, RSM 0.8 with the GRN). ``--mhim`` prints, per baseline, both rows and the MHIM / baseline
 ratios of time and peak memory (issue targets at 8000 instances: AB-MIL time <= 1.2x; TransMIL time <= 0.6x,
-memory <= 0.5x).
+memory <= 0.5x), then the time ratios again from interleaved steps, with the MHIM teacher's scoring pass alone
+(``teacher only``: its no-grad forward over every instance, a floor on the MHIM step's extra cost).
 
 Each model runs in its own process, sizes in increasing order, so the peak RSS growth over the process's
 baseline after each size is that size's peak (CPU). On CUDA the figure is torch.cuda.max_memory_allocated.
@@ -96,18 +97,33 @@ def interleaved(names: list[str], sizes: list[int], dim: int, repeats: int, devi
 
     torch.set_num_threads(threads)
     models = {name: build(name, dim, device) for name in names}
-    out = {name: [] for name in names}
+    teachers = [name for name in names if name.startswith("mhim:")]  # + the teacher's scoring pass alone
+    out = {name: [] for name in names + [f"{t} teacher only" for t in teachers]}
     for n in sizes:
         x, coords, y = bag(n, dim, device)
-        times = {name: [] for name in names}
+        times = {name: [] for name in out}
         for i in range(repeats + 1):
             for name, model in models.items():
                 t = step(model, x, coords, y, device)
+                if name in teachers:
+                    times[f"{name} teacher only"].append(timed(model.teacher_scores, x, device))
                 if i:
                     times[name].append(t)
-        for name in names:
+        for name in out:
             out[name].append(1000 * sorted(times[name])[len(times[name]) // 2])
     return out
+
+
+def timed(fn, x, device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def main() -> int:
@@ -151,7 +167,7 @@ def main() -> int:
         for base in args.mhim:
             pair = [base, f"mhim:{base}"] + [m for m in args.models or [] if m.startswith(f"mhim:{base}:")]
             ms = interleaved(pair, args.sizes, args.dim, args.repeats, args.device, args.threads)
-            for name in pair:
+            for name in ms:
                 cells = [f"{t:9.1f} ({t / b:4.2f}x)" for t, b in zip(ms[name], ms[base], strict=True)]
                 print(f"{name:{width}s} " + " ".join(f"{c:>20s}" for c in cells))
     return 0

@@ -273,3 +273,15 @@ def test_transmil_no_grad_heads_one_at_a_time_and_scores_from_the_forward():
     torch.testing.assert_close(no_grad.attention, (mean / mean.sum()).detach())
     with pytest.raises(ValueError, match="output of head"):
         t.instance_scores(h, MILOutput(logits=no_grad.logits), "v2")
+
+
+def test_abmil_class_aware_probability_is_the_classifier_on_weighted_instances():
+    """v2's score max_c softmax_c(W (a_i h_i) + b), taken from head()'s instance logits, equals the definition."""
+    torch.manual_seed(0)
+    m = build_model("abmil", in_dim=8, n_classes=3).eval()
+    h = m.embed(torch.randn(1, 17, 8))
+    out = m.head(h)
+    a = out.attention[0]
+    expected = torch.softmax(m.classifier(a[:, None] * h[0]), dim=-1).amax(-1)
+    torch.testing.assert_close(m.instance_scores(h, out, "v2"), expected)
+    torch.testing.assert_close(m.instance_scores(h, out, "v1"), a)

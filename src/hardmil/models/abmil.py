@@ -83,7 +83,9 @@ class ABMIL(nn.Module):
         a = out.attention[0]
         if version == "v1":
             return a
-        return torch.softmax(self.classify(a[:, None] * h[0]), dim=-1).amax(-1)
+        # the classifier is linear: W (a_i h_i) + b = a_i (W h_i + b - b) + b, from head's instance logits
+        b = self.classifier.bias
+        return torch.softmax(a[:, None] * (out.instance_logits[0] - b) + b, dim=-1).amax(-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:

@@ -3,10 +3,13 @@ encoder registry, numerics against a plain re-derivation, other input sizes, and
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,6 +105,24 @@ def test_registry_features_equal_a_plain_rederivation_and_are_deterministic(tmp_
         z = z + w["ls2.gamma"] * y
     ref = F.layer_norm(z, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)[:, 0]
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_uni_features_of_a_slide_record_the_implementation(tmp_path, small_uni):
+    from hardmil.features.extract import extract_slide, pick_device
+    from hardmil.wsi.patching import PatchParams, patch_slide
+    from hardmil.wsi.tissue import TissueParams
+
+    from .wsi_fixtures import pyramid
+
+    random_weights(tmp_path / "uni.bin")
+    slide = pyramid(tmp_path / "s.tiff", 40, h=1024, w=1536)
+    patch_slide(slide, tmp_path / "c.h5", None, PatchParams(), TissueParams())
+    enc = build_encoder("uni", weights=tmp_path / "uni.bin", input_size=32)
+    info = extract_slide(slide, tmp_path / "c.h5", tmp_path / "f.h5", enc, pick_device("cpu"), batch_size=4)
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f["features"].shape == (info["n_patches"], SMALL["dim"]) and info["n_patches"] > 0
+        assert json.loads(f.attrs["encoder_extra"])["implementation"].startswith("hardmil.features.vit (timm not")
+        assert f.attrs["encoder"] == "uni" and np.isfinite(f["features"][:]).all()
 
 
 def test_other_input_sizes_resample_the_position_embedding(tmp_path, small_uni):

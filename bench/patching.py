@@ -5,7 +5,8 @@
 The slide is a synthetic Aperio-style pyramid (levels 1/4/16) written once with hardmil.wsi.synthetic; tissue is
 segmented and a 20x 256-px grid laid (512 px read at level 0 and resized). Encoders are timed on real patches of
 that slide with random or local weights: resnet50_trunc (random torchvision-shaped weights), efficientnet_lite0
-(random weights; same cost as the real ones), random; plip/uni only when their packages and weights are here.
+(random weights; same cost as the real ones), random, uni (ViT-L/16 with random weights through timm when it
+imports, else hardmil.features.vit; --uni-patches patches); plip only when transformers and its weights are here.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--patches", type=int, default=64)
     ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--uni-patches", type=int, default=8,
+                    help="patches for uni (ViT-L/16: about 2 s each on a CPU); 0 = skip uni")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
@@ -73,6 +76,12 @@ def main() -> None:
     torch.save(ResNet50Trunc().state_dict(), work / "resnet.pth")
     candidates["efficientnet_lite0"] = {"weights": work / "effnet.pth"}
     candidates["resnet50_trunc"] = {"weights": work / "resnet.pth"}
+    if args.uni_patches:
+        from hardmil.features.vit import uni_vit_large
+
+        if not (work / "uni.bin").exists():
+            torch.save(uni_vit_large().state_dict(), work / "uni.bin")  # 1.2 GB, kept with --keep
+        candidates["uni"] = {"weights": work / "uni.bin"}
     ds_read = PatchDataset(slide, sub, attrs, args.input_size, "bilinear")
     t = time.perf_counter()
     for i in range(len(ds_read)):
@@ -80,13 +89,15 @@ def main() -> None:
     print(f"patch reading (512 px -> 256 -> {args.input_size}): {len(sub) / (time.perf_counter() - t):.1f} patches/s")
     for name, kw in candidates.items():
         enc = prepare(build_encoder(name, input_size=args.input_size, **kw), dev)
-        loader = torch.utils.data.DataLoader(PatchDataset(slide, sub, attrs, args.input_size, "bilinear"),
+        some = sub[: args.uni_patches] if name == "uni" and dev.type == "cpu" else sub
+        loader = torch.utils.data.DataLoader(PatchDataset(slide, some, attrs, args.input_size, "bilinear"),
                                              batch_size=32, pin_memory=dev.type == "cuda")
-        embed_batches(enc, loader, dev)  # warm-up
+        embed_batches(enc, [next(iter(loader))[:2]], dev)  # warm-up
         t = time.perf_counter()
         embed_batches(enc, loader, dev)
-        print(f"{name:20s} {len(sub) / (time.perf_counter() - t):8.1f} patches/s on {dev} at {args.input_size} px")
-    print("plip / uni: not timed (need transformers / timm and their weights)")
+        print(f"{name:20s} {len(some) / (time.perf_counter() - t):8.2f} patches/s on {dev} at {args.input_size} px"
+              f" ({len(some)} patches, {torch.get_num_threads()} threads) {enc.extra or ''}")
+    print("plip: not timed (needs transformers and its weights)")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,7 @@ def test_same_input_same_features_and_provenance(tmp_path):
     with h5py.File(tmp_path / "a.h5") as f:
         assert f.attrs["encoder"] == "random" and f.attrs["weights_sha256"] == "random"
         assert bool(f.attrs["random_encoder"]) and '"input_size": 32' in f.attrs["preprocessing"]
+        assert f.attrs["encoder_extra"] == '{"seed": 0}'
 
 
 def _tissue():

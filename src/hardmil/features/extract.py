@@ -121,7 +121,8 @@ def extract_slide(slide_path: str | os.PathLike, coords_path: str | os.PathLike,
         raise InputError(slide_path, "encoder produced NaN/inf features (corrupt patch pixels?)")
     write_features(out_path, feats, coords=coords, encoder=encoder.name, weights_sha256=encoder.weights_sha256,
                    preprocessing=encoder.preprocessing.describe(), coords_attrs=json.dumps(attrs, default=str),
-                   slide_path=str(slide_path), random_encoder=encoder.weights_sha256 == "random")
+                   slide_path=str(slide_path), random_encoder=encoder.weights_sha256 == "random",
+                   encoder_extra=json.dumps(encoder.extra, default=str))
     return {"n_patches": len(coords), "dim": int(feats.shape[1])}
 
 
@@ -141,7 +142,8 @@ def feature_shard(patch_report: str | os.PathLike, manifest: str | os.PathLike, 
     for key in ("threads", "mem_mb", "runtime"):
         cfg.pop(key, None)
     encoder = prepare(build_encoder(**cfg), dev)
-    log.info("encoder %s (%d-d, weights %s) on %s", encoder.name, encoder.embed_dim, encoder.weights_sha256[:16], dev)
+    log.info("encoder %s (%d-d, weights %s, %s) on %s", encoder.name, encoder.embed_dim, encoder.weights_sha256[:16],
+             json.dumps(encoder.extra, default=str), dev)
     by_slide = {r["slide"]: r for r in read_slide_manifest(manifest)}
     patched = read_report(patch_report)
     skip = {r["slide"] for r in patched if r["status"] not in OK}

@@ -3,7 +3,7 @@ import re
 
 from snakemake.utils import validate
 
-from hardmil.config import check_references
+from hardmil.config import check_references, method_protocols
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -212,7 +212,7 @@ def all_runs(name="metrics.json"):
         for encoder in dcfg["encoders"]
         for method in config["methods"]
         if runs_on(method, dataset)
-        for protocol in config["protocols"]
+        for protocol in method_protocols(config, method)
         for path in method_runs(dataset, encoder, method, protocol, name)
     ]
 
@@ -389,7 +389,7 @@ def all_external():
         for name in config["external"]
         for encoder in external_encoders(name)
         for method in external_methods(name)
-        for protocol in config["protocols"]
+        for protocol in method_protocols(config, method)
         for path in external_runs(name, encoder, method, protocol)
     ]
 

@@ -61,36 +61,50 @@ def read_tsv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[di
 def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "", footnote: str = ""):
     """One panel per entry of ``panels``: ``{panel: {"xlabel": str, "series": {label: {x: [values]}},
     "baseline": (label, [values]) | None}}``; x values are numbers (plotted in the order given, equally
-    spaced, labelled with their value). Each point is the mean over folds with a ±1 std error bar."""
+    spaced, labelled with their value). Each point is the mean over folds with a ±1 std error bar, its value
+    written beside it; the legend sits under each panel so it never hides a point."""
+    import textwrap
+
     if not panels:
         raise ValueError("sweep_figure: no panels")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    width = 6.4 if len(panels) == 1 else 5.4
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 5.4), squeeze=False, sharey=True)
     ylabel = f"test {METRIC_LABELS.get(metric, metric)} (mean ± std over folds)"
     for ax, (name, panel) in zip(axes[0], panels.items(), strict=True):
         xs_all = sorted({float(x) for s in panel["series"].values() for x in s})
         pos = {x: i for i, x in enumerate(xs_all)}
+        n_series = len(panel["series"])
         for k, (label, points) in enumerate(panel["series"].items()):
             xs = sorted(points, key=float)
             mean = [np.nanmean(points[x]) for x in xs]
             std = [np.nanstd(points[x], ddof=1) if len(points[x]) > 1 else 0.0 for x in xs]
-            ax.errorbar([pos[float(x)] + 0.06 * (k - 0.5) for x in xs], mean, yerr=std, marker="os^Dv"[k % 5],
-                        capsize=3, label=label)
+            shift = 0.08 * (k - (n_series - 1) / 2)
+            px = [pos[float(x)] + shift for x in xs]
+            ax.errorbar(px, mean, yerr=std, marker="os^Dv"[k % 5], capsize=3, color=f"C{k}", label=label)
+            for x, m in zip(px, mean, strict=True):
+                ax.annotate(f"{m:.3f}", (x, m), xytext=(7 if k % 2 == 0 else -7, 7), textcoords="offset points",
+                            ha="left" if k % 2 == 0 else "right", va="bottom", fontsize=8, color=f"C{k}",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         if panel.get("baseline"):
             label, values = panel["baseline"]
             m, s = np.nanmean(values), (np.nanstd(values, ddof=1) if len(values) > 1 else 0.0)
-            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label} (no masking), band ± 1 std")
+            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label} (no masking): {m:.3f}, band ± 1 std")
             ax.axhspan(m - s, m + s, color="0.5", alpha=0.15, lw=0)
         ax.set_xticks(range(len(xs_all)), [f"{x:g}" for x in xs_all])
-        ax.set_xlabel(panel.get("xlabel", "swept value"))
+        ax.set_xlim(-0.5, len(xs_all) - 0.5)
+        ax.set_xlabel("\n".join(textwrap.wrap(panel.get("xlabel", "swept value"), 48)))
         ax.set_ylabel(ylabel)
+        ax.yaxis.set_tick_params(labelleft=True)
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     if title:
         fig.suptitle(title)
-    if footnote:
-        fig.text(0.01, -0.02, footnote, fontsize=7, ha="left", va="top", wrap=True)
     fig.tight_layout()
+    if footnote:
+        chars = int(16 * fig.get_size_inches()[0])
+        fig.text(0.01, 0.0, "\n".join(textwrap.wrap(" ".join(footnote.split()), chars)), fontsize=7.5,
+                 ha="left", va="top")
     return fig
 
 

@@ -78,7 +78,7 @@ def test_cli_check_config(capsys):
     (lambda c: c["hardneg"]["li2019_sb"].update({"from": "nope"}), "hardneg.li2019_sb.from"),
     # methods.<m>.protocols: whatever reads a method under a protocol needs it to run there
     (lambda c: c["methods"]["abmil"].update(protocols=["clean"]), "method 'abmil' does not run under protocol"),
-    (lambda c: c["methods"]["li2019_fmb"].update(protocols=["clean"]), "tables.li2019_table2.rows: method 'li2019_fmb'"),
+    (lambda c: c["methods"]["li2019_fmb"].update(protocols=["clean"]), "tables.li2019_table2.rows: method .li2019_fmb"),
     (lambda c: c["methods"]["fig5_mhim_rsm80"].update(protocols=["clean"]), "figures.fig5_synthetic"),
     (lambda c: c["methods"]["li2019"].update(protocols=["paper"]), "methods.li2019_sb.hardneg"),
     (lambda c: c.update(protocols=["clean"]), r"methods.fig5_rsm_only50.protocols: \['paper'\] not in"),

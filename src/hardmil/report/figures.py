@@ -109,19 +109,25 @@ def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "
 
 
 # --- Fig. 7: heatmaps --------------------------------------------------------------------------------------
-def patch_labels(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray,
-                 min_fraction: float = 0.5) -> np.ndarray:
-    """1 where at least ``min_fraction`` of the patch's footprint on the thumbnail-resolution ``mask`` is
-    tumour. ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
+def patch_tumour_fraction(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray) -> np.ndarray:
+    """Share of each patch's footprint on the thumbnail-resolution ``mask`` that is tumour (non-zero).
+    ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
     h, w = mask.shape
-    out = np.zeros(len(coords), dtype=np.int64)
+    out = np.zeros(len(coords), dtype=np.float64)
     size = max(1.0, patch_size / downsample)
     for i, (x, y) in enumerate(np.asarray(coords, dtype=float) / downsample):
         x0, y0 = int(np.floor(x)), int(np.floor(y))
         x1, y1 = min(w, max(x0 + 1, int(np.ceil(x + size)))), min(h, max(y0 + 1, int(np.ceil(y + size))))
         win = mask[max(0, y0):y1, max(0, x0):x1]
-        out[i] = int(win.size > 0 and win.mean() >= min_fraction)
+        out[i] = float((win > 0).mean()) if win.size > 0 else 0.0
     return out
+
+
+def patch_labels(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray,
+                 min_fraction: float = 0.5) -> np.ndarray:
+    """1 where at least ``min_fraction`` of the patch's footprint on the thumbnail-resolution ``mask`` is
+    tumour. ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
+    return (patch_tumour_fraction(coords, patch_size, downsample, mask) >= min_fraction).astype(np.int64)
 
 
 def localisation_auc(coords: np.ndarray, scores: np.ndarray, patch_size: int, downsample: float,
@@ -322,20 +328,36 @@ def mined_figure(mined: list[str | os.PathLike], *, title: str = ""):
     return fig
 
 
-def patch_grid(patches: list[np.ndarray], labels: list[str] | None = None, *, columns: int = 8, title: str = ""):
-    """A grid of patch images ([h, w, 3] uint8), e.g. the hard negatives of a false-positive slide."""
-    if not patches:
+def patch_grid(patches: list[np.ndarray], labels: list[str] | None = None, *, columns: int = 8, title: str = "",
+               sections: list[tuple[str, list[np.ndarray], list[str]]] | None = None, footnote: str = ""):
+    """A grid of patch images ([h, w, 3] uint8), e.g. the hard negatives of a false-positive slide; with
+    ``sections`` (``[(heading, patches, labels), ...]``) one headed block of rows per section instead."""
+    import textwrap
+
+    sections = [s for s in (sections or [("", patches, labels or [])]) if len(s[1])]
+    if not sections:
         raise ValueError("patch_grid: no patches")
-    rows = -(-len(patches) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.5), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(patches):
-            ax.imshow(patches[i])
-            if labels:
-                ax.set_title(labels[i], fontsize=7)
-    fig.suptitle(title or f"{len(patches)} patches")
-    fig.tight_layout()
+    columns = max(1, min(columns, max(len(p) for _, p, _ in sections)))
+    n_lines = max((str(t).count("\n") + 1 for _, _, lab in sections for t in lab), default=0)
+    cell_h = 1.55 + 0.13 * n_lines
+    heights = [-(-len(p) // columns) * cell_h + (0.4 if head else 0) for head, p, _ in sections]
+    fig = plt.figure(figsize=(1.75 * columns, sum(heights) + 0.5), layout="constrained")
+    subfigs = fig.subfigures(len(sections), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for sub, (head, pics, labs) in zip(subfigs, sections, strict=True):
+        axes = sub.subplots(-(-len(pics) // columns), columns, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < len(pics):
+                ax.imshow(pics[i])
+                if i < len(labs):
+                    ax.set_title(labs[i], fontsize=6.5)
+        if head:
+            sub.suptitle("\n".join(textwrap.wrap(head, int(15 * columns))), fontsize=9, x=0.01, ha="left",
+                         fontweight="bold")
+    fig.suptitle(title or f"{sum(len(p) for _, p, _ in sections)} patches")
+    if footnote:
+        fig.text(0.01, 0.0, "\n".join(textwrap.wrap(" ".join(footnote.split()), int(16 * 1.75 * columns))),
+                 fontsize=7, ha="left", va="top")
     return fig
 
 

@@ -115,4 +115,4 @@ rule patches_figure:
         coords_dir=lambda wc: f"results/patches/{config['figures'][wc.figure]['dataset']}",
         slides_dir=lambda wc: slides_dir(config["figures"][wc.figure]["dataset"]),
     script:
-        "../scripts/patches.py"
+        "../scripts/patch_grid.py"

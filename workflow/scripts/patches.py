@@ -1,11 +1,16 @@
-"""Adapter: one `patches` figure -> results/figures/{figure}.{png,pdf,tsv} (hardmil.report.patches)."""
+"""Adapter: tissue segmentation + patch grid for one shard of a slide dataset (hardmil.wsi.cohort.patch_shard)."""
 
-from hardmil.report.patches import patches_job
+from pathlib import Path
+
 from hardmil.utils import rule_log
+from hardmil.wsi.cohort import patch_shard
 
-p = snakemake.params
+p, wc = snakemake.params, snakemake.wildcards
+cfg = dict(p.patching)
+patch = {k: cfg[k] for k in ("magnification", "patch_size", "overlap", "min_tissue")}
+tissue = {k: cfg[k] for k in ("seg_mpp", "sat_threshold", "otsu", "median_blur", "close", "min_tissue_area_mm2",
+                              "min_hole_area_mm2", "max_holes")}
 with rule_log(snakemake.log[0]):
-    patches_job(p.figure, p.hardneg, splits=snakemake.input.splits, models=p.models,
-                features_dir=snakemake.input.features, coords_dir=p.coords_dir, slides_dir=p.slides_dir,
-                classes=p.classes, png=snakemake.output.png, pdf=snakemake.output.pdf, tsv=snakemake.output.tsv,
-                seed=p.seed, name=snakemake.wildcards.figure)
+    out_dir = Path(snakemake.output.report).parent.parent  # the report lives in <out_dir>/shards/
+    patch_shard(snakemake.input.manifest, p.slides_dir, out_dir, snakemake.output.report, int(wc.shard), int(wc.n),
+                patch, tissue, on_error=p.on_error, qc=cfg["qc"])

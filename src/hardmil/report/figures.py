@@ -78,12 +78,12 @@ def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "
             xs = sorted(points, key=float)
             mean = [np.nanmean(points[x]) for x in xs]
             std = [np.nanstd(points[x], ddof=1) if len(points[x]) > 1 else 0.0 for x in xs]
-            shift = 0.08 * (k - (n_series - 1) / 2)
+            shift = 0.14 * (k - (n_series - 1) / 2)
             px = [pos[float(x)] + shift for x in xs]
             ax.errorbar(px, mean, yerr=std, marker="os^Dv"[k % 5], capsize=3, color=f"C{k}", label=label)
             for x, m in zip(px, mean, strict=True):
-                ax.annotate(f"{m:.3f}", (x, m), xytext=(7 if k % 2 == 0 else -7, 7), textcoords="offset points",
-                            ha="left" if k % 2 == 0 else "right", va="bottom", fontsize=8, color=f"C{k}",
+                ax.annotate(f"{m:.3f}", (x, m), xytext=(7, 7) if k % 2 == 0 else (7, -7), textcoords="offset points",
+                            ha="left", va="bottom" if k % 2 == 0 else "top", fontsize=8, color=f"C{k}",
                             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         if panel.get("baseline"):
             label, values = panel["baseline"]

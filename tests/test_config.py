@@ -76,6 +76,12 @@ def test_cli_check_config(capsys):
     (lambda c: c["methods"].update(m={"model": "abmil", "params": {"hiden_dim": 3}}), "methods.m.params"),
     (lambda c: c["methods"]["li2019"].update(datasets=["synthetic"]), "does not run on 'ucsb_breast'"),
     (lambda c: c["hardneg"]["li2019_sb"].update({"from": "nope"}), "hardneg.li2019_sb.from"),
+    # methods.<m>.protocols: whatever reads a method under a protocol needs it to run there
+    (lambda c: c["methods"]["abmil"].update(protocols=["clean"]), "method 'abmil' does not run under protocol"),
+    (lambda c: c["methods"]["li2019_fmb"].update(protocols=["clean"]), "tables.li2019_table2.rows: method .li2019_fmb"),
+    (lambda c: c["methods"]["fig5_mhim_rsm80"].update(protocols=["clean"]), "figures.fig5_synthetic"),
+    (lambda c: c["methods"]["li2019"].update(protocols=["paper"]), "methods.li2019_sb.hardneg"),
+    (lambda c: c.update(protocols=["clean"]), r"methods.fig5_rsm_only50.protocols: \['paper'\] not in"),
 ])
 def test_cross_references_are_checked_before_any_job(change, message):
     from hardmil.config import check_references

@@ -12,6 +12,7 @@ from hardmil.report.figures import (
     mined_figure,
     patch_grid,
     patch_labels,
+    patch_tumour_fraction,
     save_figure,
     sweep_figure,
 )
@@ -31,6 +32,9 @@ def test_patch_labels_follow_the_mask():
     lab = patch_labels(coords, ps, ds, mask)
     expected = [(x / ds >= 48 and y / ds < 32) for x, y in coords]
     assert lab.tolist() == [int(e) for e in expected]
+    # a patch straddling the tumour border (x from 40 to 56 thumbnail px, tumour from 48): half of it is tumour
+    frac = patch_tumour_fraction(np.array([[40 * ds, 0], [40 * ds, 40 * ds], [64 * ds, 0]]), ps, ds, mask)
+    assert frac.tolist() == [0.5, 0.0, 1.0]
 
 
 def test_localisation_auc_perfect_inverse_and_one_class():
@@ -105,6 +109,11 @@ def test_run_file_figures(tmp_path):
                                         "n_instances": 30, "n_hard": 4, "hard_indices": "1,2,3,4"}])]
     save_figure(mined_figure(mined), tmp_path / "m.png")
     save_figure(patch_grid([np.zeros((8, 8, 3), np.uint8)] * 3, ["a", "b", "c"], columns=2), tmp_path / "g.png")
+    grid = patch_grid([], sections=[("hard negatives", [np.zeros((8, 8, 3), np.uint8)] * 3, ["a", "b", "c"]),
+                                    ("contrast", [np.full((8, 8, 3), 255, np.uint8)], ["d"]), ("empty", [], [])],
+                      columns=2, footnote="note")
+    assert sum(bool(ax.images) for ax in grid.axes) == 4 and {ax.get_title() for ax in grid.axes} >= set("abcd")
+    save_figure(grid, tmp_path / "g2.png")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("c.png", "a.png", "m.png", "g.png"))
     with pytest.raises(FileNotFoundError, match="missing.tsv"):
         curves_figure({"x": [tmp_path / "missing.tsv"]})

@@ -117,3 +117,73 @@ def test_probability_map_is_the_positive_class_of_mhims_class_aware_score(name):
         torch.testing.assert_close(torch.from_numpy(maps["attention"]), net(torch.from_numpy(x)[None]).attention[0])
     np.testing.assert_allclose(np.maximum(maps["probability"], 1 - maps["probability"]), hook, rtol=1e-5)
     assert 0 <= bag <= 1 and maps["attention"].sum() == pytest.approx(1, abs=1e-5)
+
+
+# --- Li et al. Fig. 3 on slides: the mined hard-negative patches (hardmil.report.patches) -------------------
+def test_patch_grid_of_mined_hard_negatives(cohort, tmp_path):
+    from hardmil.data.splits import read_splits
+    from hardmil.report.patches import patches_job
+    from hardmil.train.run import load_trained
+    from hardmil.wsi.patching import read_coords
+
+    root, models = cohort
+    hn = {"from": "abmil", "fp_threshold": 0.5, "min_bags": 2}
+    summary = patches_job({"n_patches": 6, "n_contrast": 3}, hn, splits=root / "splits.tsv", models=models,
+                          features_dir=root / "features", coords_dir=root / "patches", slides_dir=root / "slides",
+                          classes=CLASSES, png=tmp_path / "p.png", pdf=tmp_path / "p.pdf", tsv=tmp_path / "p.tsv")
+    assert (tmp_path / "p.png").stat().st_size > 10_000 and (tmp_path / "p.pdf").exists()
+    with open(tmp_path / "p.tsv") as fh:
+        table = list(csv.DictReader(fh, delimiter="\t"))
+    hard = [r for r in table if r["group"] == "hard_negative"]
+    contrast = [r for r in table if r["group"] == "positive_contrast"]
+    assert len(hard) == summary["n_hard"] > 0 and sum(int(r["shown"]) for r in hard) == min(6, len(hard))
+    assert [float(r["attention"]) for r in hard] == sorted((float(r["attention"]) for r in hard), reverse=True)
+    for r in hard:
+        fold = int(r["fold"])
+        train = {s["slide"]: s["label"] for s in read_splits(root / "splits.tsv", fold)["train"]}
+        assert train.get(r["slide"]) == "normal"  # a negative training slide of the fold model that mined it
+        # Li et al. eq. 3, recomputed through the heatmap code path: weight >= mean + std of the slide
+        net, mean, std = load_trained(models[fold])
+        feats = h5py_features(root / "features" / f"{r['slide']}.h5")
+        att = instance_maps(net, feats, mean, std)[0]["attention"]
+        i = int(r["index"])
+        assert float(r["attention"]) == pytest.approx(att[i], abs=1e-4)
+        assert att[i] >= att.mean() + att.std() - 1e-6
+        if r["shown"] == "1":  # drawn patches carry the coords they were read at
+            coords, _ = read_coords(root / "patches" / f"{r['slide']}.h5")
+            assert (int(r["x"]), int(r["y"])) == tuple(coords[i]) and float(r["tumour_fraction"]) == 0.0
+    # contrast: positive training slides; the colour model attends to the dark tumour patches
+    assert contrast and all(r["label"] == "tumour" for r in contrast)
+    shown = [float(r["tumour_fraction"]) for r in contrast if r["shown"] == "1"]
+    assert len(shown) == 3 and all(0 <= f <= 1 for f in shown) and np.mean(shown) > 0.5, contrast
+
+
+def h5py_features(path):
+    import h5py
+
+    with h5py.File(path) as f:
+        return f["features"][:]
+
+
+def test_patch_grid_names_a_missing_model_or_slide_and_writes_nothing(cohort, tmp_path):
+    from hardmil.report.patches import mined_instances, patches_job
+
+    root, models = cohort
+    kw = dict(splits=root / "splits.tsv", features_dir=root / "features", coords_dir=root / "patches",
+              classes=CLASSES, png=tmp_path / "p.png", pdf=None, tsv=tmp_path / "p.tsv")
+    with pytest.raises(InputError, match="fold9.*missing trained model of fold 1"):
+        patches_job({}, {"from": "abmil", "min_bags": 1}, models={0: models[0], 1: str(root / "fold9/model.pt")},
+                    slides_dir=root / "slides", **kw)
+    hard, _ = mined_instances(models, root / "splits.tsv", root / "features", CLASSES, min_bags=2)
+    top = hard[0]["slide"]
+    partial = tmp_path / "slides"
+    partial.mkdir()
+    for f in (root / "slides").iterdir():
+        if not f.name.startswith(top + "."):
+            (partial / f.name).symlink_to(f)
+    with pytest.raises(InputError, match=f"no slide file for '{top}'"):
+        patches_job({}, {"from": "abmil", "min_bags": 2}, models=models, slides_dir=partial, **kw)
+    with pytest.raises(InputError, match="mined no hard negative"):  # min_bags 0 and no false positives
+        patches_job({}, {"from": "abmil", "fp_threshold": 1.0, "min_bags": 0}, models=models,
+                    slides_dir=root / "slides", **kw)
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "p.tsv").exists()

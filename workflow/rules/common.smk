@@ -3,7 +3,7 @@ import re
 
 from snakemake.utils import validate
 
-from hardmil.config import check_references
+from hardmil.config import check_references, method_protocols
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -212,7 +212,7 @@ def all_runs(name="metrics.json"):
         for encoder in dcfg["encoders"]
         for method in config["methods"]
         if runs_on(method, dataset)
-        for protocol in config["protocols"]
+        for protocol in method_protocols(config, method)
         for path in method_runs(dataset, encoder, method, protocol, name)
     ]
 
@@ -307,6 +307,8 @@ def _validate_report_references():
                 raise ValueError(f"config figures.{name}: method {m!r} is not in methods")
         if f["kind"] == "heatmap":
             _validate_heatmap(name, f)
+        if f["kind"] == "patches":
+            _validate_patches(name, f)
         if f["kind"] == "assessment":
             for m in methods:
                 if config["methods"][m]["model"] != "mhim":
@@ -332,9 +334,11 @@ def heatmap_models(f):
     }
 
 
-def heatmap_inputs(wc):
+def heatmap_inputs(wc, methods=None):
     """Splits of the seed, every fold model of each method, the bags (features + coords done), the slides."""
     f = config["figures"][wc.figure]
+    if methods is not None:
+        f = {**f, "methods": methods}
     files = {"splits": SPLITS.format(dataset=f["dataset"], protocol=f["protocol"], seed=heatmap_seed(f)),
              "bags": manifest_path(f["dataset"]), "features": features_dir(f["dataset"], f["encoder"])}
     from types import SimpleNamespace
@@ -355,6 +359,29 @@ def _validate_heatmap(name, f):
     for m in f["methods"]:
         if m in config["methods"] and not runs_on(m, f["dataset"]):
             raise ValueError(f"config figures.{name}: method {m!r} does not run on {f['dataset']!r}")
+
+
+# --- Li et al. Fig. 3 on slides (figure kind `patches`): the mined hard-negative patches, read from the slides ---
+def patch_figures():
+    return [n for n, f in config["figures"].items() if f["kind"] == "patches"]
+
+
+def patch_models(f):
+    """{fold: model.pt} of the variant's stage-1 method, the figure's seed."""
+    source = config["hardneg"][f["variant"]]["from"]
+    return heatmap_models({**f, "methods": [source]})[source]
+
+
+def patches_inputs(wc):
+    """As a heatmap: splits of the seed, every fold model of the stage-1 method, the bags, the slides."""
+    return heatmap_inputs(wc, methods=[config["hardneg"][config["figures"][wc.figure]["variant"]]["from"]])
+
+
+def _validate_patches(name, f):
+    if not is_slide_dataset(f["dataset"]):
+        raise ValueError(f"config figures.{name}: a patch grid needs a slide dataset (source synthetic / slides / "
+                         f"gdc / camelyon), {f['dataset']!r} has no slides (use kind hardneg to plot mined bags)")
+    _validate_heatmap(name, {**f, "methods": [config["hardneg"][f["variant"]]["from"]]})
 
 
 # --- cross-source evaluation (config `external`): trained fold models tested on another dataset ---
@@ -389,7 +416,7 @@ def all_external():
         for name in config["external"]
         for encoder in external_encoders(name)
         for method in external_methods(name)
-        for protocol in config["protocols"]
+        for protocol in method_protocols(config, method)
         for path in external_runs(name, encoder, method, protocol)
     ]
 

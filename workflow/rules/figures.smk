@@ -1,6 +1,6 @@
 # Figures from finished runs: sweeps (MHIM Fig. 5/6), training curves, the MHIM teacher's assessment
 # (Fig. 8), mined hard negatives (Li et al. Fig. 3); heatmaps (Fig. 7, rule heatmap_figure) over slides with a
-# localisation AUC table.
+# localisation AUC table; grids of mined hard-negative patches read from the slides (rule patches_figure).
 
 
 rule figure:
@@ -18,7 +18,7 @@ rule figure:
     benchmark:
         "results/benchmarks/figures/{figure}.tsv"
     wildcard_constraints:
-        figure=one_of([n for n in config["figures"] if n not in heatmap_figures()]),
+        figure=one_of([n for n in config["figures"] if n not in heatmap_figures() + patch_figures()]),
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -77,3 +77,42 @@ rule heatmap_figure:
         slides_dir=lambda wc: slides_dir(config["figures"][wc.figure]["dataset"]),
     script:
         "../scripts/heatmap.py"
+
+
+rule patches_figure:
+    input:
+        unpack(patches_inputs),
+    output:
+        png=report(
+            "results/figures/{figure}.png",
+            caption="../report/patches.rst",
+            category="Figures",
+        ),
+        pdf="results/figures/{figure}.pdf",
+        tsv=report(
+            "results/figures/{figure}.tsv",
+            caption="../report/patches.rst",
+            category="Figures",
+        ),
+    log:
+        "results/logs/figures/{figure}.log",
+    benchmark:
+        "results/benchmarks/figures/{figure}.tsv"
+    wildcard_constraints:
+        figure=one_of(patch_figures()),
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        figure=lambda wc: config["figures"][wc.figure],
+        hardneg=lambda wc: config["hardneg"][config["figures"][wc.figure]["variant"]],
+        classes=lambda wc: classes(config["figures"][wc.figure]["dataset"]),
+        models=lambda wc: patch_models(config["figures"][wc.figure]),
+        seed=lambda wc: heatmap_seed(config["figures"][wc.figure]),
+        coords_dir=lambda wc: f"results/patches/{config['figures'][wc.figure]['dataset']}",
+        slides_dir=lambda wc: slides_dir(config["figures"][wc.figure]["dataset"]),
+    script:
+        "../scripts/patch_grid.py"

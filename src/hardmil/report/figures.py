@@ -61,53 +61,73 @@ def read_tsv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[di
 def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "", footnote: str = ""):
     """One panel per entry of ``panels``: ``{panel: {"xlabel": str, "series": {label: {x: [values]}},
     "baseline": (label, [values]) | None}}``; x values are numbers (plotted in the order given, equally
-    spaced, labelled with their value). Each point is the mean over folds with a ±1 std error bar."""
+    spaced, labelled with their value). Each point is the mean over folds with a ±1 std error bar, its value
+    written beside it; the legend sits under each panel so it never hides a point."""
+    import textwrap
+
     if not panels:
         raise ValueError("sweep_figure: no panels")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    width = 6.4 if len(panels) == 1 else 5.4
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 5.4), squeeze=False, sharey=True)
     ylabel = f"test {METRIC_LABELS.get(metric, metric)} (mean ± std over folds)"
     for ax, (name, panel) in zip(axes[0], panels.items(), strict=True):
         xs_all = sorted({float(x) for s in panel["series"].values() for x in s})
         pos = {x: i for i, x in enumerate(xs_all)}
+        n_series = len(panel["series"])
         for k, (label, points) in enumerate(panel["series"].items()):
             xs = sorted(points, key=float)
             mean = [np.nanmean(points[x]) for x in xs]
             std = [np.nanstd(points[x], ddof=1) if len(points[x]) > 1 else 0.0 for x in xs]
-            ax.errorbar([pos[float(x)] + 0.06 * (k - 0.5) for x in xs], mean, yerr=std, marker="os^Dv"[k % 5],
-                        capsize=3, label=label)
+            shift = 0.14 * (k - (n_series - 1) / 2)
+            px = [pos[float(x)] + shift for x in xs]
+            ax.errorbar(px, mean, yerr=std, marker="os^Dv"[k % 5], capsize=3, color=f"C{k}", label=label)
+            for x, m in zip(px, mean, strict=True):
+                ax.annotate(f"{m:.3f}", (x, m), xytext=(7, 7) if k % 2 == 0 else (7, -7), textcoords="offset points",
+                            ha="left", va="bottom" if k % 2 == 0 else "top", fontsize=8, color=f"C{k}",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         if panel.get("baseline"):
             label, values = panel["baseline"]
             m, s = np.nanmean(values), (np.nanstd(values, ddof=1) if len(values) > 1 else 0.0)
-            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label} (no masking), band ± 1 std")
+            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label} (no masking): {m:.3f}, band ± 1 std")
             ax.axhspan(m - s, m + s, color="0.5", alpha=0.15, lw=0)
         ax.set_xticks(range(len(xs_all)), [f"{x:g}" for x in xs_all])
-        ax.set_xlabel(panel.get("xlabel", "swept value"))
+        ax.set_xlim(-0.5, len(xs_all) - 0.5)
+        ax.set_xlabel("\n".join(textwrap.wrap(panel.get("xlabel", "swept value"), 48)))
         ax.set_ylabel(ylabel)
+        ax.yaxis.set_tick_params(labelleft=True)
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     if title:
         fig.suptitle(title)
-    if footnote:
-        fig.text(0.01, -0.02, footnote, fontsize=7, ha="left", va="top", wrap=True)
     fig.tight_layout()
+    if footnote:
+        chars = int(16 * fig.get_size_inches()[0])
+        fig.text(0.01, 0.0, "\n".join(textwrap.wrap(" ".join(footnote.split()), chars)), fontsize=7.5,
+                 ha="left", va="top")
     return fig
 
 
 # --- Fig. 7: heatmaps --------------------------------------------------------------------------------------
-def patch_labels(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray,
-                 min_fraction: float = 0.5) -> np.ndarray:
-    """1 where at least ``min_fraction`` of the patch's footprint on the thumbnail-resolution ``mask`` is
-    tumour. ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
+def patch_tumour_fraction(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray) -> np.ndarray:
+    """Share of each patch's footprint on the thumbnail-resolution ``mask`` that is tumour (non-zero).
+    ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
     h, w = mask.shape
-    out = np.zeros(len(coords), dtype=np.int64)
+    out = np.zeros(len(coords), dtype=np.float64)
     size = max(1.0, patch_size / downsample)
     for i, (x, y) in enumerate(np.asarray(coords, dtype=float) / downsample):
         x0, y0 = int(np.floor(x)), int(np.floor(y))
         x1, y1 = min(w, max(x0 + 1, int(np.ceil(x + size)))), min(h, max(y0 + 1, int(np.ceil(y + size))))
         win = mask[max(0, y0):y1, max(0, x0):x1]
-        out[i] = int(win.size > 0 and win.mean() >= min_fraction)
+        out[i] = float((win > 0).mean()) if win.size > 0 else 0.0
     return out
+
+
+def patch_labels(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray,
+                 min_fraction: float = 0.5) -> np.ndarray:
+    """1 where at least ``min_fraction`` of the patch's footprint on the thumbnail-resolution ``mask`` is
+    tumour. ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
+    return (patch_tumour_fraction(coords, patch_size, downsample, mask) >= min_fraction).astype(np.int64)
 
 
 def localisation_auc(coords: np.ndarray, scores: np.ndarray, patch_size: int, downsample: float,
@@ -308,20 +328,36 @@ def mined_figure(mined: list[str | os.PathLike], *, title: str = ""):
     return fig
 
 
-def patch_grid(patches: list[np.ndarray], labels: list[str] | None = None, *, columns: int = 8, title: str = ""):
-    """A grid of patch images ([h, w, 3] uint8), e.g. the hard negatives of a false-positive slide."""
-    if not patches:
+def patch_grid(patches: list[np.ndarray], labels: list[str] | None = None, *, columns: int = 8, title: str = "",
+               sections: list[tuple[str, list[np.ndarray], list[str]]] | None = None, footnote: str = ""):
+    """A grid of patch images ([h, w, 3] uint8), e.g. the hard negatives of a false-positive slide; with
+    ``sections`` (``[(heading, patches, labels), ...]``) one headed block of rows per section instead."""
+    import textwrap
+
+    sections = [s for s in (sections or [("", patches, labels or [])]) if len(s[1])]
+    if not sections:
         raise ValueError("patch_grid: no patches")
-    rows = -(-len(patches) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.5), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(patches):
-            ax.imshow(patches[i])
-            if labels:
-                ax.set_title(labels[i], fontsize=7)
-    fig.suptitle(title or f"{len(patches)} patches")
-    fig.tight_layout()
+    columns = max(1, min(columns, max(len(p) for _, p, _ in sections)))
+    n_lines = max((str(t).count("\n") + 1 for _, _, lab in sections for t in lab), default=0)
+    cell_h = 1.55 + 0.13 * n_lines
+    heights = [-(-len(p) // columns) * cell_h + (0.4 if head else 0) for head, p, _ in sections]
+    fig = plt.figure(figsize=(1.75 * columns, sum(heights) + 0.5), layout="constrained")
+    subfigs = fig.subfigures(len(sections), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for sub, (head, pics, labs) in zip(subfigs, sections, strict=True):
+        axes = sub.subplots(-(-len(pics) // columns), columns, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < len(pics):
+                ax.imshow(pics[i])
+                if i < len(labs):
+                    ax.set_title(labs[i], fontsize=6.5)
+        if head:
+            sub.suptitle("\n".join(textwrap.wrap(head, int(15 * columns))), fontsize=9, x=0.01, ha="left",
+                         fontweight="bold")
+    fig.suptitle(title or f"{sum(len(p) for _, p, _ in sections)} patches")
+    if footnote:
+        fig.text(0.01, 0.0, "\n".join(textwrap.wrap(" ".join(footnote.split()), int(16 * 1.75 * columns))),
+                 fontsize=7, ha="left", va="top")
     return fig
 
 

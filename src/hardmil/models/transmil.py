@@ -23,7 +23,8 @@ to a multiple of the landmark count, as the reference). ``attention`` (the refer
 token's layer-1 attention row formed from the same Nystrom factors, mean over heads, clipped at 0 and normalised
 over the real instances (heatmaps, hard-negative mining). MHIM's teacher scores instances from that row per head
 (``out.extras``, so the layer is not run twice); v1 averages it over heads (the reference fuses heads by a top-k
-vote). Without autograd the Nystrom layers run one head at a time (same output, an eighth of the transient memory).
+vote). Without autograd, for large bags, the Nystrom layers run one head at a time (same output, an eighth of the
+transient memory).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def pinv_iterative(x: Tensor, iters: int) -> Tensor:
 
 
 class NystromAttention(nn.Module):
+    split_heads_above = 2**22  # elements of one [heads, n, landmarks] factor (16 MB) above which no-grad splits
+
     def __init__(self, dim: int, heads: int, landmarks: int, iters: int, kernel: int, dropout: float):
         super().__init__()
         self.heads, self.landmarks, self.iters = heads, landmarks, iters
@@ -100,11 +103,13 @@ class NystromAttention(nn.Module):
         """The layer's output [B, n, dim]; with ``row``, also that token's attention over the n tokens
         [B, heads, n] (no gradient) and the values [B, heads, n, d], from the same factors.
 
-        Without autograd (MHIM's teacher) the heads are computed one at a time, so the [n, landmarks] factors
-        exist for one head at once: the same result with an eighth of the transient memory."""
+        Without autograd (MHIM's teacher) and for large bags, the heads are computed one at a time, so the
+        [n, landmarks] factors exist for one head at once: the same result with an eighth of the transient
+        memory."""
         b, n, _ = x.shape
         q, k, v, pad = self._qkv(x)
-        groups = [slice(None)] if torch.is_grad_enabled() else [slice(i, i + 1) for i in range(self.heads)]
+        big = q.shape[2] * self.landmarks * self.heads > self.split_heads_above
+        groups = [slice(i, i + 1) for i in range(self.heads)] if big and not torch.is_grad_enabled() else [slice(None)]
         outs, rows = [], []
         for g in groups:
             a1, a2_inv, a3 = self._approximation(q[:, g], k[:, g])

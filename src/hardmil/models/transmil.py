@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, instance_projection
+from hardmil.models.base import Dropout, MILOutput, instance_projection
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class NystromAttention(nn.Module):
         self.heads, self.landmarks, self.iters = heads, landmarks, iters
         self.dim_head = dim // heads
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), Dropout(dropout))
         self.res_conv = nn.Conv2d(heads, heads, (kernel, 1), padding=(kernel // 2, 0), groups=heads, bias=False)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:

@@ -82,6 +82,10 @@ def test_cli_check_config(capsys):
     (lambda c: c["methods"]["fig5_mhim_rsm80"].update(protocols=["clean"]), "figures.fig5_synthetic"),
     (lambda c: c["methods"]["li2019"].update(protocols=["paper"]), "methods.li2019_sb.hardneg"),
     (lambda c: c.update(protocols=["clean"]), r"methods.fig5_rsm_only50.protocols: \['paper'\] not in"),
+    (lambda c: c["methods"]["dsmil"].update(init_from="nothing"), r"methods.dsmil.init_from: 'nothing' is not in"),
+    (lambda c: c["methods"]["dsmil"].update(init_from="abmil"), "is a 'abmil' model, 'dsmil' a 'dsmil' model"),
+    (lambda c: c["methods"].update(abmil_init={"model": "abmil", "init_from": "fig5_rsm_only50"}),
+     "methods.abmil_init.init_from"),
 ])
 def test_cross_references_are_checked_before_any_job(change, message):
     from hardmil.config import check_references

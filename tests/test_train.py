@@ -106,3 +106,31 @@ def test_run_fold_names_a_bad_file(tmp_path):
         run_fold(splits=tmp_path / "splits.tsv", features_dir=feats, classes=CLASSES, fold=0, protocol="paper",
                  seed=0, model="abmil", model_params={}, train_cfg={"epochs": 1}, out_dir=tmp_path / "r",
                  progress=False)
+
+
+def test_init_from_copies_only_the_input_layer(tmp_path):
+    """MHIM Table 11's "w/ student init." for any model: the input layer comes from the same fold's trained
+    model of the same kind, everything else starts fresh; a checkpoint of another model is an error naming it."""
+    from hardmil.models.base import init_input_layer
+
+    feats = _fold_setup(tmp_path, "paper")
+    kw = dict(splits=tmp_path / "splits.tsv", features_dir=feats, classes=CLASSES, fold=0, protocol="paper",
+              seed=0, model_params={}, train_cfg={"epochs": 2}, progress=False)
+    run_fold(out_dir=tmp_path / "src", model="dtfd", **kw)
+    saved = torch.load(tmp_path / "src" / "model.pt", weights_only=False)
+    torch.manual_seed(0)
+    fresh = build_model("dtfd", in_dim=8)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    assert init_input_layer(fresh, saved, "dtfd", 8) == "reduce.0"  # DTFD's projection has no bias
+    after = fresh.state_dict()
+    assert torch.equal(after["reduce.0.weight"], saved["state_dict"]["reduce.0.weight"])
+    assert not torch.equal(after["reduce.0.weight"], before["reduce.0.weight"])
+    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith("reduce.0."))
+    with pytest.raises(ValueError, match="is a 'dtfd' model, this method trains 'abmil'"):
+        init_input_layer(build_model("abmil", in_dim=8), saved, "abmil", 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        init_input_layer(build_model("dtfd", in_dim=8, hidden_dim=16), saved, "dtfd", 8)
+    run_fold(out_dir=tmp_path / "init", model="dtfd", init_from=tmp_path / "src" / "model.pt", **kw)
+    assert "init_from: " in (tmp_path / "init" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"model\.pt: cannot initialise the input layer"):
+        run_fold(out_dir=tmp_path / "bad", model="abmil", init_from=tmp_path / "src" / "model.pt", **kw)

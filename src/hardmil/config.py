@@ -62,9 +62,13 @@ def check_references(config: dict) -> None:
             cfg = model_config(m["model"], **m.get("params", {}))
         except (TypeError, ValueError) as err:
             raise ValueError(f"config methods.{name}.params: {err}") from err
-        for key, block in (("hardneg", "hardneg"), ("confounders", "confounders"), ("teacher", "methods")):
+        for key, block in (("hardneg", "hardneg"), ("confounders", "confounders"), ("teacher", "methods"),
+                           ("init_from", "methods")):
             if m.get(key) and m[key] not in config[block]:
                 raise ValueError(f"config methods.{name}.{key}: {m[key]!r} is not in {block}")
+        if m.get("init_from") and methods[m["init_from"]]["model"] != m["model"]:
+            raise ValueError(f"config methods.{name}.init_from: {m['init_from']!r} is a "
+                             f"{methods[m['init_from']]['model']!r} model, {name!r} a {m['model']!r} model")
         if m["model"] == "mhim":
             untrained = cfg.teacher_init == "none"
             if not m.get("teacher") and not untrained:
@@ -95,7 +99,7 @@ def method_protocols(config: dict, method: str) -> list[str]:
 
 def check_protocols(config: dict) -> None:
     """A method restricted to some protocols (``methods.<m>.protocols``) must still exist under every protocol
-    that a table, figure, external test, teacher, hard-negative or confounder source asks it for."""
+    that a table, figure, external test, teacher, input-layer, hard-negative or confounder source asks it for."""
     methods = config["methods"]
 
     def need(method: str, protocols, where: str) -> None:
@@ -107,8 +111,9 @@ def check_protocols(config: dict) -> None:
         if extra := [p for p in m.get("protocols", []) if p not in config["protocols"]]:
             raise ValueError(f"config methods.{name}.protocols: {extra} not in protocols {config['protocols']}")
         mine = method_protocols(config, name)
-        if m.get("teacher"):
-            need(m["teacher"], mine, f"methods.{name}.teacher")
+        for key in ("teacher", "init_from"):
+            if m.get(key):
+                need(m[key], mine, f"methods.{name}.{key}")
         for key in ("hardneg", "confounders"):
             if m.get(key) and m[key] in config[key]:
                 need(config[key][m[key]]["from"], mine, f"methods.{name}.{key} ({key}.{m[key]}.from)")

@@ -114,12 +114,15 @@ def confounder_files(wc):
     return job_paths(f"{CONF_DIR}/confounders.npy", wc, variant=variant)
 
 
-def teacher_models(wc):
-    """MHIM: the same fold's trained baseline checkpoints that initialise the teacher (none otherwise)."""
-    source = config["methods"][wc.method].get("teacher")
-    if not source:
-        return []
-    return job_paths(f"{RUN_DIR}/model.pt", wc, method=source)
+def source_models(key):
+    """Input function: the same fold's trained checkpoints of the method named by ``methods.<m>.<key>``
+    (``teacher``: an MHIM teacher; ``init_from``: the input layer), none when the key is not set."""
+
+    def models(wc):
+        source = config["methods"][wc.method].get(key)
+        return job_paths(f"{RUN_DIR}/model.pt", wc, method=source) if source else []
+
+    return models
 
 
 def train_jobs(wc):
@@ -127,6 +130,7 @@ def train_jobs(wc):
     variant = hardneg_variant(wc.method)
     conf = config["methods"][wc.method].get("confounders")
     teacher = config["methods"][wc.method].get("teacher")
+    init_from = config["methods"][wc.method].get("init_from")
     jobs = []
     for s, f in fold_ids(wc):
         fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
@@ -143,6 +147,7 @@ def train_jobs(wc):
                     f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None
                 ),
                 "teacher": run_file("model.pt", **(fields | {"method": teacher})) if teacher else None,
+                "init_from": run_file("model.pt", **(fields | {"method": init_from})) if init_from else None,
             }
         )
     return jobs

@@ -9,7 +9,8 @@ rule train:
         features=lambda wc: features_dir(wc.dataset, wc.encoder),
         extra_bags=hardneg_bags,
         confounders=confounder_files,
-        teacher=teacher_models,
+        teacher=source_models("teacher"),
+        init_from=source_models("init_from"),
     output:
         [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES],
     log:

@@ -10,5 +10,6 @@ with rule_log(snakemake.log[0]):
                  fold=job["fold"], protocol=snakemake.wildcards.protocol, seed=job["seed"], model=run["model"],
                  model_params=run["model_params"], train_cfg=run["train"], out_dir=job["out_dir"],
                  standardize=run["standardize"], threads=snakemake.threads, extra_bags=job["extra_bags"],
-                 confounders=job["confounders"], teacher=job["teacher"], task=run["task"],
+                 confounders=job["confounders"], teacher=job["teacher"], init_from=job["init_from"],
+                 task=run["task"],
                  time_bins=run["time_bins"])

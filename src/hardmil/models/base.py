@@ -67,3 +67,28 @@ class Dropout(nn.Dropout):
 def instance_projection(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
     """``Linear(in_dim, hidden_dim) + ReLU + Dropout``: the instance embedding most MIL baselines share."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), Dropout(dropout))
+
+
+def input_layer_name(net: nn.Module, in_dim: int) -> str:
+    """Name of the model's input layer: its first ``nn.Linear`` that reads the ``in_dim`` bag features."""
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Linear) and m.in_features == in_dim:
+            return name
+    raise ValueError(f"{type(net).__name__} has no Linear layer reading {in_dim}-d features")
+
+
+def init_input_layer(net: nn.Module, saved: dict, model: str, in_dim: int) -> str:
+    """Copy the input layer of a trained checkpoint (a run's model.pt) of the same model into ``net``: MHIM's
+    student initialisation applied to any model (Tang et al., Table 11, "w/ student init."). Returns its name."""
+    if saved.get("model") != model:
+        raise ValueError(f"checkpoint is a {saved.get('model')!r} model, this method trains {model!r}")
+    name = input_layer_name(net, in_dim)
+    layer = dict(net.named_modules())[name]
+    theirs = {k: saved["state_dict"].get(f"{name}.{k}") for k in layer.state_dict()}
+    bad = {k: None if v is None else tuple(v.shape) for k, v in theirs.items()
+           if v is None or v.shape != layer.state_dict()[k].shape}
+    if bad:
+        raise ValueError(f"checkpoint's {name} does not fit: {bad} (expected "
+                         f"{ {k: tuple(v.shape) for k, v in layer.state_dict().items()} })")
+    layer.load_state_dict(theirs)
+    return name

@@ -28,6 +28,7 @@ from hardmil.data.survival import bin_edges, load_case_bags, set_bins
 from hardmil.eval.metrics import classification_metrics, youden_threshold
 from hardmil.eval.survival import hazards_and_survival, survival_metrics
 from hardmil.models import build_model
+from hardmil.models.base import init_input_layer
 from hardmil.train.loop import Tensors, TrainConfig, config_digest, predict, predict_logits, resolve_device, train
 from hardmil.utils import InputError, atomic_path, git_commit, seed_everything, write_json, write_yaml
 
@@ -124,13 +125,15 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
              protocol: str, seed: int, model: str, model_params: dict, train_cfg: dict, out_dir: str | os.PathLike,
              standardize: bool = True, threads: int = 1, progress: bool = True, on_epoch_end=None,
              extra_bags: str | os.PathLike | None = None, confounders: str | os.PathLike | None = None,
-             teacher: str | os.PathLike | None = None, provenance: dict | None = None,
+             teacher: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
+             provenance: dict | None = None,
              task: str = "classification", time_bins: int = 4) -> dict:
     """Train on the fold's training bags (plus ``extra_bags``, generated negative bags in an h5 written by
     :mod:`hardmil.mining.hardneg`), select on its selection set, evaluate once on its test bags.
     ``task='survival'``: case bags, ``time_bins`` discrete hazards, the splits carry time / event.
     ``confounders``: the fold's IBMIL dictionary (``.npy``, :mod:`hardmil.mining.confounders`);
-    ``teacher``: the same fold's trained baseline ``model.pt`` that initialises an MHIM teacher."""
+    ``teacher``: the same fold's trained baseline ``model.pt`` that initialises an MHIM teacher;
+    ``init_from``: the same fold's trained ``model.pt`` of the same model whose input layer initialises this one's."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +190,11 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
             net.init_teacher(torch.load(teacher, map_location="cpu", weights_only=False))
         except (ValueError, RuntimeError, OSError) as err:
             raise InputError(teacher, f"cannot initialise the MHIM teacher: {err}") from err
+    if init_from:
+        try:
+            init_input_layer(net, torch.load(init_from, map_location="cpu", weights_only=False), model, in_dim)
+        except (ValueError, RuntimeError, OSError, KeyError) as err:
+            raise InputError(init_from, f"cannot initialise the input layer: {err}") from err
     resolved = {"model": model, "model_config": dataclasses.asdict(net.cfg), "train": dataclasses.asdict(cfg),
                 "protocol": protocol, "fold": fold, "seed": seed, "classes": list(classes), "task": task,
                 "time_bins": time_bins if task == "survival" else None,
@@ -194,6 +202,8 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
                 "extra_bags": str(extra_bags) if extra_bags else None, "n_generated_bags": len(generated),
                 "confounders": str(confounders) if confounders else None,
                 "teacher": str(teacher) if teacher else None}
+    if init_from:  # only when set, so the digests of existing runs stay as they were
+        resolved["init_from"] = str(init_from)
     digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
     if hasattr(net, "assessment"):  # MHIM: per-epoch stats of the teacher's scores (teacher_assessment.tsv)
         from hardmil.report.assessment import TeacherAssessment

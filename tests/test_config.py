@@ -86,6 +86,10 @@ def test_cli_check_config(capsys):
     (lambda c: c["methods"]["dsmil"].update(init_from="abmil"), "is a 'abmil' model, 'dsmil' a 'dsmil' model"),
     (lambda c: c["methods"].update(abmil_init={"model": "abmil", "init_from": "fig5_rsm_only50"}),
      "methods.abmil_init.init_from"),
+    (lambda c: c["figures"]["synthetic_heatmap"].update(dataset="ucsb_breast"), "a heatmap needs a slide dataset"),
+    (lambda c: c["figures"]["synthetic_heatmap"].update(seed=7), r"figures.synthetic_heatmap.seed: 7 is not in"),
+    (lambda c: c["figures"]["mhim_assessment"].update(methods={"abmil": "AB-MIL"}), "'abmil' is not an MHIM method"),
+    (lambda c: c["external"]["synthetic_cross"].update(test="ucsb_breast"), "differ in task or classes"),
 ])
 def test_cross_references_are_checked_before_any_job(change, message):
     from hardmil.config import check_references

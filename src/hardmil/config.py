@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+SLIDE_SOURCES = ("synthetic", "slides", "gdc", "camelyon")  # dataset sources that have slide images
+
 
 def _with_defaults(validator_class):
     validate_properties = validator_class.VALIDATORS["properties"]
@@ -90,6 +92,8 @@ def check_references(config: dict) -> None:
             if t["dataset"] not in methods[method].get("datasets", [t["dataset"]]):
                 raise ValueError(f"config tables.{name}.rows: method {method!r} does not run on {t['dataset']!r}")
     check_protocols(config)
+    check_figures(config)
+    check_external(config)
 
 
 def method_protocols(config: dict, method: str) -> list[str]:
@@ -141,3 +145,80 @@ def figure_methods(f: dict, hardneg: dict | None = None) -> list[str]:
         found += [p["baseline"] for p in f.get("panels", {}).values() if p.get("baseline")]
         return list(dict.fromkeys(found))
     return list(f.get("methods") or [])
+
+
+def _runs_on(config: dict, method: str, dataset: str) -> bool:
+    return dataset in config["methods"][method].get("datasets", [dataset])
+
+
+def shared_encoders(config: dict, name: str) -> list[str]:
+    """The encoders both datasets of ``external.<name>`` have (the train dataset's order)."""
+    e = config["external"][name]
+    test_encoders = config["datasets"][e["test"]]["encoders"]
+    return [enc for enc in config["datasets"][e["train"]]["encoders"] if enc in test_encoders]
+
+
+def check_figures(config: dict) -> None:
+    """Each figure's dataset, methods and kind-specific references (heatmap / patch grid: a slide dataset, the
+    encoder, the seed, methods that run there; assessment: MHIM methods)."""
+    for name, f in config["figures"].items():
+        if f["dataset"] not in config["datasets"]:
+            raise ValueError(f"config figures.{name}.dataset: {f['dataset']!r} is not in datasets")
+        if f["kind"] == "sweep":
+            if "panels" not in f:
+                raise ValueError(f"config figures.{name}: a sweep needs panels")
+            methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
+            methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
+        elif f["kind"] in ("curves", "assessment", "heatmap"):
+            methods = list(f.get("methods") or [])
+            if not methods:
+                raise ValueError(f"config figures.{name}: kind {f['kind']!r} needs methods")
+        else:
+            if f.get("variant") not in config["hardneg"]:
+                raise ValueError(f"config figures.{name}.variant: {f.get('variant')!r} is not in hardneg")
+            methods = []
+        for m in methods:
+            if m not in config["methods"]:
+                raise ValueError(f"config figures.{name}: method {m!r} is not in methods")
+        if f["kind"] == "heatmap":
+            _check_slide_figure(config, name, f, f["methods"], "a heatmap")
+        if f["kind"] == "patches":
+            _check_slide_figure(config, name, f, [config["hardneg"][f["variant"]]["from"]], "a patch grid",
+                                " (use kind hardneg to plot mined bags)")
+        if f["kind"] == "assessment":
+            for m in methods:
+                if config["methods"][m]["model"] != "mhim":
+                    raise ValueError(f"config figures.{name}: {m!r} is not an MHIM method (no teacher to assess)")
+
+
+def _check_slide_figure(config: dict, name: str, f: dict, methods: list[str], what: str, hint: str = "") -> None:
+    if config["datasets"][f["dataset"]]["source"] not in SLIDE_SOURCES:
+        raise ValueError(f"config figures.{name}: {what} needs a slide dataset (source synthetic / slides / "
+                         f"gdc / camelyon), {f['dataset']!r} has no slides{hint}")
+    if f["encoder"] not in config["datasets"][f["dataset"]]["encoders"]:
+        raise ValueError(f"config figures.{name}.encoder: {f['encoder']!r} is not an encoder of {f['dataset']!r}")
+    seeds = config["cv"]["seeds"]
+    if f.get("seed", seeds[0]) not in seeds:
+        raise ValueError(f"config figures.{name}.seed: {f['seed']} is not in cv.seeds {seeds}")
+    for m in methods:
+        if m in config["methods"] and not _runs_on(config, m, f["dataset"]):
+            raise ValueError(f"config figures.{name}: method {m!r} does not run on {f['dataset']!r}")
+
+
+def check_external(config: dict) -> None:
+    """Cross-source entries: both datasets exist, share task, classes and an encoder; methods exist."""
+    for name, e in config["external"].items():
+        for key in ("train", "test"):
+            if e[key] not in config["datasets"]:
+                raise ValueError(f"config external.{name}.{key}: {e[key]!r} is not in datasets")
+        a, b = config["datasets"][e["train"]], config["datasets"][e["test"]]
+        if a["task"] != b["task"] or a.get("classes") != b.get("classes"):
+            raise ValueError(f"config external.{name}: {e['train']!r} and {e['test']!r} differ in task or classes")
+        if not shared_encoders(config, name):
+            raise ValueError(f"config external.{name}: the two datasets share no encoder")
+        for m in e.get("methods", []):
+            if m not in config["methods"]:
+                raise ValueError(f"config external.{name}.methods: {m!r} is not in methods")
+    for name, t in config["tables"].items():
+        if t.get("external") and t["external"] not in config["external"]:
+            raise ValueError(f"config tables.{name}.external: {t['external']!r} is not in external")

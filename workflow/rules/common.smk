@@ -3,7 +3,7 @@ import re
 
 from snakemake.utils import validate
 
-from hardmil.config import check_references, method_protocols
+from hardmil.config import SLIDE_SOURCES, check_references, method_protocols, shared_encoders
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -290,37 +290,6 @@ def figure_inputs(wc):
     ]
 
 
-def _validate_report_references():
-    for name, f in config["figures"].items():
-        if f["dataset"] not in config["datasets"]:
-            raise ValueError(f"config figures.{name}.dataset: {f['dataset']!r} is not in datasets")
-        if f["kind"] == "sweep":
-            if "panels" not in f:
-                raise ValueError(f"config figures.{name}: a sweep needs panels")
-            methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
-            methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
-        elif f["kind"] in ("curves", "assessment", "heatmap"):
-            methods = list(f.get("methods") or [])
-            if not methods:
-                raise ValueError(f"config figures.{name}: kind {f['kind']!r} needs methods")
-        else:
-            if f.get("variant") not in config["hardneg"]:
-                raise ValueError(f"config figures.{name}.variant: {f.get('variant')!r} is not in hardneg")
-            methods = []
-        for m in methods:
-            if m not in config["methods"]:
-                raise ValueError(f"config figures.{name}: method {m!r} is not in methods")
-        if f["kind"] == "heatmap":
-            _validate_heatmap(name, f)
-        if f["kind"] == "patches":
-            _validate_patches(name, f)
-        if f["kind"] == "assessment":
-            for m in methods:
-                if config["methods"][m]["model"] != "mhim":
-                    raise ValueError(f"config figures.{name}: {m!r} is not an MHIM method (no teacher to assess)")
-
-
-
 # --- MHIM Fig. 7 heatmaps (figure kind `heatmap`): each slide under its own test fold's models ---
 def heatmap_figures():
     return [n for n, f in config["figures"].items() if f["kind"] == "heatmap"]
@@ -353,19 +322,6 @@ def heatmap_inputs(wc, methods=None):
     return files
 
 
-def _validate_heatmap(name, f):
-    if not is_slide_dataset(f["dataset"]):
-        raise ValueError(f"config figures.{name}: a heatmap needs a slide dataset (source synthetic / slides / "
-                         f"gdc / camelyon), {f['dataset']!r} has no slides")
-    if f["encoder"] not in config["datasets"][f["dataset"]]["encoders"]:
-        raise ValueError(f"config figures.{name}.encoder: {f['encoder']!r} is not an encoder of {f['dataset']!r}")
-    if heatmap_seed(f) not in SEEDS:
-        raise ValueError(f"config figures.{name}.seed: {heatmap_seed(f)} is not in cv.seeds {SEEDS}")
-    for m in f["methods"]:
-        if m in config["methods"] and not runs_on(m, f["dataset"]):
-            raise ValueError(f"config figures.{name}: method {m!r} does not run on {f['dataset']!r}")
-
-
 # --- Li et al. Fig. 3 on slides (figure kind `patches`): the mined hard-negative patches, read from the slides ---
 def patch_figures():
     return [n for n, f in config["figures"].items() if f["kind"] == "patches"]
@@ -382,13 +338,6 @@ def patches_inputs(wc):
     return heatmap_inputs(wc, methods=[config["hardneg"][config["figures"][wc.figure]["variant"]]["from"]])
 
 
-def _validate_patches(name, f):
-    if not is_slide_dataset(f["dataset"]):
-        raise ValueError(f"config figures.{name}: a patch grid needs a slide dataset (source synthetic / slides / "
-                         f"gdc / camelyon), {f['dataset']!r} has no slides (use kind hardneg to plot mined bags)")
-    _validate_heatmap(name, {**f, "methods": [config["hardneg"][f["variant"]]["from"]]})
-
-
 # --- cross-source evaluation (config `external`): trained fold models tested on another dataset ---
 EXTERNAL_DIR = "results/external/{pair}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
 EXTERNAL_FILES = ["predictions.tsv", "metrics.json"]
@@ -400,9 +349,7 @@ def external_methods(name):
 
 
 def external_encoders(name):
-    e = config["external"][name]
-    test_encoders = config["datasets"][e["test"]]["encoders"]
-    return [enc for enc in config["datasets"][e["train"]]["encoders"] if enc in test_encoders]
+    return shared_encoders(config, name)
 
 
 def external_runs(name, encoder, method, protocol, file="metrics.json"):
@@ -441,26 +388,6 @@ def external_jobs(wc):
     return jobs
 
 
-def _validate_external():
-    for name, e in config["external"].items():
-        for key in ("train", "test"):
-            if e[key] not in config["datasets"]:
-                raise ValueError(f"config external.{name}.{key}: {e[key]!r} is not in datasets")
-        a, b = config["datasets"][e["train"]], config["datasets"][e["test"]]
-        if a["task"] != b["task"] or a.get("classes") != b.get("classes"):
-            raise ValueError(
-                f"config external.{name}: {e['train']!r} and {e['test']!r} differ in task or classes"
-            )
-        if not external_encoders(name):
-            raise ValueError(f"config external.{name}: the two datasets share no encoder")
-        for m in e.get("methods", []):
-            if m not in config["methods"]:
-                raise ValueError(f"config external.{name}.methods: {m!r} is not in methods")
-    for name, t in config["tables"].items():
-        if t.get("external") and t["external"] not in config["external"]:
-            raise ValueError(f"config tables.{name}.external: {t['external']!r} is not in external")
-
-
 def datasets_simulated():
     return [d for d, c in config["datasets"].items() if "simulate" in c]
 
@@ -483,7 +410,6 @@ def downloaded_slides(dataset=None):
 
 
 # --- slide datasets (source synthetic | slides): slides -> patches -> features, per-cohort shard jobs ---
-SLIDE_SOURCES = ("synthetic", "slides", "gdc", "camelyon")
 PATCH_REPORT = "results/patches/{dataset}/shards/{shard}-of-{n}.tsv"
 FEATURE_REPORT = "results/features/{dataset}/{encoder}/shards/{shard}-of-{n}.tsv"
 
@@ -571,7 +497,5 @@ def _validate_slide_references():
                 raise ValueError(f"config synthetic (dataset {d}): texture {a!r} is not in assets")
 
 
-check_references(config)  # hardmil.config: names that refer to each other, method parameters
+check_references(config)  # hardmil.config: names that refer to each other, method parameters, figures, external
 _validate_slide_references()
-_validate_report_references()
-_validate_external()

@@ -7,7 +7,7 @@ import dataclasses
 from torch import nn
 
 from hardmil.models.abmil import ABMIL, GatedABMIL
-from hardmil.models.base import MILOutput
+from hardmil.models.base import MILOutput, check_ranges
 from hardmil.models.clam import CLAM, CLAMMB
 from hardmil.models.dsmil import DSMIL
 from hardmil.models.dtfd import DTFD
@@ -51,7 +51,9 @@ def model_config(name: str, **params):
     unknown = sorted(set(params) - valid)
     if unknown:
         raise ValueError(f"model {name!r} has no parameter(s) {unknown}; valid: {sorted(valid)}")
-    return cls(**params)
+    cfg = cls(**params)
+    check_ranges(cfg, f"model {name!r}")
+    return cfg
 
 
 def build_model(name: str, **params) -> nn.Module:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -92,3 +95,35 @@ def init_input_layer(net: nn.Module, saved: dict, model: str, in_dim: int) -> st
                          f"{ {k: tuple(v.shape) for k, v in layer.state_dict().items()} })")
     layer.load_state_dict(theirs)
     return name
+
+
+def param(default, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None, doc: str = ""):
+    """A numeric model-config field with its valid range, checked by :func:`check_ranges` when a model is built:
+    ``hidden_dim: int = param(512, ge=1)``. Every numeric field of every registered model declares one."""
+    return field(default=default, metadata={"range": {"ge": ge, "gt": gt, "le": le, "lt": lt}, "doc": doc})
+
+
+def field_range(f: dataclasses.Field) -> dict | None:
+    """The declared range of a config field (``{'ge': .., 'gt': .., 'le': .., 'lt': ..}``) or None."""
+    return f.metadata.get("range")
+
+
+def range_text(bounds: dict) -> str:
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " and ".join(f"{ops[k]} {v}" for k, v in bounds.items() if v is not None) or "any value"
+
+
+def check_ranges(cfg, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` (e.g. ``model 'mhim'``) and the key if a field is out of its range."""
+    for f in dataclasses.fields(cfg):
+        bounds = field_range(f)
+        value = getattr(cfg, f.name)
+        if bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        ok = math.isfinite(value) and all(
+            v is None or cmp(value, v)
+            for v, cmp in ((bounds["ge"], operator.ge), (bounds["gt"], operator.gt),
+                           (bounds["le"], operator.le), (bounds["lt"], operator.lt)))
+        if not ok:
+            raise ValueError(f"{where}: {f.name} = {value!r} is out of range (must be {range_text(bounds)})")

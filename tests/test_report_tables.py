@@ -5,7 +5,8 @@ import json
 import pytest
 
 from hardmil.report import published
-from hardmil.report.efficiency import efficiency_records, runs_timing
+from hardmil.report.efficiency import efficiency_records
+from hardmil.train.efficiency import runs_timing
 from hardmil.report.figures import sweep_panels
 from hardmil.report.tables import RunRef, aggregate, table_spec, write_table
 

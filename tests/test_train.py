@@ -6,7 +6,9 @@ import torch
 from hardmil.data.bags import read_manifest
 from hardmil.data.splits import make_splits, write_splits
 from hardmil.models import build_model
-from hardmil.train.loop import Tensors, TrainConfig, train
+from hardmil.data.bags import Bag
+from hardmil.data.bagset import BagSet
+from hardmil.train.loop import TrainConfig, train
 from hardmil.train.run import RUN_FILES, run_fold
 
 from .conftest import make_cohort
@@ -20,7 +22,7 @@ def _tensors(n, seed):
     labels = torch.tensor([i % 2 for i in range(n)])
     for f, y in zip(feats, labels, strict=True):
         f[:2, 0] += 3 * y
-    return Tensors(feats, labels)
+    return BagSet([Bag(f"b{i}", f"b{i}", int(y), f.numpy()) for i, (f, y) in enumerate(zip(feats, labels, strict=True))])
 
 
 class Interrupt(Exception):

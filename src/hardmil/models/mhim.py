@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardmil.models.assessment import TeacherAssessment
 from hardmil.models.base import MILOutput, init_xavier
 
 
@@ -220,7 +221,7 @@ class MHIM(nn.Module):
         # with teacher_init 'none' the teacher is the untrained student's copy from the start (asked for)
         self.register_buffer("has_teacher", torch.tensor(cfg.teacher_init == "none"))
         self.total_steps = 1
-        self.assessment = None  # optional hardmil.report.assessment.TeacherAssessment, set by the caller
+        self.assessment = TeacherAssessment()  # per-epoch teacher statistics (teacher_assessment.tsv)
 
     # --- set-up -------------------------------------------------------------------------------------
     def init_teacher(self, saved: dict) -> None:

@@ -7,7 +7,7 @@
   thumbnail, optionally with the ground-truth tumour outline and a localisation score
   (:func:`localisation_auc`: instance-level ROC AUC of the scores against mask-derived patch labels).
 * :func:`assessment_figure` -- Fig. 8: the MHIM teacher's assessment over training
-  (``teacher_assessment.tsv``, :mod:`hardmil.report.assessment`).
+  (``teacher_assessment.tsv``, :mod:`hardmil.models.assessment`).
 * :func:`curves_figure` -- training curves of every fold of a method (``history.tsv``).
 * :func:`mined_figure` and :func:`patch_grid` -- Li et al. Fig. 3: the mined hard negatives
   (``mined.tsv``), and a grid of patch images when slides exist.

@@ -36,20 +36,26 @@ TSV_COLUMNS = ("slide", "label", "fold", "seed", "method", "label_method", "map"
                "tumour_patches", "slide_probability")
 
 
-def instance_maps(net, features: np.ndarray, mean: np.ndarray, std: np.ndarray, positive: int = 1
+def instance_maps(net, features: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None, positive: int = 1
                   ) -> tuple[dict[str, np.ndarray], float]:
     """``({"attention": [N], "probability": [N]}, bag probability of class ``positive``)`` of one bag under a
-    trained model in eval mode (features standardised as in training). Maps a model lacks are left out."""
+    trained model in eval mode (features standardised as in training). Maps a model lacks are left out.
+    The forward pass is the shared one (:func:`hardmil.infer.infer`); the probability map reuses its input."""
     import torch
 
-    x = torch.from_numpy(((features - mean) / std).astype(np.float32))[None]
+    from hardmil.data.bags import Bag
+    from hardmil.data.bagset import BagSet
+    from hardmil.infer import infer
+
+    bags = BagSet([Bag("slide", "slide", 0, features)], mean, std)
+    res = next(infer(net, bags, keep=("attention", "output")))
+    x = res.x
     base = getattr(net, "student", net)  # MHIM: the student is what inference runs
     maps: dict[str, np.ndarray] = {}
+    bag_prob = float(torch.softmax(torch.from_numpy(res.logits), -1)[positive])
+    if res.attention is not None:
+        maps["attention"] = res.attention
     with torch.no_grad():
-        out = net(x)
-        bag_prob = float(torch.softmax(out.logits.float(), -1)[0, positive])
-        if out.attention is not None:
-            maps["attention"] = out.attention[0].float().numpy()
         if hasattr(base, "embed") and hasattr(base, "head"):
             h = base.embed(x)
             head = base.head(h)
@@ -106,19 +112,20 @@ def heatmap_rows(slides: list[str], folds: dict[str, dict], models: dict[str, di
                  slides_dir: str | os.PathLike, classes: list[str], seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Compute every map. ``models``: ``{method: {fold: model.pt}}``; ``labels``: method -> display name.
     Returns (per-slide drawing inputs, TSV rows)."""
-    from hardmil.data.bags import features_path, read_features
+    from hardmil.checkpoint import load_model
+    from hardmil.data.store import open_bags
     from hardmil.report.figures import localisation_auc, patch_labels
-    from hardmil.train.run import load_trained
     from hardmil.wsi.patching import read_coords
     from hardmil.wsi.slide import find_slide
     from hardmil.wsi.synthetic import read_truth
 
     positive = len(classes) - 1
     drawn, rows = [], []
+    source = open_bags(features_dir)
     for slide in slides:
         fold = folds[slide]["fold"]
-        fpath = features_path(features_dir, slide)
-        feats, fcoords = read_features(fpath)
+        fpath = source.path(slide)
+        feats, fcoords = source.features(slide), source.coords(slide)
         coords, attrs = read_coords(Path(coords_dir) / f"{slide}.h5")
         if fcoords is not None and not np.array_equal(fcoords, coords):
             raise InputError(fpath, f"coords differ from {Path(coords_dir) / f'{slide}.h5'}")
@@ -134,7 +141,8 @@ def heatmap_rows(slides: list[str], folds: dict[str, dict], models: dict[str, di
         for method, by_fold in models.items():
             if fold not in by_fold:
                 raise InputError(slide, f"no trained {method} model for fold {fold} (its test fold)")
-            net, mean, std = load_trained(by_fold[fold])
+            net, saved = load_model(by_fold[fold])
+            mean, std = saved["feature_mean"], saved["feature_std"]
             maps, bag_prob = instance_maps(net, feats, mean, std, positive)
             if not maps:
                 raise InputError(by_fold[fold], f"{method}: the model gives neither attention nor instance scores")

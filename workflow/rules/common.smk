@@ -53,6 +53,15 @@ def features_dir(dataset, encoder):
     return pattern.format(dataset=dataset, encoder=encoder)
 
 
+STORE_DIR = "results/stores/{dataset}/{encoder}"
+STORE_FILES = ("index.json", "features.npy", "coords.npy")
+
+
+def bag_store(dataset, encoder):
+    """The bag store's index (rule bag_store): what every stage that reads features takes as input."""
+    return f"{STORE_DIR}/index.json".format(dataset=dataset, encoder=encoder)
+
+
 def classes(dataset):
     """Class names (classification); survival datasets have none."""
     return config["datasets"][dataset].get("classes", [])
@@ -262,9 +271,9 @@ def efficiency_job(wc):
 
 def efficiency_inputs(wc):
     job = efficiency_job(wc)
-    files = {"splits": job["splits"], "features": features_dir(wc.dataset, wc.encoder),
+    files = {"splits": job["splits"], "features": bag_store(wc.dataset, wc.encoder),
              "model": f"{job['out_dir']}/model.pt"}
-    files.update({k: job[k] for k in ("extra_bags", "confounders", "teacher") if job[k]})
+    files.update({k: job[k] for k in ("extra_bags", "confounders", "teacher", "init_from") if job[k]})
     return files
 
 
@@ -314,7 +323,7 @@ def heatmap_inputs(wc, methods=None):
     if methods is not None:
         f = {**f, "methods": methods}
     files = {"splits": SPLITS.format(dataset=f["dataset"], protocol=f["protocol"], seed=heatmap_seed(f)),
-             "bags": manifest_path(f["dataset"]), "features": features_dir(f["dataset"], f["encoder"])}
+             "bags": manifest_path(f["dataset"]), "features": bag_store(f["dataset"], f["encoder"])}
     from types import SimpleNamespace
 
     files.update({f"slides{i}": p for i, p in enumerate(slide_inputs(SimpleNamespace(dataset=f["dataset"])))})

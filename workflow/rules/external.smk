@@ -6,7 +6,7 @@ rule external:
     input:
         models=lambda wc: [job["model"] for job in external_jobs(wc)],
         manifest=lambda wc: manifest_path(config["external"][wc.pair]["test"]),
-        features=lambda wc: features_dir(config["external"][wc.pair]["test"], wc.encoder),
+        features=lambda wc: bag_store(config["external"][wc.pair]["test"], wc.encoder),
     output:
         [per_job(f"{EXTERNAL_DIR}/{name}") for name in EXTERNAL_FILES],
     log:

@@ -6,7 +6,7 @@
 rule train:
     input:
         splits=lambda wc: job_paths(SPLITS, wc),
-        features=lambda wc: features_dir(wc.dataset, wc.encoder),
+        features=lambda wc: bag_store(wc.dataset, wc.encoder),
         extra_bags=hardneg_bags,
         confounders=confounder_files,
         teacher=source_models("teacher"),

@@ -107,7 +107,7 @@ class BagStore(BagSource):
 
     def coords(self, slide: str) -> np.ndarray | None:
         e = self._entry(slide)
-        return np.asarray(self._coords[e["start"]: e["start"] + e["count"]]) if e["has_coords"] else None
+        return np.array(self._coords[e["start"]: e["start"] + e["count"]]) if e["has_coords"] else None
 
     def n_rows(self, slide: str) -> int:
         return int(self._entry(slide)["count"])
@@ -164,8 +164,11 @@ class FileBags(BagSource):
 
 
 def open_bags(path: str | os.PathLike) -> BagSource:
-    """A :class:`BagStore` if ``path`` is a store folder (holds ``index.json``), else :class:`FileBags`."""
+    """A :class:`BagStore` if ``path`` is a store folder (holds ``index.json``) or its ``index.json``, else
+    :class:`FileBags` of the features folder ``path``."""
     path = Path(path)
+    if path.name == INDEX:
+        return BagStore(path.parent)
     if (path / INDEX).exists():
         return BagStore(path)
     return FileBags(path)
@@ -174,6 +177,20 @@ def open_bags(path: str | os.PathLike) -> BagSource:
 def as_source(source) -> BagSource:
     """``source`` itself if it is a :class:`BagSource`, else :func:`open_bags` of the path."""
     return source if isinstance(source, BagSource) else open_bags(source)
+
+
+def manifest_slides(manifest: str | os.PathLike, task: str = "classification", classes: list[str] | None = None
+                    ) -> list[str]:
+    """The slides a dataset's store holds: every slide of its manifest (classification: labels checked against
+    ``classes``; survival: the slides with a usable time and event)."""
+    from hardmil.data.bags import read_manifest
+    from hardmil.data.survival import read_survival_manifest
+
+    if task == "survival":
+        rows = read_survival_manifest(manifest)[0]
+    else:
+        rows = read_manifest(manifest, list(classes or []))
+    return [r["slide"] for r in rows]
 
 
 def _check_dimensions(shapes: dict[str, tuple[int, int]], paths: dict[str, Path]) -> int:

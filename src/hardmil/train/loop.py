@@ -57,6 +57,7 @@ class TrainResult:
     best_epoch: int
     history: list[dict]
     seconds_per_epoch: float
+    first_step_at: float | None = None  # time.perf_counter() when this process finished its first training step
 
 
 def make_adam(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
@@ -141,6 +142,7 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
             log.warning("%s belongs to another configuration; starting fresh", ckpt)
 
     n = len(train_data)
+    first_step_at = None
     if hasattr(model, "set_schedule"):  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
         model.set_schedule(cfg.epochs * n)
     epochs = range(state["epoch"], cfg.epochs)
@@ -167,6 +169,8 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
             if hasattr(model, "after_step"):  # e.g. MHIM's teacher EMA update
                 model.after_step()
             total += float(loss.item())
+            if first_step_at is None:
+                first_step_at = time.perf_counter()
         sched.step()
         state["seconds"] += time.perf_counter() - start
         sel_loss, sel_auc = (float(v) for v in _score(model, select_data, device, cfg.amp, cfg.nll_alpha))
@@ -190,7 +194,8 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
             on_epoch_end(epoch)
     bar.close()
     done = max(len(state["history"]), 1)
-    return TrainResult(state["best_state"], state["best"]["epoch"], state["history"], state["seconds"] / done)
+    return TrainResult(state["best_state"], state["best"]["epoch"], state["history"], state["seconds"] / done,
+                       first_step_at)
 
 
 def _save_checkpoint(path: Path, model, opt, sched, state: dict, digest: str, extra: dict | None = None) -> None:

@@ -213,7 +213,8 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         "n_test": len(bags["test"]),
         "n_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),  # trainable only
         # the only fields that differ between two runs of the same seed
-        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0},
+        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0,
+                   "seconds_to_first_step": None if result.first_step_at is None else result.first_step_at - t0},
     }
     write_json(out / "metrics.json", summary)
     write_yaml(out / "config.yaml", {**resolved, "hardmil_version": __version__, "git_commit": git_commit(),

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def make_cohort(root: Path, n_bags: int, bag_size: int, dim: int, seed: int = 0) -> tuple[Path, Path]:
-    """``n_bags`` h5 files + a splits file (fold 0: 70 % train, 15 % val, 15 % test; classes neg / pos)."""
+    """``n_bags`` h5 files + a splits file (fold 0: 80 % train, 10 % val, 10 % test; classes neg / pos)."""
     from hardmil.data.bags import write_features
     from hardmil.data.splits import write_splits
 
@@ -54,7 +54,9 @@ def make_cohort(root: Path, n_bags: int, bag_size: int, dim: int, seed: int = 0)
         x[: bag_size // 50, :8] += 1.5 * label  # 2 % witnesses in positive bags
         coords = np.stack(np.divmod(np.arange(bag_size), 100), axis=1).astype(np.int64) * 256
         write_features(feats_dir / f"s{i:04d}.h5", x, coords)
-        role = "train" if i % 20 < 14 else ("val" if i % 20 < 17 else "test")
+        j, pairs = i // 2, n_bags // 2  # pairs of one negative and one positive bag: 80 / 10 / 10 %
+        k = j % 10 if pairs >= 10 else 10 - (pairs - j)
+        role = "val" if k == 8 else ("test" if k == 9 else "train")
         rows.append({"slide": f"s{i:04d}", "case": f"s{i:04d}", "label": ["neg", "pos"][label], "fold": 0,
                      "role": role})
     write_splits(root / "splits.tsv", rows)
@@ -150,7 +152,8 @@ def main(argv=None) -> dict:
             slides = sorted(p.stem for p in feats.glob("*.h5"))
             build_store(slides, feats, root / "store", dtype=args.dtype)
             build_s = time.perf_counter() - t
-            entry = {"feature_gb": n * args.bag_size * args.dim * 4 / 1e9, "generate_s": gen_s, "store_build_s": build_s}
+            entry = {"feature_gb": n * args.bag_size * args.dim * 4 / 1e9, "generate_s": gen_s,
+                     "store_build_s": build_s}
             common = {"store": str(root / "store"), "splits": str(splits), "device": args.device}
             for name in args.models:
                 model, params = MODELS[name]

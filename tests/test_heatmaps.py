@@ -121,9 +121,9 @@ def test_probability_map_is_the_positive_class_of_mhims_class_aware_score(name):
 
 # --- Li et al. Fig. 3 on slides: the mined hard-negative patches (hardmil.report.patches) -------------------
 def test_patch_grid_of_mined_hard_negatives(cohort, tmp_path):
+    from hardmil.checkpoint import load_model
     from hardmil.data.splits import read_splits
     from hardmil.report.patches import patches_job
-    from hardmil.checkpoint import load_model
     from hardmil.wsi.patching import read_coords
 
     root, models = cohort

@@ -6,9 +6,9 @@ import pytest
 
 from hardmil.report import published
 from hardmil.report.efficiency import efficiency_records
-from hardmil.train.efficiency import runs_timing
 from hardmil.report.figures import sweep_panels
 from hardmil.report.tables import RunRef, aggregate, table_spec, write_table
+from hardmil.train.efficiency import runs_timing
 
 R50_ROWS_T2 = ["AB-MIL [14]", "CLAM [17]", "DSMIL [15]", "TransMIL [9]", "DTFD-MIL [13]", "IBMIL [6]",
                "MHIM(AB-MIL) [28]", "MHIM(TransMIL) [28]", "MHIM(DSMIL) [28]", "R2T-MIL [92]", "2DMamba [48]",

@@ -177,7 +177,7 @@ def test_case_bags_concatenate_slides_and_keep_coords_apart(tmp_path):
     write_features(tmp_path / "x2.h5", np.ones((2, 5)))
     lazy = load_case_bags(rows, tmp_path)  # bags are read when used: the dimension is checked then
     with pytest.raises(InputError, match=r"x2\.h5: feature dimension 5 != 4"):
-        lazy[0].features
+        _ = lazy[0].features
 
 
 def test_simulated_times_follow_the_hazard_model(tmp_path):

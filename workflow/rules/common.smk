@@ -62,6 +62,16 @@ def bag_store(dataset, encoder):
     return f"{STORE_DIR}/index.json".format(dataset=dataset, encoder=encoder)
 
 
+def job_mem_mb(wc, input, attempt):
+    """Memory (MB) of a job that reads a bag store: ``train.mem_mb``, or with ``auto`` the measured model
+    :func:`hardmil.data.store.job_memory_mb` of the store's largest bag (doubled on a retry)."""
+    from hardmil.data.store import job_memory_mb
+
+    if config["train"]["mem_mb"] != "auto":
+        return config["train"]["mem_mb"] * attempt
+    return job_memory_mb(input.features) * attempt
+
+
 def classes(dataset):
     """Class names (classification); survival datasets have none."""
     return config["datasets"][dataset].get("classes", [])

@@ -18,7 +18,7 @@ rule confounders:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=config["train"]["mem_mb"],
+        mem_mb=job_mem_mb,
         runtime=30,
     params:
         classes=lambda wc: classes(wc.dataset),

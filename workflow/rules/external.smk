@@ -19,7 +19,7 @@ rule external:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=config["train"]["mem_mb"],
+        mem_mb=job_mem_mb,
         runtime=30,
     params:
         task=lambda wc: task(config["external"][wc.pair]["test"]),

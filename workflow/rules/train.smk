@@ -21,7 +21,7 @@ rule train:
         "../../envs/torch.yaml"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=config["train"]["mem_mb"],
+        mem_mb=job_mem_mb,
         runtime=config["train"]["runtime"],
         gpu=1,
     params:

@@ -193,6 +193,24 @@ def manifest_slides(manifest: str | os.PathLike, task: str = "classification", c
     return [r["slide"] for r in rows]
 
 
+# The per-job memory model (bench/scale.py measured it; README "Memory and scale"): a job's private memory is
+# the interpreter with torch and the model (JOB_BASE_MB) plus a multiple of its largest bag in float32
+# (the bag copy, its standardised values and the activations of one step).
+JOB_BASE_MB = 1000
+JOB_BAG_FACTOR = 8
+JOB_DEFAULT_MB = 4000  # when the store does not exist yet (a dry run)
+
+
+def job_memory_mb(index: str | os.PathLike) -> int:
+    """Memory to request (MB) for a job reading the store whose ``index.json`` is ``index``."""
+    try:
+        meta = json.loads(Path(index).read_text())
+    except (OSError, ValueError):
+        return JOB_DEFAULT_MB
+    bag_mb = meta["max_bag"] * meta["dim"] * 4 / 1e6
+    return int(JOB_BASE_MB + JOB_BAG_FACTOR * bag_mb)
+
+
 def _check_dimensions(shapes: dict[str, tuple[int, int]], paths: dict[str, Path]) -> int:
     """The feature dimension most sources share; an error listing the files that differ, if any do."""
     counts = Counter(s[1] for s in shapes.values())

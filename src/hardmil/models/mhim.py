@@ -86,9 +86,11 @@ class MHIMConfig:
     baseline_params: dict = field(default_factory=dict)
     version: str = "v2"  # 'v1': raw attention scores; 'v2': class-aware instance probability
     score: str = "auto"  # 'auto' (by version), 'attention' or 'probability' (Table 8 swaps them inside v2)
-    mask_high: float = param(0.01, ge=0, lt=1)  # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
+    # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
+    mask_high: float = param(0.01, ge=0, lt=1)
     # paper defaults (Table 12: MHIM-v2 uses RHSM and the decay); the reference README recipe runs 1.0 / False
-    mask_high_random: float = param(0.5, gt=0, le=1)  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
+    # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
+    mask_high_random: float = param(0.5, gt=0, le=1)
     mask_high_cosine: bool = True  # cosine decay of mask_high to 0 over all training steps (mrh_sche)
     mask_low: float = param(0.0, ge=0, lt=1)  # v1: masked fraction of the lowest-scoring instances
     mask_random: float = param(0.0, ge=0, lt=1)  # v1: masked fraction drawn at random

@@ -331,3 +331,33 @@ def test_option_names_are_checked():
         build_model("abmil", in_dim=8, attention_act="sigmoid")
     with pytest.raises(ValueError, match="padding must be one of"):
         build_model("transmil", in_dim=8, padding="square")
+
+
+def test_paper_config_mhim_methods_wrap_exactly_their_teachers_config():
+    """config/paper.yaml: each MHIM method's wrapped baseline (baseline + baseline_params) is the configuration of
+    its teacher method (init_teacher refuses any difference at train time); AB-MIL / TransMIL MHIM methods wrap
+    the reference's internal attn / selfattn variants with the GELU projection."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from hardmil.models import model_config
+
+    methods = yaml.safe_load((Path(__file__).parents[1] / "config" / "paper.yaml").read_text())["methods"]
+    seen = set()
+    for name, m in methods.items():
+        if m["model"] != "mhim":
+            continue
+        cfg = model_config("mhim", **copy.deepcopy(m["params"]))
+        wrapped = model_config(cfg.baseline, **cfg.baseline_params)
+        if cfg.baseline == "abmil":
+            assert (wrapped.act, wrapped.attention_act, wrapped.attention_bias) == ("gelu", "relu", False), name
+        if cfg.baseline == "transmil":
+            assert (wrapped.act, wrapped.padding) == ("gelu", "ppeg"), name
+        if m.get("teacher"):
+            t = methods[m["teacher"]]
+            assert t["model"] == cfg.baseline, name
+            assert model_config(t["model"], **t.get("params", {})) == wrapped, name
+            seen.add(m["teacher"])
+    assert {"abmil_mhim", "transmil_mhim", "dsmil"} <= seen

@@ -361,3 +361,24 @@ def test_paper_config_mhim_methods_wrap_exactly_their_teachers_config():
             assert model_config(t["model"], **t.get("params", {})) == wrapped, name
             seen.add(m["teacher"])
     assert {"abmil_mhim", "transmil_mhim", "dsmil"} <= seen
+
+
+@pytest.mark.parametrize("name", ["abmil", "gabmil", "transmil", "mhim"])
+def test_every_numeric_field_declares_its_range(name):
+    from hardmil.models import MODELS
+    from hardmil.models.base import field_range
+
+    fields = dataclasses.fields(MODELS[name].config_class)
+    numeric = [f for f in fields if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+    assert numeric and all(field_range(f) is not None for f in numeric), [f.name for f in numeric
+                                                                          if field_range(f) is None]
+
+
+def test_transmil_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    standalone = build_model("transmil", in_dim=8, landmarks=4)
+    selfattn = build_model("transmil", in_dim=8, landmarks=4, padding="ppeg")
+    for m in (standalone, selfattn):
+        assert torch.all(m.classifier.bias == 0) and torch.all(m.feature[0].bias == 0)
+    assert standalone.cls_token.abs().max() < 1e-4 and selfattn.cls_token.std() > 0.5
+    assert torch.all(standalone.ppeg.convs[0].bias == 0) and not torch.all(selfattn.ppeg.convs[0].bias == 0)

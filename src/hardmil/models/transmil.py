@@ -31,6 +31,11 @@ iteration starts from ``x^T / (max column sum * max row sum)`` with one maximum 
 reference takes it over the whole tensor; it runs one bag at a time); MHIM's class-aware score (v2) applies the
 classifier without its bias (the reference adds ``b_0`` to every class, which cancels under the softmax).
 
+Initialisation as the reference (MHIM-MIL's ``modules/transmil.py`` and its MHIM-internal ``selfattn``): every
+Linear Xavier-normal with zero bias; with ``padding: input`` (the standalone model) also every convolution
+Xavier-normal (zero bias) and the class token N(0, 1e-6); with ``padding: ppeg`` (``selfattn``) the convolutions keep
+PyTorch's default and the class token N(0, 1).
+
 Options that reproduce the reference's other variants:
 * ``act``: the instance projection's activation, ``relu`` (default) or ``gelu`` (the reference's shipped training
   config ``act: gelu``, for every baseline and for MHIM).
@@ -50,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import Dropout, MILOutput, instance_projection, param
+from hardmil.models.base import Dropout, MILOutput, init_xavier, instance_projection, param
 
 PADDINGS = ("input", "ppeg")
 
@@ -210,6 +215,14 @@ class TransMIL(nn.Module):
         self.ppeg = PPEG(d)
         self.norm = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.n_classes)
+        init_xavier(self)
+        if cfg.padding == "input":  # the standalone reference also initialises the convolutions and the token
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_normal_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+            nn.init.normal_(self.cls_token, std=1e-6)
 
     def _tokens(self, h: Tensor) -> tuple[Tensor, int]:
         """Class token + instances padded to a square by repeating the first instances; the square's side."""

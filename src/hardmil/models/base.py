@@ -67,9 +67,15 @@ class Dropout(nn.Dropout):
         return super().forward(x)
 
 
-def instance_projection(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
-    """``Linear(in_dim, hidden_dim) + ReLU + Dropout``: the instance embedding most MIL baselines share."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), Dropout(dropout))
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def instance_projection(in_dim: int, hidden_dim: int, dropout: float, act: str = "relu") -> nn.Sequential:
+    """``Linear(in_dim, hidden_dim) + ReLU + Dropout``: the instance embedding most MIL baselines share
+    (``act='gelu'``: GELU instead of ReLU, as the MHIM-MIL reference's training config runs it)."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), ACTIVATIONS[act](), Dropout(dropout))
 
 
 def input_layer_name(net: nn.Module, in_dim: int) -> str:
@@ -114,16 +120,24 @@ def range_text(bounds: dict) -> str:
     return " and ".join(f"{ops[k]} {v}" for k, v in bounds.items() if v is not None) or "any value"
 
 
+def in_range(value, bounds: dict) -> bool:
+    """Whether a numeric ``value`` is within ``bounds`` (a declared range); non-numbers (and bools) pass, the
+    config's own type checks handle them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    return math.isfinite(value) and all(
+        v is None or cmp(value, v)
+        for v, cmp in ((bounds["ge"], operator.ge), (bounds["gt"], operator.gt),
+                       (bounds["le"], operator.le), (bounds["lt"], operator.lt)))
+
+
 def check_ranges(cfg, where: str) -> None:
     """Raise ``ValueError`` naming ``where`` (e.g. ``model 'mhim'``) and the key if a field is out of its range."""
     for f in dataclasses.fields(cfg):
         bounds = field_range(f)
         value = getattr(cfg, f.name)
-        if bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        if bounds is None:
             continue
-        ok = math.isfinite(value) and all(
-            v is None or cmp(value, v)
-            for v, cmp in ((bounds["ge"], operator.ge), (bounds["gt"], operator.gt),
-                           (bounds["le"], operator.le), (bounds["lt"], operator.lt)))
+        ok = in_range(value, bounds)
         if not ok:
             raise ValueError(f"{where}: {f.name} = {value!r} is out of range (must be {range_text(bounds)})")

@@ -1,4 +1,5 @@
-"""Command line: ``hardmil models`` lists the registry; ``hardmil check-config`` validates a config file."""
+"""Command line: ``hardmil models`` lists the registry; ``hardmil check-config`` validates a config file;
+``hardmil predict`` applies a trained model to new bags."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from hardmil.eval.predict import predict_bags
+    from hardmil.utils import setup_logging
+
+    setup_logging(None)
+    rows = predict_bags(model_path=args.model, features=args.features, out=args.out, manifest=args.manifest,
+                        attention=args.attention, device=args.device)
+    print(f"{args.out}: {len(rows)} slides")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hardmil", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config", type=Path)
     check.add_argument("--schema", type=Path, default=Path("workflow/schemas/config.schema.yaml"))
     check.set_defaults(func=_check_config)
+    pred = sub.add_parser("predict", help="apply a trained fold model (model.pt) to a features folder or bag store")
+    pred.add_argument("--model", type=Path, required=True, help="a run folder's model.pt")
+    pred.add_argument("--features", type=Path, required=True, help="features folder (h5 / .pt) or bag store folder")
+    pred.add_argument("--manifest", type=Path, help="TSV with a 'slide' column (default: every slide there)")
+    pred.add_argument("--out", type=Path, required=True, help="predictions TSV to write")
+    pred.add_argument("--attention", type=Path, help="also write each slide's attention and coords to this h5")
+    pred.add_argument("--device", default="auto")
+    pred.set_defaults(func=_predict)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

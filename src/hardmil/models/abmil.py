@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ABMILConfig:
     gated: bool = False  # Ilse et al. gated attention
 
 
-class ABMIL(nn.Module):
+class ABMIL(MILModel):
     config_class = ABMILConfig
 
     def __init__(self, cfg: ABMILConfig):

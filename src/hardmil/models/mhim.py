@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier
+from hardmil.models.base import MILModel, MILOutput, init_xavier
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class GlobalRecycleNetwork(nn.Module):
         return self.out((attn @ v).transpose(0, 1).reshape(k_, -1))
 
 
-class MHIM(nn.Module):
+class MHIM(MILModel):
     config_class = MHIMConfig
     translate_params = staticmethod(flatten_params)
 
@@ -220,7 +220,6 @@ class MHIM(nn.Module):
         # with teacher_init 'none' the teacher is the untrained student's copy from the start (asked for)
         self.register_buffer("has_teacher", torch.tensor(cfg.teacher_init == "none"))
         self.total_steps = 1
-        self.assessment = None  # optional hardmil.report.assessment.TeacherAssessment, set by the caller
 
     # --- set-up -------------------------------------------------------------------------------------
     def init_teacher(self, saved: dict) -> None:

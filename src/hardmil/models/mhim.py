@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardmil.models.assessment import TeacherAssessment
-from hardmil.models.base import MILOutput, field_range, in_range, init_xavier, param, range_text
+from hardmil.models.base import MILModel, MILOutput, field_range, in_range, init_xavier, param, range_text
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ class GlobalRecycleNetwork(nn.Module):
         return self.out((attn @ v).transpose(0, 1).reshape(k_, -1))
 
 
-class MHIM(nn.Module):
+class MHIM(MILModel):
     config_class = MHIMConfig
     translate_params = staticmethod(flatten_params)
 

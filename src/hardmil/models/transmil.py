@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import Dropout, MILOutput, init_xavier, instance_projection, param
+from hardmil.models.base import Dropout, MILModel, MILOutput, init_xavier, instance_projection, param
 
 PADDINGS = ("input", "ppeg")
 
@@ -196,7 +196,7 @@ class PPEG(nn.Module):
         return torch.cat([cls, grid.flatten(2).transpose(1, 2)[:, :n]], dim=1)
 
 
-class TransMIL(nn.Module):
+class TransMIL(MILModel):
     config_class = TransMILConfig
 
     def __init__(self, cfg: TransMILConfig):

@@ -46,23 +46,25 @@ def instance_maps(net, features: np.ndarray, mean: np.ndarray | None, std: np.nd
     from hardmil.data.bags import Bag
     from hardmil.data.bagset import BagSet
     from hardmil.infer import infer
+    from hardmil.models.base import EmbedHead, LinearHead, MaskableBaseline
+    from hardmil.models.mhim import MHIM
 
     bags = BagSet([Bag("slide", "slide", 0, features)], mean, std)
     res = next(infer(net, bags, keep=("attention", "output")))
     x = res.x
-    base = getattr(net, "student", net)  # MHIM: the student is what inference runs
+    base = net.student if isinstance(net, MHIM) else net  # MHIM: the student is what inference runs
     maps: dict[str, np.ndarray] = {}
     bag_prob = float(torch.softmax(torch.from_numpy(res.logits), -1)[positive])
     if res.attention is not None:
         maps["attention"] = res.attention
     with torch.no_grad():
-        if hasattr(base, "embed") and hasattr(base, "head"):
+        if isinstance(base, EmbedHead):
             h = base.embed(x)
             head = base.head(h)
-            if hasattr(base, "classify") and head.attention is not None:
+            if isinstance(base, LinearHead) and head.attention is not None:
                 weighted = head.attention[0][:, None] * h[0]
                 maps["probability"] = torch.softmax(base.classify(weighted).float(), -1)[:, positive].numpy()
-            elif hasattr(base, "instance_scores"):
+            elif isinstance(base, MaskableBaseline):
                 maps["probability (max over classes)"] = base.instance_scores(h, head, "v2").float().numpy()
     return maps, bag_prob
 

@@ -143,8 +143,7 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
 
     n = len(train_data)
     first_step_at = None
-    if hasattr(model, "set_schedule"):  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
-        model.set_schedule(cfg.epochs * n)
+    model.set_schedule(cfg.epochs * n)  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
     epochs = range(state["epoch"], cfg.epochs)
     bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress, initial=state["epoch"], total=cfg.epochs)
     for epoch in bar:
@@ -160,14 +159,9 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
             with autocast(device, cfg.amp):
                 out = model(x, None, label=y, coords=coords)
                 main_loss = out.bag_loss_weight * bag_loss(out.logits, train_data, slice(i, i + 1), cfg.nll_alpha)
-            if hasattr(model, "training_step"):  # a model with its own backward order (DTFD's two tiers)
-                loss = model.training_step(out, main_loss)
-            else:
-                loss = main_loss + sum(out.aux_losses.values())
-                loss.backward()
+            loss = model.training_step(out, main_loss)  # backward (DTFD: its own order of two tiers)
             opt.step()
-            if hasattr(model, "after_step"):  # e.g. MHIM's teacher EMA update
-                model.after_step()
+            model.after_step()  # e.g. MHIM's teacher EMA update
             total += float(loss.item())
             if first_step_at is None:
                 first_step_at = time.perf_counter()

@@ -151,7 +151,7 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         centres = np.load(confounders, allow_pickle=False)
         params["n_confounders"] = len(centres)
     net = build_model(model, **params)
-    if getattr(net, "needs_coords", False):
+    if net.needs_coords:
         missing = [bag for role_bags in bags.values() for bag in role_bags if bag.coords is None]
         if missing:
             raise InputError(missing[0].path, f"model {model!r} needs patch coordinates ('coords' dataset); "
@@ -180,7 +180,7 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     if init_from:  # only when set, so the digests of existing runs stay as they were
         resolved["init_from"] = str(init_from)
     digest = config_digest(resolved, data["train"].ids, data["train"].sizes)
-    assessment = getattr(net, "assessment", None)  # MHIM: the teacher's per-epoch statistics
+    assessment = net.assessment  # MHIM: the teacher's per-epoch statistics
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
                    on_epoch_end=on_epoch_end, progress=progress, extra_state=assessment)
     if assessment is not None and assessment.rows:

@@ -118,7 +118,7 @@ def test_mhim_table_from_config_with_per_row_baseline(tmp_path):
     assert by[("clean", "transmil")]["auc_diff"] == pytest.approx(0.905 - 0.912)
     assert by[("paper", "mine")]["auc_published"] is None
     write_table(recs, tmp_path / "t.csv", tmp_path / "t.md", "T7", tex_path=tmp_path / "t.tex")
-    assert "paper 0.916, Δ -0.011" in (tmp_path / "t.md").read_text()  # AB-MIL baseline: 91.6
+    assert "paper 0.916, diff. -0.011" in (tmp_path / "t.md").read_text()  # AB-MIL baseline: 91.6
     assert r"\begin{tabular}{lc}" in (tmp_path / "t.tex").read_text()
     with pytest.raises(ValueError, match="fold0/metrics.json: no metric 'c_index'"):
         aggregate(runs, rows, pub, ["c_index"], spread)

@@ -138,11 +138,17 @@ def annotation_patch_labels(annotations: Annotations, coords: np.ndarray, patch_
 
 
 def annotation_mask(annotations: Annotations, shape: tuple[int, int], downsample: float) -> np.ndarray:
-    """Bool mask ``shape`` (H, W) at ``downsample`` x level 0: a pixel is tumour when its centre is."""
-    h, w = shape
-    ys, xs = np.mgrid[0:h, 0:w]
-    pts = np.stack([(xs.ravel() + 0.5) * downsample, (ys.ravel() + 0.5) * downsample], axis=1)
-    return annotations.contains(pts).reshape(h, w)
+    """Bool mask ``shape`` (H, W) at ``downsample`` x level 0, rasterised with OpenCV (tumour polygons filled,
+    then exclusion polygons cleared; a pixel is set when its centre lies inside, to OpenCV's 1/16-pixel
+    precision). For drawing outlines; patch labels come from the polygons themselves."""
+    import cv2
+
+    mask = np.zeros(shape, dtype=np.uint8)
+    for polys, value in ((annotations.tumour, 1), (annotations.exclusion, 0)):
+        for poly in polys:
+            pts = np.round((poly / downsample - 0.5) * 16).astype(np.int32)  # pixel centres, 4 fractional bits
+            cv2.fillPoly(mask, [pts.reshape(-1, 1, 2)], value, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
 
 
 def find_annotation(directory: str | os.PathLike, slide: str) -> Path | None:

@@ -139,3 +139,72 @@ def test_labels_from_an_asap_file_match_the_synthetic_slides_known_mask(tmp_path
     centre = annotation_patch_labels(ann, coords, patch)
     pix = truth[(coords[:, 1] + patch // 2) // MASK_DS, (coords[:, 0] + patch // 2) // MASK_DS]
     assert (centre == pix).mean() > 0.97
+
+
+def test_heatmap_localisation_reads_an_asap_file_when_a_slide_has_no_mask(tmp_path):
+    """Fig. 7 on slides without a mask (real CAMELYON): the same AUC and tumour count from an ASAP file of the
+    slide's outline as from its mask."""
+    import dataclasses
+
+    import h5py
+    import torch
+
+    from hardmil.data.bags import read_manifest, write_features
+    from hardmil.data.splits import make_splits, write_splits
+    from hardmil.models import build_model
+    from hardmil.report.heatmaps import heatmap_rows, slide_test_folds
+    from hardmil.wsi.patching import PatchParams, patch_slide
+    from hardmil.wsi.slide import open_slide
+    from hardmil.wsi.synthetic import make_cohort, read_truth
+    from hardmil.wsi.tissue import TissueParams
+
+    classes, patch = ["normal", "tumour"], 128
+    textures = {}
+    for name, rgb in (("normal", (225, 150, 200)), ("tumour", (110, 40, 140))):
+        rng = np.random.default_rng(len(name))
+        img = np.clip(np.array(rgb)[None, None] + rng.normal(0, 18, (480, 480, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / f"{name}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        textures[name] = str(tmp_path / f"{name}.png")
+    slides = tmp_path / "slides"
+    make_cohort(slides, tmp_path / "manifest.tsv", [textures["normal"]], [textures["tumour"]],
+                {textures["normal"]: 0.5, textures["tumour"]: 0.5}, n_slides=4, size=(1536, 1024),
+                tumour_fraction=(0.3, 0.45), regions=(1, 2), patch_size=patch, seed=5)
+    rows = read_manifest(tmp_path / "manifest.tsv", classes)
+    for r in rows:
+        coords_h5 = tmp_path / "patches" / f"{r['slide']}.h5"
+        patch_slide(slides / f"{r['slide']}.tiff", coords_h5, None, PatchParams(patch_size=patch), TissueParams())
+        with h5py.File(coords_h5) as f:
+            coords = f["coords"][:]
+        with open_slide(slides / f"{r['slide']}.tiff") as s:
+            rgb = np.stack([s.read(int(x), int(y), 0, (patch, patch)).reshape(-1, 3).mean(0) for x, y in coords])
+        write_features(tmp_path / "features" / f"{r['slide']}.h5", rgb / 255, coords, encoder="mean_rgb")
+    write_splits(tmp_path / "splits.tsv", make_splits(rows, 2, 0, "paper"))
+    torch.manual_seed(0)
+    net = build_model("abmil", in_dim=3, hidden_dim=8, attn_dim=4)  # untrained: any scores will do
+    model_pt = tmp_path / "model.pt"
+    torch.save({"model": "abmil", "model_config": dataclasses.asdict(net.cfg), "state_dict": net.state_dict(),
+                "feature_mean": np.zeros(3, np.float32), "feature_std": np.ones(3, np.float32)}, model_pt)
+    folds = slide_test_folds(tmp_path / "splits.tsv")
+    positives = sorted(s for s, v in folds.items() if v["label"] == "tumour")
+    assert positives
+    kw = {"models": {"abmil": {0: str(model_pt), 1: str(model_pt)}}, "labels": {"abmil": "AB-MIL"},
+          "features_dir": tmp_path / "features", "coords_dir": tmp_path / "patches", "classes": classes}
+    _, with_mask = heatmap_rows(positives, folds, slides_dir=slides, **kw)
+    # the same slides without their masks, and an annotations folder with an ASAP file per slide instead
+    bare, ann_dir = tmp_path / "bare", tmp_path / "annotations"
+    bare.mkdir()
+    for s in positives:
+        (bare / f"{s}.tiff").symlink_to(slides / f"{s}.tiff")
+        truth, ds = read_truth(slides, s)
+        write_asap_xml(ann_dir / f"{s}.xml", *_mask_polygons(truth, ds))
+    drawn, with_xml = heatmap_rows(positives, folds, slides_dir=bare, annotations_dir=ann_dir, **kw)
+    assert len(with_xml) == len(with_mask) > 0
+    for a, b in zip(with_mask, with_xml, strict=True):
+        assert a["map"] == b["map"] and a["slide"] == b["slide"]
+        assert abs(int(a["tumour_patches"]) - int(b["tumour_patches"])) <= 1
+        if a["auc"] != "nan" or b["auc"] != "nan":
+            assert abs(float(a["auc"]) - float(b["auc"])) < 0.02, (a, b)
+    assert sum(np.isfinite(float(r["auc"])) for r in with_xml) >= 2  # at least one slide with tumour patches
+    assert all(d["mask"] is not None and d["mask"].any() for d in drawn)  # the outline is drawn
+    _, without = heatmap_rows(positives, folds, slides_dir=bare, **kw)  # no mask, no annotation: no AUC
+    assert all(r["auc"] == "nan" and r["tumour_patches"] == "" for r in without)

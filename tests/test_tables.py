@@ -175,3 +175,38 @@ def test_survival_delta_is_the_c_index(tmp_path):
     assert list(res) == ["c_index"] and res["c_index"]["delta"] > 0.2 and res["c_index"]["excludes_zero"]
     with pytest.raises(ValueError, match="'auc' does not apply to survival"):
         paired_deltas(runs, {"mhim": "abmil"}, ["auc"], n_boot=300)
+
+
+def test_table_baselines_are_checked_and_derived():
+    import copy
+
+    import yaml
+
+    from hardmil.config import check_references, table_versus, validate_config
+
+    from .conftest import REPO
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    demo = validate_config(yaml.safe_load((REPO / "config/config.yaml").read_text()), schema)
+    v = table_versus(demo, "li2019_table2")
+    assert v == {"abmil": None, "li2019": "abmil", "li2019_sb": "li2019", "li2019_mb": "li2019",
+                 "li2019_fmb": "li2019", "li2019_random": "li2019"}  # +FMB / control vs Li et al. stage 1
+    v = table_versus(demo, "mhim_table2")
+    assert v["mhim_v1_transmil"] == "transmil" and v["mhim_v2_dsmil"] == "dsmil" and v["dsmil"] == "abmil"
+    for change, message in [
+        (lambda t: t.update(baseline="nope"), r"tables.mhim_table2.baseline: 'nope' is not one of the table's rows"),
+        (lambda t: t["rows"].update(dsmil={"row": "DSMIL [15]", "versus": "x"}),
+         r"tables.mhim_table2.rows.dsmil.versus: 'x' is not one of the table's rows"),
+        (lambda t: t["rows"].update(dsmil={"row": "DSMIL [15]", "versus": "dsmil"}), "compared with itself"),
+    ]:
+        cfg = copy.deepcopy(demo)
+        change(cfg["tables"]["mhim_table2"])
+        with pytest.raises(ValueError, match=message):
+            check_references(cfg)
+    cfg = copy.deepcopy(demo)
+    cfg["tables"]["mhim_table2"]["rows"]["dsmil"] = {"row": "DSMIL [15]", "versus": "transmil"}
+    del cfg["tables"]["mhim_table2"]["baseline"]
+    check_references(cfg)
+    v = table_versus(cfg, "mhim_table2")  # no table baseline: only derived / explicit comparisons remain
+    assert v["dsmil"] == "transmil" and v["abmil"] is None and v["transmil"] is None
+    assert v["mhim_v2_abmil"] == "abmil"

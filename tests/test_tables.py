@@ -210,3 +210,16 @@ def test_table_baselines_are_checked_and_derived():
     v = table_versus(cfg, "mhim_table2")  # no table baseline: only derived / explicit comparisons remain
     assert v["dsmil"] == "transmil" and v["abmil"] is None and v["transmil"] is None
     assert v["mhim_v2_abmil"] == "abmil"
+
+
+def test_columns_without_any_value_are_not_rendered():
+    from hardmil.report.tables import to_latex, to_markdown
+
+    rec = {"protocol": "clean", "method": "abmil", "label": "AB-MIL", "paper_row": "", "n_runs": 3,
+           "n_repetitions": 1}
+    for m, v in (("auc", 0.8), ("fpr", float("nan"))):
+        rec.update({f"{m}_mean": v, f"{m}_std": float("nan"), f"{m}_se": float("nan"), f"{m}_published": None,
+                    f"{m}_published_se": None, f"{m}_diff": None})
+    md, tex = to_markdown([rec], "T"), to_latex([rec], "T")
+    assert "| Method | Key | Runs | AUC |" in md and "FPR" not in md and "NA" not in md
+    assert "FPR" not in tex and r"\begin{tabular}{lc}" in tex and "parentheses" not in tex

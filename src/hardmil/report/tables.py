@@ -263,6 +263,12 @@ def record_metrics(rec: dict) -> list[str]:
     return [k[: -len("_mean")] for k in rec if k.endswith("_mean")]
 
 
+def shown_metrics(records: list[dict]) -> list[str]:
+    """The metric columns worth printing: those with a value (ours or published) in at least one record."""
+    return [m for m in record_metrics(records[0])
+            if any(_finite(r.get(f"{m}_mean")) or r.get(f"{m}_published") is not None for r in records)]
+
+
 def record_delta_metrics(records: list[dict]) -> list[str]:
     """The metrics with a paired Δ column (every ``{metric}_delta`` key), in their order."""
     return [k[: -len("_delta")] for k in records[0] if k.endswith("_delta")] if records else []
@@ -318,7 +324,7 @@ def to_markdown(records: list[dict], title: str, note: str = "") -> str:
     out = [f"# {title}", ""]
     if note:
         out += [note, ""]
-    metrics = record_metrics(records[0])
+    metrics = shown_metrics(records)
     dmetrics = record_delta_metrics(records)
     compare = any(r.get("versus") for r in records)
     for protocol in _protocols(records):
@@ -377,7 +383,7 @@ def _tex_num(x: float | None, signed: bool = False) -> str:
 def to_latex(records: list[dict], title: str) -> str:
     """A booktabs table per protocol: ours mean ± std (the published value in parentheses where there is one),
     then, when the table compares rows, the compared row and the paired Δ with its interval."""
-    metrics = record_metrics(records[0])
+    metrics = shown_metrics(records)
     dmetrics = record_delta_metrics(records)
     compare = any(r.get("versus") for r in records)
     published = any(_has_published(records, m) for m in metrics)

@@ -166,3 +166,27 @@ def test_bad_input_is_named():
         paired_delta(y, s, s[:3])
     with pytest.raises(ValueError, match="test_train_ratio"):
         paired_delta(y, s, s, procedure="corrected_t")
+
+
+def test_input_forms():
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 40)
+    p = rng.dirichlet([1, 1], 40)
+    q = rng.dirichlet([1, 1], 40)
+    flat = paired_delta(y, p, q, n_boot=200)
+    nested = paired_delta(y.tolist(), p.tolist(), q.tolist(), n_boot=200)  # plain lists are one flat sample
+    assert nested["n_groups"] == 1 and nested["delta"] == pytest.approx(flat["delta"])
+    assert (nested["lo"], nested["hi"]) == pytest.approx((flat["lo"], flat["hi"]))
+    t = rng.exponential(5, 40)
+    e = rng.random(40) < 0.7
+    r1, r2 = rng.standard_normal(40), rng.standard_normal(40)
+    structured = np.zeros(40, dtype=[("event", bool), ("time", float)])
+    structured["event"], structured["time"] = e, t
+    a = paired_delta(structured, r1, r2, "c_index", n_boot=200)
+    b = paired_delta({"time": t, "event": e}, r1, r2, "c_index", n_boot=200)
+    c = paired_delta([(t[:20], e[:20]), (t[20:], e[20:])], [r1[:20], r1[20:]], [r2[:20], r2[20:]], "c_index",
+                     n_boot=200)
+    assert a["delta"] == pytest.approx(b["delta"]) and c["n_groups"] == 2
+    assert c["delta"] == pytest.approx(np.mean([metric_value((t[s], e[s]), r1[s], "c_index")
+                                                - metric_value((t[s], e[s]), r2[s], "c_index")
+                                                for s in (slice(0, 20), slice(20, 40))]))

@@ -72,9 +72,14 @@ def _survival(y) -> tuple[np.ndarray, np.ndarray]:
     return time, event
 
 
-def _is_per_repetition(scores) -> bool:
-    return isinstance(scores, list | tuple) and len(scores) > 0 and np.ndim(scores[0]) >= 1 and not isinstance(
-        scores[0], int | float | np.number)
+def _is_per_repetition(y, scores, survival: bool) -> bool:
+    """The per-repetition form: the scores are a list of numpy arrays, one per evaluation unit, and so are the
+    labels (survival: one label set per unit)."""
+    if not (isinstance(scores, list) and scores and all(isinstance(s, np.ndarray) for s in scores)):
+        return False
+    if not isinstance(y, list | tuple) or len(y) != len(scores):
+        return False
+    return survival or all(np.ndim(v) >= 1 for v in y)
 
 
 def _concat(parts, survival: bool):
@@ -178,8 +183,8 @@ def paired_delta(y, score_method, score_base, metric: str = "auc", *, strata=Non
     rows across seeds (None: every row its own bag). ``strata`` ``[n]``: resampling strata, constant within a
     cluster (None: the class, or the event indicator for survival).
 
-    Per-repetition form: ``y``, the scores (and ``strata`` / ``clusters`` if given) may instead be lists of
-    arrays, one per evaluation unit; the list index is then the group.
+    Per-repetition form: ``y``, the scores (and ``strata`` / ``clusters`` if given) may instead be lists with
+    one entry per evaluation unit (the scores as numpy arrays); the list index is then the group.
 
     Returns ``{"delta", "lo", "hi", "excludes_zero", "n", "method", "metric"}`` (``n``: test bags;
     ``method``: the procedure, ``"bootstrap"`` or ``"corrected_t"``) plus ``value_method``, ``value_base``
@@ -191,7 +196,7 @@ def paired_delta(y, score_method, score_base, metric: str = "auc", *, strata=Non
     if not 0 < level < 1:
         raise ValueError(f"level {level}: must lie in (0, 1)")
     survival = metric == "c_index"
-    if _is_per_repetition(score_method):
+    if _is_per_repetition(y, score_method, survival):
         if groups is not None:
             raise ValueError("per-repetition lists carry their groups; do not pass groups as well")
         if not (len(score_method) == len(score_base) == len(y)):

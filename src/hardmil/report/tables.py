@@ -327,6 +327,7 @@ def to_markdown(records: list[dict], title: str, note: str = "") -> str:
     metrics = shown_metrics(records)
     dmetrics = record_delta_metrics(records)
     compare = any(r.get("versus") for r in records)
+    targets = {r["versus"] for r in records if r.get("versus")}
     for protocol in _protocols(records):
         rows = [r for r in records if r["protocol"] == protocol]
         head = ["Method", "Key", "Runs"] + [metric_label(m) for m in metrics]
@@ -339,8 +340,10 @@ def to_markdown(records: list[dict], title: str, note: str = "") -> str:
                 paper = f"<br>{_paper_cell(r, m)}" if r.get(f"{m}_published") is not None else ""
                 cells.append(_ours(r, m) + paper)
             if compare:
-                cells.append((r.get("versus_label") or "").replace("|", "\\|") or ("baseline" if not r.get("versus")
-                                                                                   else r["versus"]))
+                if r.get("versus"):
+                    cells.append((r.get("versus_label") or r["versus"]).replace("|", "\\|"))
+                else:
+                    cells.append("baseline" if r["method"] in targets else "—")
                 cells += [_delta_text(r, m) for m in dmetrics]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

@@ -3,7 +3,14 @@
 Every cell is traceable: the CSV holds, per protocol and method, the number of fold runs, the mean and
 standard deviation over all folds x repetitions, the standard error over repetitions (each repetition's
 value is the mean over its folds; Li et al. report "the average of five experiments with its standard
-error"), the published value and our difference from it.
+error"), the published value and our difference from it, and -- when the table names a ``baseline`` --
+each row's paired difference from the row it is compared with (``{metric}_delta`` with its interval
+``{metric}_delta_lo`` / ``{metric}_delta_hi`` and ``{metric}_delta_resolved``), computed from the runs'
+``predictions.tsv`` on identical test bags by :func:`hardmil.eval.stats.paired_delta`.
+
+Rendering: Markdown shows each row's label (Method) and method key (Key), ours as mean ± std (se) and the
+paper's value only where one is published; LaTeX (booktabs) escapes every character and shows the paper's
+value in parentheses only where there is one. Metric columns that no record fills are left out.
 """
 
 from __future__ import annotations

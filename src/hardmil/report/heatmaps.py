@@ -169,7 +169,7 @@ def _labels_auc(truth: np.ndarray, scores: np.ndarray) -> float:
     """Instance-level ROC AUC of ``scores`` against 0/1 patch labels (NaN when one class is absent)."""
     from sklearn.metrics import roc_auc_score
 
-    return float("nan") if truth.min() == truth.max() else float(roc_auc_score(truth, scores))
+    return float("nan") if truth.size == 0 or truth.min() == truth.max() else float(roc_auc_score(truth, scores))
 
 
 def write_auc_tsv(path: str | os.PathLike, rows: list[dict]) -> None:

@@ -2,7 +2,8 @@
 
 * :func:`sweep_figure` -- Tang et al. (MHIM-v2) Fig. 5 (random-score masking alone vs the full framework
   across mask ratios) and Fig. 6 (sensitivity to a hyperparameter): a metric's mean ± std over folds
-  against a swept value, one line per series, the un-swept baseline as a dashed band.
+  against a swept value, one line per series, the un-swept baseline as a dashed band; below, each point's
+  paired Δ against the baseline on the same test bags with its 95 % interval (:mod:`hardmil.eval.stats`).
 * :func:`heatmap_figure` -- Fig. 7: instance scores (attention or instance probability) drawn over a slide
   thumbnail, optionally with the ground-truth tumour outline and a localisation score
   (:func:`localisation_auc`: instance-level ROC AUC of the scores against mask-derived patch labels).

@@ -196,7 +196,7 @@ def test_report_tables_figures_and_html(http_server, tmp_path):
                "mhim_h30": {"model": "mhim", "teacher": "abmil", "params": {"mask_high": 0.3, "rsm_ratio": 0.3}}}
     tables = {
         "t2": {"published": "mhim2025_table2", "published_encoder": "R50", "published_dataset": "camelyon",
-               "metrics": ["accuracy", "auc", "f1"], "dataset": "ucsb_tiny",
+               "metrics": ["accuracy", "auc", "f1"], "dataset": "ucsb_tiny", "baseline": "abmil", "n_boot": 200,
                "rows": {"abmil": "AB-MIL [14]", "mhim": "MHIM-v2(AB-MIL)"}},
         "t6": {"kind": "efficiency", "published": "mhim2025_table6", "published_dataset": "camelyon",
                "dataset": "ucsb_tiny", "rows": {"abmil": "ABMIL", "mhim": "MHIM-v2(AB.)"}},
@@ -218,6 +218,10 @@ def test_report_tables_figures_and_html(http_server, tmp_path):
     t2 = (out / "tables/t2.md").read_text()
     assert "MHIM-v2(AB-MIL)" in t2 and "paper 0.928 ± 0.020" in t2  # R50 CAMELYON AUC 92.77 ± 1.97
     assert (out / "tables/t2.tex").read_text().count(r"\begin{tabular}") == 1
+    # the paired Δ of MHIM-v2 against the AB-MIL it wraps, from both methods' predictions of the same test bags
+    assert "| Compared with | Δ AUC [95 % CI] | Δ Balanced accuracy [95 % CI] |" in t2
+    mh = next(r for r in csv.DictReader(open(out / "tables/t2.csv")) if r["method"] == "mhim")
+    assert mh["versus"] == "abmil" and float(mh["auc_delta_lo"]) <= float(mh["auc_delta"]) <= float(mh["auc_delta_hi"])
     t6 = list(csv.DictReader(open(out / "tables/t6.csv")))
     assert [r["method"] for r in t6] == ["abmil", "mhim"] and t6[0]["parameters_published"] == "0.66"
     for r in t6:

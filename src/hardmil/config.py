@@ -157,9 +157,61 @@ def check_references(config: dict) -> None:
                 raise ValueError(f"config tables.{name}.rows: method {method!r} is not in methods")
             if t["dataset"] not in methods[method].get("datasets", [t["dataset"]]):
                 raise ValueError(f"config tables.{name}.rows: method {method!r} does not run on {t['dataset']!r}")
+        check_table_baselines(name, t)
     check_protocols(config)
     check_figures(config)
     check_external(config)
+
+
+def check_table_baselines(name: str, t: dict) -> None:
+    """``tables.<t>.baseline`` and each row's ``versus`` must name another row of the same table."""
+    rows = list(t["rows"])
+    if t.get("baseline") is not None and t["baseline"] not in rows:
+        raise ValueError(f"config tables.{name}.baseline: {t['baseline']!r} is not one of the table's rows {rows}")
+    for method, row in t["rows"].items():
+        versus = row.get("versus") if isinstance(row, dict) else None
+        if versus is None:
+            continue
+        if versus not in rows:
+            raise ValueError(f"config tables.{name}.rows.{method}.versus: {versus!r} is not one of the table's rows "
+                             f"{rows}")
+        if versus == method:
+            raise ValueError(f"config tables.{name}.rows.{method}.versus: a row cannot be compared with itself")
+
+
+def table_versus(config: dict, name: str) -> dict[str, str | None]:
+    """``{method: the row it is compared with}`` for the rows of table ``name`` (None: no comparison).
+
+    In order: the row's ``versus``; none for the table's ``baseline`` itself; an MHIM method: its teacher's
+    method if that is a row, else the one row whose model is the baseline model MHIM wraps
+    (``params.baseline``); a Li et al. hard-negative method: the method its hard negatives were mined with
+    (``hardneg.<h>.from``); a method built on another (``confounders.<c>.from``, ``init_from``) when that is
+    a row; else the table's ``baseline``. A table without ``baseline`` compares only rows that name ``versus``."""
+    t = config["tables"][name]
+    methods = config["methods"]
+    rows = list(t["rows"])
+    base = t.get("baseline")
+    out: dict[str, str | None] = {}
+    for method in rows:
+        row = t["rows"][method]
+        m = methods.get(method, {})
+        candidates: list[str | None] = []
+        if isinstance(row, dict) and row.get("versus"):
+            candidates.append(row["versus"])
+        elif method == base:
+            candidates.append(None)
+        else:
+            if m.get("model") == "mhim":
+                wrapped = (m.get("params") or {}).get("baseline")
+                same = [r for r in rows if r != method and methods.get(r, {}).get("model") == wrapped]
+                candidates += [m.get("teacher"), same[0] if len(same) == 1 else None]
+            if m.get("hardneg"):
+                candidates.append(config.get("hardneg", {}).get(m["hardneg"], {}).get("from"))
+            if m.get("confounders"):
+                candidates.append(config.get("confounders", {}).get(m["confounders"], {}).get("from"))
+            candidates += [m.get("init_from"), base]
+        out[method] = next((c for c in candidates if c in rows and c != method), None)
+    return out
 
 
 def method_protocols(config: dict, method: str) -> list[str]:

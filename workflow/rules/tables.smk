@@ -1,4 +1,6 @@
-# Paper-style tables from the per-fold metrics.
+# Paper-style tables from the per-fold metrics, with paired Δ (hardmil.eval.stats) against each row's baseline.
+
+from hardmil.config import table_versus
 
 
 def table_runs(wildcards):
@@ -22,7 +24,15 @@ def table_runs(wildcards):
 
 rule table:
     input:
-        table_runs,
+        runs=table_runs,
+        # the paired Δ columns read each run's out-of-fold predictions (none for an efficiency table)
+        predictions=lambda wc: (
+            []
+            if config["tables"][wc.table].get("kind") == "efficiency"
+            else [
+                p.replace("metrics.json", "predictions.tsv") for p in table_runs(wc)
+            ]
+        ),
     output:
         csv=report(
             "results/tables/{table}.csv",
@@ -43,6 +53,7 @@ rule table:
         runtime=5,
     params:
         table=lambda wc: config["tables"][wc.table],
+        versus=lambda wc: table_versus(config, wc.table),
         protocols=config["protocols"],
         seeds=SEEDS,
         folds=FOLDS,

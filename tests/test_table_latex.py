@@ -17,7 +17,7 @@ from hardmil.report.tables import record_delta_metrics, table_spec, tex_escape, 
 from .conftest import REPO
 
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+SCHEMA = REPO / "src/hardmil/schemas/config.schema.yaml"
 NASTY = "Δ_50% & #1 {x} ~^ \\ é — ≥ 中 $5 <b>"
 
 

@@ -186,7 +186,7 @@ def test_table_baselines_are_checked_and_derived():
 
     from .conftest import REPO
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "src/hardmil/schemas/config.schema.yaml").read_text())
     demo = validate_config(yaml.safe_load((REPO / "config/config.yaml").read_text()), schema)
     v = table_versus(demo, "li2019_table2")
     assert v == {"abmil": None, "li2019": "abmil", "li2019_sb": "li2019", "li2019_mb": "li2019",

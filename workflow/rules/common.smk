@@ -1,12 +1,13 @@
 # Config validation, wildcard constraints and target functions. Functions only, no rules.
 import re
 
-from snakemake.utils import validate
+import yaml
 
-from hardmil.config import SLIDE_SOURCES, check_references, method_protocols, shared_encoders
+from hardmil.config import SLIDE_SOURCES, check_references, method_protocols, shared_encoders, validate_config
 
 
-validate(config, "../schemas/config.schema.yaml")
+# the same validation (defaults filled in, one line per error) as `hardmil check-config`
+validate_config(config, yaml.safe_load(open(workflow.source_path("../schemas/config.schema.yaml"))))
 
 RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml"]
 RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"

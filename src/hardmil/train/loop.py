@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from hardmil.eval.metrics import auc
 from hardmil.eval.survival import c_index, nll_survival_loss, risk_scores
-from hardmil.utils import atomic_path
+from hardmil.utils import save_torch
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,6 @@ def _save_checkpoint(path: Path, model, opt, sched, state: dict, digest: str) ->
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "loop": state, "digest": digest,
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 

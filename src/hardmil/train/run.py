@@ -30,7 +30,7 @@ from hardmil.eval.survival import hazards_and_survival, survival_metrics
 from hardmil.models import build_model
 from hardmil.models.base import init_input_layer
 from hardmil.train.loop import Tensors, TrainConfig, config_digest, predict, predict_logits, resolve_device, train
-from hardmil.utils import InputError, atomic_path, git_commit, seed_everything, write_json, write_yaml
+from hardmil.utils import InputError, atomic_path, git_commit, save_torch, seed_everything, write_json, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +232,9 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     select_metrics, _ = evaluate(net, data[select_role], bags[select_role], device, cfg.amp, **ev)
     selection_keys = ("c_index", "nll") if task == "survival" else ("auc", "balanced_accuracy")
 
-    with atomic_path(out / "model.pt", suffix=".pt") as tmp:
-        torch.save({"model": model, "model_config": dataclasses.asdict(net.cfg), "state_dict": result.best_state,
-                    "feature_mean": mean, "feature_std": std, "classes": list(classes), "epoch": result.best_epoch,
-                    "threshold": threshold, "task": task, "bin_edges": edges, "nll_alpha": cfg.nll_alpha}, tmp)
+    save_torch({"model": model, "model_config": dataclasses.asdict(net.cfg), "state_dict": result.best_state,
+                "feature_mean": mean, "feature_std": std, "classes": list(classes), "epoch": result.best_epoch,
+                "threshold": threshold, "task": task, "bin_edges": edges, "nll_alpha": cfg.nll_alpha}, out / "model.pt")
     write_tsv(out / "history.tsv", result.history)
     write_tsv(out / "predictions.tsv", pred_rows)
     summary = {

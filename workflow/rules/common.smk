@@ -280,7 +280,7 @@ def figure_inputs(wc):
     if f["kind"] == "curves":
         return [path for m in f["methods"] for path in runs(m, "history.tsv")]
     if f["kind"] == "assessment":
-        return [path for m in f["methods"] for path in runs(m)]
+        return [path for m in f["methods"] for path in runs(m, "teacher_assessment.tsv")]
     if f["kind"] == "heatmap":
         return list(heatmap_inputs(wc).values())
     return [

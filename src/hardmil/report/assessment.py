@@ -10,16 +10,19 @@ epoch and bag label, numbers that express exactly that:
 * ``attention_overlap``: |top 10 % by the score ∩ top 10 % by the teacher's attention| / |top 10 %|
   (1 for v1, where the score is the attention; how far v2's probability departs from attention).
 
-Written by :func:`hardmil.train.run.run_fold` as ``teacher_assessment.tsv`` in an MHIM run's folder. Epochs
-trained before a resume are not in the file (the log lives in memory).
+Written by :func:`hardmil.train.run.run_fold` as ``teacher_assessment.tsv`` in an MHIM run's folder. The rows
+are stored in every training checkpoint, so a resumed run writes the same file as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 
 import torch
+
+from hardmil.utils import write_tsv
 
 COLUMNS = ("epoch", "label", "n_bags", "score_entropy", "top_decile_mass", "attention_overlap")
 
@@ -51,3 +54,15 @@ class TeacherAssessment:
             self.rows.append({"epoch": epoch, "label": label, "n_bags": len(vals),
                               **{c: float(v) for c, v in zip(COLUMNS[3:], vals.nanmean(0).tolist(), strict=True)}})
         self._bags.clear()
+
+    def state(self) -> dict:
+        """The closed epochs' rows (plain numbers: safe for a ``weights_only`` checkpoint)."""
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state(self, state: dict) -> None:
+        self.rows = [dict(r) for r in state.get("rows", [])]
+        self._bags.clear()
+
+    def write(self, path: str | os.PathLike) -> None:
+        """``teacher_assessment.tsv`` (atomically; a header only when no epoch was closed)."""
+        write_tsv(path, self.rows, list(COLUMNS))

@@ -177,11 +177,15 @@ def config_digest(*parts: object) -> str:
 
 def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: TrainConfig,
           checkpoint: str | os.PathLike | None = None, digest: str = "",
-          on_epoch_end: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
+          on_epoch_end: Callable[[int], None] | None = None, progress: bool = True,
+          extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None) -> TrainResult:
     """Train ``model`` and return the best epoch's weights (chosen on ``select_data``) and the history.
 
     If ``checkpoint`` exists and carries the same ``digest`` (a hash of everything that defines the
-    run), training resumes from it; otherwise it starts fresh.
+    run), training resumes from it; otherwise it starts fresh. ``on_epoch_end(epoch)`` runs before the
+    epoch's checkpoint is written; ``extra_state = (get, set)``: ``get()`` (plain containers of numbers and
+    strings) is stored in every checkpoint and handed to ``set`` on resume (e.g. MHIM's per-epoch teacher
+    assessment rows).
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -199,6 +203,8 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             if saved.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(saved["cuda_rng"])
             state = saved["loop"]
+            if extra_state is not None and saved.get("extra") is not None:
+                extra_state[1](saved["extra"])
             log.info("resumed from %s at epoch %d", ckpt, state["epoch"])
         else:
             log.warning("%s belongs to another configuration; starting fresh", ckpt)
@@ -245,21 +251,21 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
         state["history"].append(row)
         state["epoch"] = epoch + 1
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", sel_score=f"{sel_auc:.3f}", best=state["best"]["epoch"])
-        if ckpt is not None:
-            _save_checkpoint(ckpt, model, opt, sched, state, digest)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, opt, sched, state, digest, extra_state[0]() if extra_state else None)
     bar.close()
     done = max(len(state["history"]), 1)
     return TrainResult(state["best_state"], state["best"]["epoch"], state["history"], state["seconds"] / done)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, state: dict, digest: str) -> None:
+def _save_checkpoint(path: Path, model, opt, sched, state: dict, digest: str, extra: dict | None = None) -> None:
     payload = {
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "loop": state, "digest": digest,
+        "loop": state, "digest": digest, "extra": extra,
     }
     save_torch(payload, path)
 

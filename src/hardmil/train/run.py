@@ -205,10 +205,12 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     if init_from:  # only when set, so the digests of existing runs stay as they were
         resolved["init_from"] = str(init_from)
     digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
+    extra_state = None
     if hasattr(net, "assessment"):  # MHIM: per-epoch stats of the teacher's scores (teacher_assessment.tsv)
         from hardmil.report.assessment import TeacherAssessment
 
         net.assessment = TeacherAssessment()
+        extra_state = (net.assessment.state, net.assessment.load_state)  # its rows survive a resume
 
     def epoch_end(epoch: int) -> None:
         if getattr(net, "assessment", None) is not None:
@@ -217,9 +219,9 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
             on_epoch_end(epoch)
 
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
-                   on_epoch_end=epoch_end, progress=progress)
-    if getattr(net, "assessment", None) is not None and net.assessment.rows:
-        write_tsv(out / "teacher_assessment.tsv", net.assessment.rows)
+                   on_epoch_end=epoch_end, progress=progress, extra_state=extra_state)
+    if getattr(net, "assessment", None) is not None:
+        net.assessment.write(out / "teacher_assessment.tsv")
     net.load_state_dict(result.best_state)
     device = resolve_device(cfg.device)
 

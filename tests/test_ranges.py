@@ -97,12 +97,12 @@ def _config():
 
 
 @pytest.mark.parametrize("block, key, value, expected", [
-    ("train", "epochs", 0, "config train.epochs: 0 is out of range (must be >= 1)"),
-    ("train", "lr", 0, "config train.lr: 0 is out of range (must be > 0)"),
-    ("train", "patience", 0, "config train.patience: 0 is out of range (must be >= 1)"),
-    ("train", "nll_alpha", 1.2, "config train.nll_alpha: 1.2 is out of range (must be <= 1)"),
-    ("cv", "folds", 1, "config cv.folds: 1 is out of range (must be >= 2)"),
-    ("patching", "min_tissue", -0.1, "config patching.min_tissue: -0.1 is out of range (must be >= 0)"),
+    ("train", "epochs", 0, "config train.epochs: 0 is less than the minimum of 1"),
+    ("train", "lr", 0, "config train.lr: 0 is less than or equal to the minimum of 0"),
+    ("train", "patience", 0, "config train.patience: 0 is less than the minimum of 1"),
+    ("train", "nll_alpha", 1.2, "config train.nll_alpha: 1.2 is greater than the maximum of 1"),
+    ("cv", "folds", 1, "config cv.folds: 1 is less than the minimum of 2"),
+    ("patching", "min_tissue", -0.1, "config patching.min_tissue: -0.1 is less than the minimum of 0"),
 ])
 def test_schema_rejects_out_of_range_values_in_one_line(block, key, value, expected):
     cfg = _config()

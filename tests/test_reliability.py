@@ -157,8 +157,8 @@ def test_config_rejects_unsafe_dataset_names_in_one_line(name):
 
 # --- item 10: one-line messages ------------------------------------------------------------------------------
 @pytest.mark.parametrize("where, value, expected", [
-    (("train", "epochs"), 0, "config train.epochs: 0 is out of range (must be >= 1)"),
-    (("cv", "val_fraction"), 1.5, "config cv.val_fraction: 1.5 is out of range (must be < 1)"),
+    (("train", "epochs"), 0, "config train.epochs: 0 is less than the minimum of 1"),
+    (("cv", "val_fraction"), 1.5, "config cv.val_fraction: 1.5 is greater than or equal to the maximum of 1"),
     (("train", "selection_metric"), "f1", "config train.selection_metric: 'f1' is not one of ['auc', 'loss']"),
     (("train", "lr"), "fast", "config train.lr: 'fast' is not of type 'number'"),
 ])

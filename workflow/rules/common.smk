@@ -9,7 +9,8 @@ from hardmil.config import SLIDE_SOURCES, check_references, method_protocols, sh
 # the same validation (defaults filled in, one line per error) as `hardmil check-config`
 validate_config(config, yaml.safe_load(open(workflow.source_path("../schemas/config.schema.yaml"))))
 
-RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml"]
+# teacher_assessment.tsv: MHIM's per-epoch teacher statistics (Fig. 8); a header-only file for other models
+RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml", "teacher_assessment.tsv"]
 RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
 HARDNEG_DIR = "results/hardneg/{dataset}/{encoder}/{variant}/{protocol}/seed{seed}/fold{fold}"
 HARDNEG_FILES = ["bags.h5", "mined.tsv", "summary.json"]

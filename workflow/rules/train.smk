@@ -1,12 +1,8 @@
 # Train and evaluate: one job per (dataset, encoder, method, protocol, seed, fold), or, with
 # train.group: method, one job per (dataset, encoder, method, protocol) running every seed and fold.
 # Stage-2 methods of Li et al. (methods.<m>.hardneg) also read their fold's generated negative bags.
-# MHIM methods (rule train_mhim, the same job) also write teacher_assessment.tsv, the per-epoch rows of the
-# teacher's assessment (kept in the training checkpoint, so complete after a resume), read by Fig. 8 figures.
-
-
-def mhim_methods():
-    return [m for m, c in config["methods"].items() if c["model"] == "mhim"]
+# Every run folder holds teacher_assessment.tsv (RUN_FILES): MHIM's per-epoch teacher statistics, kept in the
+# training checkpoint so that a resumed run writes it whole; a header-only file for models without a teacher.
 
 
 rule train:
@@ -19,8 +15,6 @@ rule train:
         init_from=source_models("init_from"),
     output:
         [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES],
-    wildcard_constraints:
-        method=one_of([m for m in config["methods"] if m not in mhim_methods()]),
     log:
         job_log("results/logs/train/{dataset}/{encoder}/{method}/{protocol}"),
     benchmark:
@@ -37,10 +31,3 @@ rule train:
         jobs=train_jobs,
     script:
         "../scripts/train.py"
-
-
-use rule train as train_mhim with:
-    output:
-        [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES + ["teacher_assessment.tsv"]],
-    wildcard_constraints:
-        method=one_of(mhim_methods()),

@@ -10,8 +10,9 @@ epoch and bag label, numbers that express exactly that:
 * ``attention_overlap``: |top 10 % by the score ∩ top 10 % by the teacher's attention| / |top 10 %|
   (1 for v1, where the score is the attention; how far v2's probability departs from attention).
 
-Written by :func:`hardmil.train.run.run_fold` as ``teacher_assessment.tsv`` in an MHIM run's folder. The rows
-are stored in every training checkpoint, so a resumed run writes the same file as an uninterrupted one.
+Written by :func:`hardmil.train.run.run_fold` as ``teacher_assessment.tsv`` in an MHIM run's folder (a header only
+in other runs). The rows are stored in every training checkpoint, so a resumed run writes the same file as an
+uninterrupted one.
 """
 
 from __future__ import annotations

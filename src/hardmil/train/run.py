@@ -29,12 +29,14 @@ from hardmil.eval.metrics import classification_metrics, youden_threshold
 from hardmil.eval.survival import hazards_and_survival, survival_metrics
 from hardmil.models import build_model
 from hardmil.models.base import init_input_layer
+from hardmil.report.assessment import TeacherAssessment
 from hardmil.train.loop import Tensors, TrainConfig, config_digest, predict, predict_logits, resolve_device, train
 from hardmil.utils import InputError, atomic_path, git_commit, save_torch, seed_everything, write_json, write_yaml
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml")
+# teacher_assessment.tsv: MHIM's per-epoch teacher statistics (a header-only file for other models)
+RUN_FILES = ("model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml", "teacher_assessment.tsv")
 TASKS = ("classification", "survival")
 
 
@@ -207,8 +209,6 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
     extra_state = None
     if hasattr(net, "assessment"):  # MHIM: per-epoch stats of the teacher's scores (teacher_assessment.tsv)
-        from hardmil.report.assessment import TeacherAssessment
-
         net.assessment = TeacherAssessment()
         extra_state = (net.assessment.state, net.assessment.load_state)  # its rows survive a resume
 
@@ -220,8 +220,8 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
 
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
                    on_epoch_end=epoch_end, progress=progress, extra_state=extra_state)
-    if getattr(net, "assessment", None) is not None:
-        net.assessment.write(out / "teacher_assessment.tsv")
+    # a declared output of every training job: a header only for models without a teacher
+    (getattr(net, "assessment", None) or TeacherAssessment()).write(out / "teacher_assessment.tsv")
     net.load_state_dict(result.best_state)
     device = resolve_device(cfg.device)
 

@@ -187,3 +187,39 @@ def test_pt_dict_without_features_names_its_keys(tmp_path):
     assert str(info.value) == f"{path}: '.pt' dict has no 'features' key (keys: ['coords', 'feats'])"
     torch.save({"features": torch.ones(3, 4)}, path)
     assert read_features(path)[0].shape == (3, 4)
+
+
+# --- items 3 and 7: a resumed MHIM fold writes the same files as an uninterrupted one --------------------------
+class _Killed(Exception):
+    pass
+
+
+def test_resumed_mhim_fold_keeps_teacher_assessment_and_model_bytes(tmp_path):
+    from hardmil.data.splits import make_splits, write_splits
+    from hardmil.train.run import run_fold
+
+    from .conftest import make_cohort
+
+    feats, manifest = make_cohort(tmp_path, n_bags=12, dim=6)
+    write_splits(tmp_path / "splits.tsv", make_splits(read_manifest(manifest, ["neg", "pos"]), 3, 0, "paper"))
+    kw = dict(splits=tmp_path / "splits.tsv", features_dir=feats, classes=["neg", "pos"], fold=0, protocol="paper",
+              seed=0, progress=False)
+    run_fold(out_dir=tmp_path / "teacher", model="abmil", model_params={}, train_cfg={"epochs": 2, "patience": 9}, **kw)
+    assert (tmp_path / "teacher/teacher_assessment.tsv").read_text().splitlines() == [
+        "epoch\tlabel\tn_bags\tscore_entropy\ttop_decile_mass\tattention_overlap"]  # header only without a teacher
+    mhim = dict(model="mhim", model_params={"mask_high": 0.1, "rsm_ratio": 0.3}, teacher=tmp_path / "teacher/model.pt",
+                train_cfg={"epochs": 5, "patience": 9}, **kw)
+    run_fold(out_dir=tmp_path / "whole", **mhim)
+
+    def kill_at_3(epoch):
+        if epoch == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_fold(out_dir=tmp_path / "cut", on_epoch_end=kill_at_3, **mhim)
+    assert (tmp_path / "cut/checkpoint.pt").exists() and not (tmp_path / "cut/model.pt").exists()
+    run_fold(out_dir=tmp_path / "cut", **mhim)  # resumes at epoch 3 from the checkpoint
+    whole, cut = (tmp_path / "whole/teacher_assessment.tsv").read_text(), (tmp_path / "cut/teacher_assessment.tsv")
+    assert len(whole.splitlines()) == 1 + 5 * 2 and cut.read_text() == whole
+    for name in ("model.pt", "history.tsv", "predictions.tsv"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

@@ -223,3 +223,19 @@ def test_resumed_mhim_fold_keeps_teacher_assessment_and_model_bytes(tmp_path):
     assert len(whole.splitlines()) == 1 + 5 * 2 and cut.read_text() == whole
     for name in ("model.pt", "history.tsv", "predictions.tsv"):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_an_hdf5_write_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import h5py
+    import numpy as np
+
+    from hardmil.data.bags import write_features
+
+    def full(self, name, data=None, **kwargs):  # what h5py raises when HDF5 cannot write (errno not set)
+        raise OSError("Can't write data (file write failed: time = Fri Nov 27, filename = 'x', file descriptor = 5, "
+                      "errno = 28, error message = 'No space left on device', buf = 0x1, total write size = 8)")
+
+    monkeypatch.setattr(h5py.File, "create_dataset", full)
+    with pytest.raises(InputError, match=r"s0\.h5: disk full while writing"):
+        write_features(tmp_path / "s0.h5", np.zeros((2, 3)))
+    assert list(tmp_path.iterdir()) == []

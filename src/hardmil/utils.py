@@ -38,9 +38,11 @@ def _umask() -> int:
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """True for ENOSPC (or EDQUOT) and for torch's zip writer failing after the disk filled up."""
+    """True for ENOSPC (or EDQUOT), for HDF5 reporting errno 28, and for torch's zip writer failing after the disk
+    filled up."""
     if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+        return err.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            err.errno is None and ("No space left on device" in str(err) or "errno = 28," in str(err)))
     if isinstance(err, RuntimeError):
         text = str(err)
         return "unexpected pos" in text or "file write failed" in text

@@ -20,7 +20,8 @@ import torch
 from hardmil.models import build_model
 from hardmil.utils import InputError, save_torch
 
-RUN_FILES = ("model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml")
+# teacher_assessment.tsv: MHIM's per-epoch teacher statistics (Fig. 8); a header-only file for other models
+RUN_FILES = ("model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml", "teacher_assessment.tsv")
 MODEL_KEYS = ("model", "model_config", "state_dict")
 
 

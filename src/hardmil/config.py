@@ -43,17 +43,36 @@ def _with_defaults(validator_class):
     return validators.extend(validator_class, {"properties": set_defaults})
 
 
+def _short(value: object, limit: int = 120) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def schema_error_line(err) -> str:
+    """One line for a jsonschema error: the key path and the problem, never the (sub-)schema."""
+    where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    if "propertyNames" in err.schema_path:
+        from hardmil.data.bags import SAFE_NAME_RULE
+
+        return f"config {where}: name {_short(err.instance)} is not a single safe path component ({SAFE_NAME_RULE})"
+    if err.validator in ("oneOf", "anyOf"):  # jsonschema quotes the whole instance and every alternative
+        return f"config {where}: {_short(err.instance)} matches none of the allowed forms"
+    message = err.message
+    if len(message) > 300 or "\n" in message:  # e.g. a whole instance quoted: keep the first part only
+        message = " ".join(message.split())[:297] + "..."
+    return f"config {where}: {message}"
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Fill defaults into ``config`` and validate it against ``schema`` (default: the packaged schema); raise
-    ValueError naming the offending key."""
+    ValueError naming the offending key in one line. The workflow calls this too (through the one loader), so
+    Snakemake and the CLI report the same line."""
     from jsonschema import Draft202012Validator
 
     validator = _with_defaults(Draft202012Validator)(load_schema() if schema is None else schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        err = errors[0]
-        where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-        raise ValueError(f"config {where}: {err.message}")
+        raise ValueError(schema_error_line(errors[0]))
     return config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -20,24 +21,73 @@ import yaml
 log = logging.getLogger("hardmil")
 
 
+DISK_FULL = "disk full while writing this file (no space left on device); any previous version is untouched"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for ENOSPC (or EDQUOT), for HDF5 reporting errno 28, and for torch's zip writer failing after the disk
+    filled up."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            err.errno is None and ("No space left on device" in str(err) or "errno = 28," in str(err)))
+    if isinstance(err, RuntimeError):
+        text = str(err)
+        return "unexpected pos" in text or "file write failed" in text
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
     A reader (or Snakemake) therefore never sees a half-written file, and a failure leaves any
-    previous version of ``path`` untouched.
+    previous version of ``path`` untouched. The file gets the mode a plain ``open`` would give it
+    (``0o666`` less the umask), not ``mkstemp``'s ``0o600``. A full disk raises :class:`InputError`
+    naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
+        os.chmod(tmp_path, (0o777 if tmp_path.is_dir() else 0o666) & ~_umask())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as err:
+        if is_disk_full(err):
+            raise InputError(path, DISK_FULL) from err
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.is_file():
             tmp_path.unlink()
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically and byte-reproducibly.
+
+    ``torch.save`` to a file name uses that name as the zip archive's internal folder, so a random
+    temporary name would make every file different; writing through an open file object gives the fixed
+    internal name ``archive``. A full disk raises :class:`InputError` naming ``path``.
+    """
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -150,15 +200,6 @@ def rule_log(log_file: str | os.PathLike | None) -> Iterator[None]:
                 raise
         finally:
             sys.stderr = old_stderr
-
-
-def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically, through an open file so the archive's internal name is fixed: identical
-    objects give identical bytes."""
-    import torch
-
-    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
 
 
 RECORDED_PACKAGES = ("torch", "numpy", "scikit-learn", "scikit-survival", "h5py", "snakemake", "openslide-python")

@@ -3,6 +3,7 @@
 # a function only one stage uses lives in that stage's .smk file.
 import re
 
+from hardmil.checkpoint import RUN_FILES
 from hardmil.config import SLIDE_SOURCES, check_config, method_protocols
 
 
@@ -10,7 +11,6 @@ from hardmil.config import SLIDE_SOURCES, check_config, method_protocols
 # manifest labels. `hardmil check-config FILE` runs the same function and prints the same message.
 check_config(config)
 
-RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml"]
 RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
 HARDNEG_DIR = "results/hardneg/{dataset}/{encoder}/{variant}/{protocol}/seed{seed}/fold{fold}"
 HARDNEG_FILES = ["bags.h5", "mined.tsv", "summary.json"]

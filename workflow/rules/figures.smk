@@ -97,6 +97,16 @@ rule figure:
             )
             for m in config["methods"]
         },
+        assessment=lambda wc: {
+            m: method_runs(
+                config["figures"][wc.figure]["dataset"],
+                config["figures"][wc.figure]["encoder"],
+                m,
+                config["figures"][wc.figure]["protocol"],
+                "teacher_assessment.tsv",
+            )
+            for m in config["figures"][wc.figure].get("methods", {})
+        },
     script:
         "../scripts/figure.py"
 

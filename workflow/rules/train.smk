@@ -1,6 +1,8 @@
 # Train and evaluate: one job per (dataset, encoder, method, protocol, seed, fold), or, with
 # train.group: method, one job per (dataset, encoder, method, protocol) running every seed and fold.
 # Stage-2 methods of Li et al. (methods.<m>.hardneg) also read their fold's generated negative bags.
+# Every run folder holds teacher_assessment.tsv (RUN_FILES): MHIM's per-epoch teacher statistics, kept in the
+# training checkpoint so that a resumed run writes it whole; a header-only file for models without a teacher.
 
 
 def train_inputs(key):

@@ -17,8 +17,8 @@ with rule_log(snakemake.log[0]):
                                for m, label in f["methods"].items()},
                               title=f.get("title", f"Training curves on {where}"))
     elif f["kind"] == "assessment":
-        fig = F.assessment_figure({label: [str(Path(p).with_name("teacher_assessment.tsv"))
-                                           for p in snakemake.params.runs[m]] for m, label in f["methods"].items()},
+        tables = snakemake.params.assessment  # method -> its runs' teacher_assessment.tsv (the rule's inputs)
+        fig = F.assessment_figure({label: tables[m] for m, label in f["methods"].items()},
                                   classes=snakemake.params.classes, title=f.get("title", ""))
     else:
         fig = F.mined_figure(list(snakemake.input), title=f.get("title", ""))

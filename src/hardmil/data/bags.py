@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,26 @@ from hardmil.utils import InputError, atomic_path
 
 FEATURE_SUFFIXES = (".h5", ".pt")
 MANIFEST_COLUMNS = ("slide", "case", "label")
+# slide, case and dataset names become file and folder names: one safe path component each
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+SAFE_NAME_RULE = "allowed: letters, digits, '.', '_', '-'; not starting with '.'; at most 200 characters"
+
+
+def check_name(name: str, what: str, path: str | os.PathLike, line: int | None = None) -> str:
+    """``name`` if it is a single safe path component, else an :class:`InputError` naming ``path`` and ``line``."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        where = f"line {line}: " if line is not None else ""
+        raise InputError(path, f"{where}{what} name {name!r} is not a single safe path component ({SAFE_NAME_RULE})")
+    return name
+
+
+def check_names(rows: list[dict], path: str | os.PathLike, columns: tuple[str, ...] = ("slide", "case"),
+                first_line: int = 2) -> None:
+    """:func:`check_name` on ``columns`` of every row of a TSV read with a header (first row = line 2)."""
+    for i, row in enumerate(rows, start=first_line):
+        for col in columns:
+            if col in row:
+                check_name(row[col], col, path, i)
 
 
 class Bag:
@@ -116,7 +137,9 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None
 
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
-                obj = obj.get("features")
+                if "features" not in obj:
+                    raise InputError(path, f"'.pt' dict has no 'features' key (keys: {sorted(map(str, obj))})")
+                obj = obj["features"]
             feats = np.asarray(obj.float().numpy() if hasattr(obj, "numpy") else obj, dtype=np.float32)
         else:
             import h5py
@@ -196,6 +219,7 @@ def read_manifest_rows(path: str | os.PathLike, columns: tuple[str, ...] = MANIF
     missing = [c for c in columns if c not in rows[0]]
     if missing:
         raise InputError(path, f"manifest lacks column(s) {missing}")
+    check_names(rows, path)
     return rows
 
 

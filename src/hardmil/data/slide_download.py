@@ -148,6 +148,9 @@ def read_rows(path: str | os.PathLike, required: list[str]) -> list[dict]:
         missing = [c for c in required if c not in (reader.fieldnames or [])]
     if missing:
         raise InputError(path, f"manifest lacks column(s) {missing}")
+    from hardmil.data.bags import check_names
+
+    check_names(rows, path, ("slide", "case", "filename"))  # a downloaded slide is saved as slides_dir/filename
     return rows
 
 

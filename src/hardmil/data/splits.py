@@ -103,11 +103,26 @@ def write_splits(path: str | os.PathLike, rows: list[dict]) -> None:
 
 def read_splits(path: str | os.PathLike, fold: int) -> dict[str, list[dict]]:
     """Rows of one fold grouped by role: ``{"train": [...], "val": [...], "test": [...]}``."""
+    from hardmil.data.bags import check_names
+
+    if not os.path.exists(path):
+        raise InputError(path, "splits file does not exist")
     with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh, delimiter="\t") if int(r["fold"]) == fold]
+        reader = csv.DictReader(fh, delimiter="\t")
+        all_rows = list(reader)
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(path, f"splits file lacks column(s) {missing}")
+    check_names(all_rows, path)
+    try:
+        rows = [r for r in all_rows if int(r["fold"]) == fold]
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"fold column: {err}") from err
     if not rows:
         raise InputError(path, f"no rows for fold {fold}")
     out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     for r in rows:
+        if r["role"] not in out:
+            raise InputError(path, f"role {r['role']!r} of slide {r['slide']} is not one of {sorted(out)}")
         out[r["role"]].append(r)
     return out

@@ -11,16 +11,20 @@ epoch and bag label, numbers that express exactly that:
   (1 for v1, where the score is the attention; how far v2's probability departs from attention).
 
 An MHIM model owns one (``model.assessment``); :func:`hardmil.train.run.run_fold` writes its rows as
-``teacher_assessment.tsv`` in the run folder. The rows travel in the training checkpoint
-(:meth:`TeacherAssessment.state_dict`), so a resumed run writes every epoch.
+``teacher_assessment.tsv`` in the run folder (a header only for other models: the file is a declared output of
+every training job). The rows travel in the training checkpoint (:meth:`TeacherAssessment.state_dict`), so a
+resumed run writes the same file as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 
 import torch
+
+from hardmil.utils import write_tsv
 
 COLUMNS = ("epoch", "label", "n_bags", "score_entropy", "top_decile_mass", "attention_overlap")
 
@@ -60,3 +64,7 @@ class TeacherAssessment:
             self.rows.append({"epoch": epoch, "label": label, "n_bags": len(vals),
                               **{c: float(v) for c, v in zip(COLUMNS[3:], vals.nanmean(0).tolist(), strict=True)}})
         self._bags.clear()
+
+    def write(self, path: str | os.PathLike) -> None:
+        """``teacher_assessment.tsv`` (atomically; a header only when no epoch was closed)."""
+        write_tsv(path, self.rows, list(COLUMNS))

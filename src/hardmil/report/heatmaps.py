@@ -78,6 +78,9 @@ def slide_test_folds(splits_tsv: str | os.PathLike) -> dict[str, dict]:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     if not rows or not {"slide", "label", "fold", "role"} <= set(rows[0]):
         raise InputError(p, "not a splits file (needs columns slide, label, fold, role)")
+    from hardmil.data.bags import check_names
+
+    check_names(rows, p)
     return {r["slide"]: {"fold": int(r["fold"]), "label": r["label"]} for r in rows if r["role"] == "test"}
 
 

@@ -36,6 +36,7 @@ from hardmil.eval.evaluate import evaluate
 from hardmil.eval.metrics import youden_threshold
 from hardmil.infer import predict_proba, resolve_device
 from hardmil.models import build_model
+from hardmil.models.assessment import TeacherAssessment
 from hardmil.models.base import init_input_layer
 from hardmil.train.loop import TrainConfig, config_digest, train
 from hardmil.utils import InputError, git_commit, package_versions, seed_everything, write_json, write_tsv, write_yaml
@@ -180,11 +181,11 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     if init_from:  # only when set, so the digests of existing runs stay as they were
         resolved["init_from"] = str(init_from)
     digest = config_digest(resolved, data["train"].ids, data["train"].sizes)
-    assessment = net.assessment  # MHIM: the teacher's per-epoch statistics
+    assessment = net.assessment  # MHIM: the teacher's per-epoch statistics (None for other models)
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
                    on_epoch_end=on_epoch_end, progress=progress, extra_state=assessment)
-    if assessment is not None and assessment.rows:
-        write_tsv(out / "teacher_assessment.tsv", assessment.rows)
+    # a declared output of every training job: a header only for models without a teacher
+    (assessment or TeacherAssessment()).write(out / "teacher_assessment.tsv")
     net.load_state_dict(result.best_state)
 
     threshold = None

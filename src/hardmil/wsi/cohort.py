@@ -107,7 +107,11 @@ def failed_slides(reports: list[str | os.PathLike]) -> dict[str, str]:
 
 def read_slide_manifest(path: str | os.PathLike) -> list[dict]:
     """The rows (slide, case, label, optional filename) of a cohort's slide manifest."""
-    return read_tsv(path, ("slide", "case", "label"), "manifest")
+    from hardmil.data.bags import check_names
+
+    rows = read_tsv(path, ("slide", "case", "label"), "manifest")
+    check_names(rows, path)
+    return rows
 
 
 def patch_shard(manifest: str | os.PathLike, slides_dir: str | os.PathLike, out_dir: str | os.PathLike,

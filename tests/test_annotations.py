@@ -179,11 +179,14 @@ def test_heatmap_localisation_reads_an_asap_file_when_a_slide_has_no_mask(tmp_pa
             rgb = np.stack([s.read(int(x), int(y), 0, (patch, patch)).reshape(-1, 3).mean(0) for x, y in coords])
         write_features(tmp_path / "features" / f"{r['slide']}.h5", rgb / 255, coords, encoder="mean_rgb")
     write_splits(tmp_path / "splits.tsv", make_splits(rows, 2, 0, "paper"))
+    from hardmil.checkpoint import save as save_checkpoint
+
     torch.manual_seed(0)
     net = build_model("abmil", in_dim=3, hidden_dim=8, attn_dim=4)  # untrained: any scores will do
     model_pt = tmp_path / "model.pt"
-    torch.save({"model": "abmil", "model_config": dataclasses.asdict(net.cfg), "state_dict": net.state_dict(),
-                "feature_mean": np.zeros(3, np.float32), "feature_std": np.ones(3, np.float32)}, model_pt)
+    save_checkpoint(model_pt, {"model": "abmil", "model_config": dataclasses.asdict(net.cfg),
+                               "state_dict": net.state_dict(), "feature_mean": np.zeros(3, np.float32),
+                               "feature_std": np.ones(3, np.float32)})
     folds = slide_test_folds(tmp_path / "splits.tsv")
     positives = sorted(s for s, v in folds.items() if v["label"] == "tumour")
     assert positives

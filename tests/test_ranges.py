@@ -14,7 +14,7 @@ from hardmil.models.base import field_range
 
 from .conftest import REPO
 
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "src/hardmil/schemas/config.schema.yaml").read_text())
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const")
 
 

@@ -17,7 +17,7 @@ from hardmil.utils import InputError, atomic_path, save_torch, write_text
 
 from .conftest import REPO, write_manifest
 
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "src/hardmil/schemas/config.schema.yaml").read_text())
 RULE = "(allowed: letters, digits, '.', '_', '-'; not starting with '.'; at most 200 characters)"
 
 

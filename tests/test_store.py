@@ -164,3 +164,18 @@ def test_survival_case_bags_read_their_slides_from_the_store(tmp_path):
     np.testing.assert_array_equal(a.features, np.concatenate([data["s0"][0], data["s1"][0]]))
     assert len(a) == len(data["s0"][0]) + len(data["s1"][0]) and a.coords.shape == (len(a), 2)
     np.testing.assert_array_equal(b.features, data["s2"][0])
+
+
+def test_store_moments_give_the_fold_statistics_without_reading_features(tmp_path):
+    data = _cohort(tmp_path / "f", n=8, dim=6)
+    build_store(sorted(data), tmp_path / "f", tmp_path / "store")
+    store = BagStore(tmp_path / "store")
+    rows = [{"slide": s, "case": s, "label": "neg"} for s in sorted(data)[:5]]
+    mean, std = feature_stats(load_bags(rows, store, CLASSES))
+    assert store.reads == 0  # the slides' moments from stats.npy, no pass over the features
+    x = np.concatenate([data[r["slide"]][0] for r in rows]).astype(np.float64)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(std, x.std(0), rtol=1e-6)
+    streamed = feature_stats([Bag(r["slide"], r["slide"], 0, data[r["slide"]][0]) for r in rows], chunk_rows=3)
+    np.testing.assert_allclose(mean, streamed[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(std, streamed[1], rtol=1e-6)

@@ -4,6 +4,7 @@
 import re
 
 from hardmil.checkpoint import RUN_FILES
+from hardmil.data.store import STORE_FILES
 from hardmil.config import SLIDE_SOURCES, check_config, method_protocols
 
 
@@ -59,7 +60,6 @@ def features_dir(dataset, encoder):
 
 
 STORE_DIR = "results/stores/{dataset}/{encoder}"
-STORE_FILES = ("index.json", "features.npy", "coords.npy")
 
 
 def bag_store(dataset, encoder):

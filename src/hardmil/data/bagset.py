@@ -26,31 +26,31 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from hardmil.data.store import merge_moments
+
 PLACEMENTS = ("auto", "stream", "resident")
 
 
 def feature_stats(bags, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and (population) std over all instances of ``bags`` (std 0 -> 1), streamed one bag
-    and ``chunk_rows`` rows at a time in float64 (Chan et al.'s pairwise merge of means and squared deviations),
-    so the training instances are never concatenated. Returned as float32, as the models use them."""
-    n, mean, m2 = 0, None, None
+    """Per-feature mean and (population) std over all instances of ``bags`` (std 0 -> 1), in float64 without
+    concatenating the instances: a bag read from a bag store contributes its slides' precomputed moments (no
+    pass over its features); any other bag is streamed ``chunk_rows`` rows at a time. Moments are merged with
+    Chan et al.'s pairwise formula. Returned as float32, as the models use them."""
+    acc = None
     for bag in bags:
+        stats = [bag.source.slide_stats(s) for s in bag.slides] if bag.source is not None else [None]
+        if all(st is not None for st in stats):
+            for st in stats:
+                acc = merge_moments(acc, st)
+            continue
         feats = bag.features
         for a in range(0, len(feats), chunk_rows):
             x = np.asarray(feats[a: a + chunk_rows], dtype=np.float64)
-            k = len(x)
             mu = x.mean(axis=0)
-            dev = ((x - mu) ** 2).sum(axis=0)
-            if mean is None:
-                n, mean, m2 = k, mu, dev
-                continue
-            delta = mu - mean
-            total = n + k
-            mean = mean + delta * (k / total)
-            m2 = m2 + dev + delta ** 2 * (n * k / total)
-            n = total
-    if mean is None:
+            acc = merge_moments(acc, (len(x), mu, ((x - mu) ** 2).sum(axis=0)))
+    if acc is None:
         raise ValueError("no instances to compute feature statistics from")
+    n, mean, m2 = acc
     std = np.sqrt(m2 / n)
     std[std == 0] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)

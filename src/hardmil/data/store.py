@@ -4,8 +4,10 @@ Two sources with one interface (:class:`BagSource`):
 
 * :class:`BagStore`, the packed store of one dataset/encoder, built once by the workflow's ``bag_store`` rule
   (:func:`build_store`): ``features.npy`` (one contiguous ``[rows, D]`` array, float32 or float16),
-  ``coords.npy`` (``[rows, 2]`` int64, ``-1`` where a source has no coords) and ``index.json`` (slide ->
-  first row, row count, source file with its size and mtime). Both arrays are opened memory-mapped, so a
+  ``coords.npy`` (``[rows, 2]`` int64, ``-1`` where a source has no coords), ``stats.npy`` (per slide: the
+  float64 mean and sum of squared deviations of its features, so a fold's standardisation statistics are a
+  merge of its slides' moments, no pass over the features) and ``index.json`` (slide -> first row, row count,
+  source file with its size and mtime). Both arrays are opened memory-mapped, so a
   job touches only the pages of the bags it reads, and concurrent jobs on one node share the operating
   system's page cache instead of each holding a private copy of the cohort.
 * :class:`FileBags`, the per-file fallback: a features folder (TRIDENT / CLAM h5, or ``.pt``) read one file
@@ -38,7 +40,8 @@ STORE_DTYPES = ("float32", "float16")
 INDEX = "index.json"
 FEATURES = "features.npy"
 COORDS = "coords.npy"
-STORE_FILES = (INDEX, FEATURES, COORDS)
+STATS = "stats.npy"
+STORE_FILES = (INDEX, FEATURES, COORDS, STATS)
 
 
 class BagSource:
@@ -62,6 +65,10 @@ class BagSource:
         """The file to name in an error about ``slide``."""
         raise NotImplementedError
 
+    def slide_stats(self, slide: str) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """``(rows, mean, sum of squared deviations)`` of the slide's features in float64, if precomputed."""
+        return None
+
 
 def _fingerprint(path: Path) -> dict:
     st = path.stat()
@@ -80,6 +87,7 @@ class BagStore(BagSource):
             self.index = json.loads(index_path.read_text())
             self._features = np.load(self.root / FEATURES, mmap_mode="r")
             self._coords = np.load(self.root / COORDS, mmap_mode="r")
+            self._stats = np.load(self.root / STATS, mmap_mode="r")
         except (OSError, ValueError) as err:
             raise InputError(self.root, f"cannot open bag store: {type(err).__name__}: {err}") from err
         if self.index.get("version") != STORE_VERSION:
@@ -89,6 +97,7 @@ class BagStore(BagSource):
             raise InputError(self.root / FEATURES, f"shape {self._features.shape} does not match its index "
                                                    f"({self.index['rows']}, {self.index['dim']}); rebuild it")
         self.slides: dict[str, dict] = self.index["slides"]
+        self._row_of = {slide: k for k, slide in enumerate(self.slides)}
         self.dim = int(self.index["dim"])
         self.dtype = self._features.dtype
         self.reads = 0
@@ -114,6 +123,11 @@ class BagStore(BagSource):
 
     def path(self, slide: str) -> Path:
         return Path(self._entry(slide)["source"])
+
+    def slide_stats(self, slide: str) -> tuple[int, np.ndarray, np.ndarray]:
+        e = self._entry(slide)
+        stats = self._stats[self._row_of[slide]]
+        return int(e["count"]), np.asarray(stats[0]), np.asarray(stats[1])
 
     def check_fresh(self, slides=None) -> None:
         """Refuse the store if a source file of ``slides`` (default: all) changed since it was built."""
@@ -275,33 +289,56 @@ def build_store(slides: list[str], features_dir: str | os.PathLike, out_dir: str
     try:
         feats_mm = np.lib.format.open_memmap(tmp / FEATURES, mode="w+", dtype=np.dtype(dtype), shape=(rows, dim))
         coords_mm = np.lib.format.open_memmap(tmp / COORDS, mode="w+", dtype=np.int64, shape=(rows, 2))
+        stats_mm = np.lib.format.open_memmap(tmp / STATS, mode="w+", dtype=np.float64, shape=(len(slides), 2, dim))
         entries, start = {}, 0
-        for slide in tqdm(slides, desc="bag store", unit="bag", disable=not progress):
+        for k, slide in enumerate(tqdm(slides, desc="bag store", unit="bag", disable=not progress)):
             src = paths[slide]
             feats, coords = read_features(src, expected_dim=dim)
             n = len(feats)
             if dtype == "float16" and np.abs(feats).max() > np.finfo(np.float16).max:
                 raise InputError(src, "features exceed the float16 range (65504); use store dtype float32")
             feats_mm[start: start + n] = feats
+            stats_mm[k] = _bag_moments(feats_mm[start: start + n])  # of the stored values (float16: rounded)
             coords_mm[start: start + n] = -1 if coords is None else coords
             entries[slide] = {"start": start, "count": n, "has_coords": coords is not None, "source": str(src),
                               "fingerprint": _fingerprint(src)}
             start += n
-        feats_mm.flush()
-        coords_mm.flush()
-        del feats_mm, coords_mm
+        for mm in (feats_mm, coords_mm, stats_mm):
+            mm.flush()
+        del feats_mm, coords_mm, stats_mm
         index = {"version": STORE_VERSION, "dim": dim, "dtype": dtype, "rows": rows, "slides": entries,
                  "features_dir": str(features_dir), "max_bag": max(n for n, _ in shapes.values())}
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         (out / INDEX).unlink(missing_ok=True)  # no index while the arrays are swapped
-        for name in (FEATURES, COORDS, INDEX):
+        for name in (FEATURES, COORDS, STATS, INDEX):
             mode = 0o666 & ~_umask()
             os.chmod(tmp / name, mode)
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return index
+
+
+def merge_moments(acc, part):
+    """Chan et al.'s pairwise merge of ``(n, mean, M2)`` (float64; M2 = sum of squared deviations)."""
+    if acc is None:
+        return part
+    n, mean, m2 = acc
+    k, mu, dev = part
+    total = n + k
+    delta = mu - mean
+    return total, mean + delta * (k / total), m2 + dev + delta ** 2 * (n * k / total)
+
+
+def _bag_moments(feats: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """``[mean, sum of squared deviations]`` (float64, ``[2, D]``) of one bag, chunk by chunk."""
+    acc = None
+    for a in range(0, len(feats), chunk_rows):
+        x = np.asarray(feats[a: a + chunk_rows], dtype=np.float64)
+        mu = x.mean(axis=0)
+        acc = merge_moments(acc, (len(x), mu, ((x - mu) ** 2).sum(axis=0)))
+    return np.stack([acc[1], acc[2]])
 
 
 def _umask() -> int:

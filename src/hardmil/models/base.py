@@ -22,6 +22,9 @@ class MILOutput:
     zero on padding; embedding: ``[B, H]`` bag embedding; instance_logits: ``[B, N, C]``;
     aux_losses: extra losses (already weighted) the training loop adds to the bag loss;
     bag_loss_weight: the weight of the bag cross-entropy (CLAM 0.7, DSMIL 0.5, else 1);
+    aux_logits: further predictions ``{name: (weight, logits [B, C])}`` that the training loop scores with the
+    task's own bag loss (cross-entropy, or the censored survival NLL) and adds with that weight (DSMIL's
+    instance stream in survival training, where the model has no class label);
     extras: model-specific intermediates a framework may reuse instead of recomputing them (TransMIL: the class
     token's layer-1 attention and values, which MHIM's teacher scores instances from).
 
@@ -35,6 +38,7 @@ class MILOutput:
     instance_logits: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
     bag_loss_weight: float = 1.0
+    aux_logits: dict[str, tuple[float, Tensor]] = field(default_factory=dict)
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 

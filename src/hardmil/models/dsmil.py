@@ -12,7 +12,10 @@ is the instance-stream prediction, and the arg-max instance of each class is tha
 instance*. Stream 2: queries ``q = Linear(512,128)+ReLU+Linear(128,128)+Tanh`` of every instance are compared
 with the critical instances' queries, ``A = softmax_N(Q q_crit^T / sqrt(128))``; values
 ``v = Dropout+Linear(512,512)+ReLU``; ``B = A^T V`` is classified by a ``Conv1d(C, C, 512)`` into the bag
-logits. Loss: ``0.5 * CE(bag) + 0.5 * CE(max-instance)``.
+logits. Loss: ``0.5 * CE(bag) + 0.5 * CE(max-instance)``. Survival: ``0.5 * NLL(bag) + 0.5 * NLL(max-instance)``,
+both the censored discrete-time survival loss, as the MHIM-MIL reference (which passes ``[time bin,
+censorship]`` to the instance stream's loss): without a class label in training (the loop passes none for
+survival) the max-instance logits go to ``aux_logits`` and the loop scores them with the task's own loss.
 
 Open question settled by the reference: the prediction (metrics, thresholds) is the bag-stream logits alone,
 as MHIM-MIL's ``dsmil`` evaluates it; the max-instance stream only trains.
@@ -31,18 +34,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax, param
 
 
 @dataclass(frozen=True)
 class DSMILConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512
-    query_dim: int = 128  # dsmil-wsi BClassifier q: 128
-    dropout: float = 0.25  # embedding dropout (MHIM benchmark)
-    dropout_v: float = 0.0  # dsmil-wsi dropout_v
-    max_loss_weight: float = 0.5  # dsmil-wsi: 0.5 * bag + 0.5 * max
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    hidden_dim: int = param(512, ge=1)
+    query_dim: int = param(128, ge=1)  # dsmil-wsi BClassifier q: 128
+    dropout: float = param(0.25, ge=0, lt=1)  # embedding dropout (MHIM benchmark)
+    dropout_v: float = param(0.0, ge=0, lt=1)  # dsmil-wsi dropout_v
+    max_loss_weight: float = param(0.5, ge=0, le=1)  # dsmil-wsi: 0.5 * bag + 0.5 * max
 
 
 class DSMIL(nn.Module):
@@ -95,8 +98,11 @@ class DSMIL(nn.Module):
         logits = self.fcc(bag_feat).squeeze(-1)  # [B, C]
         shown = attn[torch.arange(len(h)), logits.argmax(1)]
         out = MILOutput(logits=logits, attention=shown, embedding=bag_feat.flatten(1), instance_logits=inst)
-        if label is not None and self.training:
+        if self.training:
             w = self.cfg.max_loss_weight
-            out.aux_losses["max_instance"] = w * F.cross_entropy(max_logits.float(), label)
+            if label is not None:
+                out.aux_losses["max_instance"] = w * F.cross_entropy(max_logits.float(), label)
+            else:  # survival (no class label): the loop scores the instance stream with the task's own loss
+                out.aux_logits["max_instance"] = (w, max_logits)
             out.bag_loss_weight = 1.0 - w
         return out

@@ -30,18 +30,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax, param
 
 
 @dataclass(frozen=True)
 class IBMILConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512
-    attn_dim: int = 128
-    dropout: float = 0.25
-    confounder_dim: int = 128  # IBMIL confounder_W_q / W_k: Linear(L, 128)
-    n_confounders: int = 8  # K: set from the dictionary the workflow builds
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    hidden_dim: int = param(512, ge=1)
+    attn_dim: int = param(128, ge=1)
+    dropout: float = param(0.25, ge=0, lt=1)
+    confounder_dim: int = param(128, ge=1)  # IBMIL confounder_W_q / W_k: Linear(L, 128)
+    n_confounders: int = param(8, ge=1)  # K: set from the dictionary the workflow builds
 
 
 class IBMIL(nn.Module):

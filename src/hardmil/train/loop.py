@@ -220,8 +220,13 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             y = train_data.labels[i : i + 1].to(device)
             opt.zero_grad(set_to_none=True)
             with _autocast(device, cfg.amp):
-                out = model(x, None, label=y, coords=coords)
+                # survival: the time bin is not a class, so no class label reaches the model (CLAM's instance
+                # loss and DTFD's tier-1 loss are off; DSMIL's instance stream comes back in aux_logits and is
+                # scored with the survival loss), as the MHIM-MIL reference does
+                out = model(x, None, label=None if train_data.survival else y, coords=coords)
                 main_loss = out.bag_loss_weight * bag_loss(out.logits, train_data, slice(i, i + 1), cfg.nll_alpha)
+                for weight, aux in out.aux_logits.values():
+                    main_loss = main_loss + weight * bag_loss(aux, train_data, slice(i, i + 1), cfg.nll_alpha)
             if hasattr(model, "training_step"):  # a model with its own backward order (DTFD's two tiers)
                 loss = model.training_step(out, main_loss)
             else:

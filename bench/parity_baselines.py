@@ -254,15 +254,19 @@ def ibmil_fixture(ref: Namespace) -> dict:
 
 
 def kmeans_fixture() -> dict:
-    """Embeddings in 3 directions with norms from 0.3 to 6: the clusters are the directions (what k-means on
-    L2-normalised embeddings finds), not the norms (what k-means on the raw embeddings finds)."""
+    """Embeddings in 3 nearby directions (about 35 degrees apart) with norms either ~0.5 or ~5: the clusters are
+    the directions (what k-means on L2-normalised embeddings finds), not the two norm groups (what k-means on the
+    raw embeddings finds)."""
     import faiss
 
     rng = np.random.Generator(np.random.PCG64(61))
-    dirs = np.linalg.qr(rng.standard_normal((16, 3)))[0].T  # 3 orthonormal directions in 16-d
+    basis = np.linalg.qr(rng.standard_normal((16, 4)))[0].T  # 4 orthonormal vectors in 16-d
+    dirs = basis[0] + 0.35 * basis[1:]
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     members = np.repeat(np.arange(3), 20)
-    unit = dirs[members] + 0.08 * rng.standard_normal((60, 16))
-    emb = (unit * rng.uniform(0.3, 6.0, (60, 1))).astype(np.float32)
+    unit = dirs[members] + 0.02 * rng.standard_normal((60, 16))
+    norms = np.where(rng.random(60) < 0.5, rng.uniform(0.3, 0.6, 60), rng.uniform(4.0, 6.0, 60))
+    emb = (unit * norms[:, None]).astype(np.float32)
     # IBMIL's clustering: L2-normalise (+1e-10), faiss k-means with a fixed seed (66), 20 iterations, then each
     # centre = its cluster's mean raw embedding
     xb = emb / (np.linalg.norm(emb, axis=1)[:, None] + 1e-10)
@@ -279,8 +283,9 @@ def kmeans_fixture() -> dict:
 def dtfd_fixture(dtfd: Namespace) -> dict:
     """One step of the original DTFD-MIL training function (MaxMinS, 3 classes, 2 instances per pseudo-bag)."""
     seed, n, groups, total = 71, 60, 4, 8
+    clip = 0.05  # small enough that every group's gradient is clipped, so the clipping rule shows in the fixture
     params = {"in_dim": D, "n_classes": 3, "hidden_dim": 32, "attn_dim": 16, "groups": groups,
-              "total_instance": total, "distill": "MaxMinS"}
+              "total_instance": total, "distill": "MaxMinS", "grad_clip": clip}
     ours = build_model("dtfd", **params)
     checksum = fill_weights(ours, seed, bias_scale=3.0)  # large classifier biases: ranking with them differs
     classifier = dtfd.network.Classifier_1fc(32, 3, 0.0)
@@ -328,7 +333,7 @@ def dtfd_fixture(dtfd: Namespace) -> dict:
     random.shuffle(perm)
     chunks = [torch.tensor(c, dtype=torch.long) for c in np.array_split(np.array(perm), groups)]
     random.seed(seed)
-    run_params = Namespace(batch_size=1, device="cpu", grad_clipping=5.0, train_show_freq=10**9)
+    run_params = Namespace(batch_size=1, device="cpu", grad_clipping=clip, train_show_freq=10**9)
     writer = Namespace(add_scalar=lambda *a, **k: None)
     label = 2
     dtfd.main.train_attention_preFeature_DTFD(

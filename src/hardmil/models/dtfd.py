@@ -27,8 +27,9 @@ label; the training loop passes none for survival, as the MHIM-MIL reference, wh
 Switches and deliberate deviations:
 * ``tier1_step: joint`` (this project's earlier step) lets the tier-2 loss gradient reach tier 1 as well:
   tier-1 loss backward, clip tier 1, tier-2 loss backward through both tiers, clip tier 2; ``clip: joint``
-  clips all tier-1 parameters as one group; ``rank_with_bias: true`` ranks with the classifier bias (the same order for 2 classes, a different one
-  for 3 or more). Offered for ablation; the defaults reproduce the reference (tested against fixtures).
+  clips all tier-1 parameters as one group; ``rank_with_bias: true`` ranks with the classifier bias (the same
+  order for 2 classes, a different one for 3 or more). Offered for ablation; the defaults reproduce the
+  reference (tested against fixtures).
 * One Adam over both tiers instead of the reference's two Adams with equal hyperparameters: Adam is
   per-parameter, and in the reference setting each parameter receives exactly its own tier's gradient, so
   the updates are the same (tested: the parameters after one step equal the reference's).

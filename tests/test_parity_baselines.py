@@ -187,3 +187,39 @@ def test_dtfd_each_deviation_switch_departs_from_the_reference(switch):
     fx = fixture("dtfd_step")
     grads, _ = _dtfd_step(fx, **switch)
     assert any(not torch.allclose(grads[k], g, atol=1e-4, rtol=1e-3) for k, g in fx["grads"].items())
+
+
+def test_survival_loop_passes_no_class_label_and_scores_aux_logits_with_the_survival_loss():
+    """The training loop, survival task: the model sees no class label (the reference's [bin, censorship] turns
+    CLAM's instance loss and DTFD's tier 1 off) and ``aux_logits`` (DSMIL's instance stream) are scored with the
+    censored survival NLL and added with their weight."""
+    from hardmil.models.base import MILOutput
+    from hardmil.train.loop import Tensors, TrainConfig, train
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.labels = []
+
+        def forward(self, x, mask=None, label=None, coords=None):
+            self.labels.append(label)
+            logits = self.lin(x.mean(1))
+            out = MILOutput(logits=logits, bag_loss_weight=0.5)
+            if self.training:
+                out.aux_logits["stream"] = (0.5, 2 * logits)
+            return out
+
+    torch.manual_seed(0)
+    feats = [torch.randn(5, 3) for _ in range(4)]
+    data = Tensors(feats, torch.tensor([0, 1, 2, 3]), times=torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64),
+                   events=torch.tensor([1, 0, 1, 0]))
+    m = Spy()
+    with torch.no_grad():
+        want = np.mean([0.5 * nll_survival_loss(m.lin(f.mean(0, keepdim=True)), data.labels[i:i + 1],
+                                                data.events[i:i + 1]).item()
+                        + 0.5 * nll_survival_loss(2 * m.lin(f.mean(0, keepdim=True)), data.labels[i:i + 1],
+                                                  data.events[i:i + 1]).item() for i, f in enumerate(feats)])
+    res = train(m, data, data, TrainConfig(epochs=1, lr=0.0, min_lr=0.0, device="cpu"), progress=False)
+    assert res.history[0]["train_loss"] == pytest.approx(want, rel=1e-5)
+    assert m.labels and all(label is None for label in m.labels)

@@ -9,8 +9,10 @@ Shapes: ``x`` (batch_size, bag_size, in_dim); ``mask`` (batch_size, bag_size).
 
 Three stages, each its own rule in the workflow:
 1. a plain aggregator (AB-MIL) is trained on the fold;
-2. its bag embeddings of the fold's training bags are clustered by k-means into K confounders
-   (``hardmil.mining.confounders``; a DAG edge from the trained baseline of the *same* fold);
+2. its bag embeddings of the fold's training bags are clustered into K confounders as the reference's
+   clustering script does (``hardmil.mining.confounders``; a DAG edge from the trained baseline of the *same*
+   fold): k-means on the L2-normalised embeddings (k random embeddings as initial centres, 20 iterations, a
+   fixed seed), each confounder the mean of its cluster's raw embeddings;
 3. this model is trained with the dictionary fixed: the bag embedding ``z`` queries the confounders,
    ``A = softmax_K(W_k C (W_q z)^T / sqrt(128))``, the backdoor-adjusted feature ``sum_k A_k C_k`` is
    concatenated to ``z`` and classified by ``Linear(2 * 512, C)``.

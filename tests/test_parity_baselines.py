@@ -63,8 +63,9 @@ def test_clam_survival_has_no_instance_loss_and_no_scaling():
     """The reference hands CLAM [time bin, censorship]: no instance loss, the bag loss unscaled."""
     fx = fixture("clam_mb")
     m = ours(fx).train()
-    out = m(fx["x"][None], label=None)
-    assert out.aux_losses == {} and out.bag_loss_weight == 1.0
+    m.survival_task = True  # what the training loop sets for a survival dataset
+    out = m(fx["x"][None], label=torch.tensor([1]))
+    assert out.aux_losses == {} and out.aux_logits == {} and out.bag_loss_weight == 1.0
 
 
 def test_dsmil_matches_reference_incl_survival_instance_stream():
@@ -79,8 +80,9 @@ def test_dsmil_matches_reference_incl_survival_instance_stream():
     out = m(x, label=fx["label"])
     assert (out.aux_losses["max_instance"] / m.cfg.max_loss_weight).item() == pytest.approx(
         fx["max_instance_ce"].item(), abs=1e-5)
-    # survival: no class label; the loop scores the instance stream with the censored survival NLL
-    out = m(x, label=None)
+    # survival: the label is a time bin; the loop scores the instance stream with the censored survival NLL
+    m.survival_task = True
+    out = m(x, label=torch.tensor([1]))
     assert out.aux_losses == {} and out.bag_loss_weight == 1 - m.cfg.max_loss_weight
     weight, max_logits = out.aux_logits["max_instance"]
     assert weight == m.cfg.max_loss_weight
@@ -189,21 +191,25 @@ def test_dtfd_each_deviation_switch_departs_from_the_reference(switch):
     assert any(not torch.allclose(grads[k], g, atol=1e-4, rtol=1e-3) for k, g in fx["grads"].items())
 
 
-def test_survival_loop_passes_no_class_label_and_scores_aux_logits_with_the_survival_loss():
-    """The training loop, survival task: the model sees no class label (the reference's [bin, censorship] turns
-    CLAM's instance loss and DTFD's tier 1 off) and ``aux_logits`` (DSMIL's instance stream) are scored with the
+def test_survival_loop_marks_survival_task_and_scores_aux_logits_with_the_survival_loss():
+    """The training loop, survival task: every submodule with ``survival_task`` (CLAM, DSMIL, DTFD, also inside
+    MHIM) is marked (the reference's [bin, censorship] turns CLAM's instance loss and DTFD's tier 1 off), the
+    time bin is still passed as the label, and ``aux_logits`` (DSMIL's instance stream) are scored with the
     censored survival NLL and added with their weight."""
     from hardmil.models.base import MILOutput
     from hardmil.train.loop import Tensors, TrainConfig, train
 
     class Spy(torch.nn.Module):
+        survival_task = False
+
         def __init__(self):
             super().__init__()
             self.lin = torch.nn.Linear(3, 4)
+            self.inner = build_model("dtfd", in_dim=3)
             self.labels = []
 
         def forward(self, x, mask=None, label=None, coords=None):
-            self.labels.append(label)
+            self.labels.append(None if label is None else int(label[0]))
             logits = self.lin(x.mean(1))
             out = MILOutput(logits=logits, bag_loss_weight=0.5)
             if self.training:
@@ -222,4 +228,5 @@ def test_survival_loop_passes_no_class_label_and_scores_aux_logits_with_the_surv
                                                   data.events[i:i + 1]).item() for i, f in enumerate(feats)])
     res = train(m, data, data, TrainConfig(epochs=1, lr=0.0, min_lr=0.0, device="cpu"), progress=False)
     assert res.history[0]["train_loss"] == pytest.approx(want, rel=1e-5)
-    assert m.labels and all(label is None for label in m.labels)
+    assert m.survival_task and m.inner.survival_task
+    assert sorted(label for label in m.labels if label is not None) == [0, 1, 2, 3]  # the bins, in training

@@ -24,7 +24,7 @@ class MILOutput:
     bag_loss_weight: the weight of the bag cross-entropy (CLAM 0.7, DSMIL 0.5, else 1);
     aux_logits: further predictions ``{name: (weight, logits [B, C])}`` that the training loop scores with the
     task's own bag loss (cross-entropy, or the censored survival NLL) and adds with that weight (DSMIL's
-    instance stream in survival training, where the model has no class label);
+    instance stream in survival training, where the label is a time bin and the censoring is the loop's);
     extras: model-specific intermediates a framework may reuse instead of recomputing them (TransMIL: the class
     token's layer-1 attention and values, which MHIM's teacher scores instances from).
 

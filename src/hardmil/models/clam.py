@@ -15,8 +15,8 @@ are pseudo-labelled 1 and 0; with ``subtyping`` the k most attended instances un
 attention are pseudo-labelled 0, and the summed instance loss is divided by the number of classes. Instance
 loss is the smooth top-1 SVM (Berrada et al., 2018; tau = alpha = 1) or cross-entropy. Total loss
 ``0.7 * bag CE + 0.3 * instance loss``. Survival: no instance loss and the bag (survival) loss unscaled
-(weight 1, not 0.7): the instance loss needs a class label, and the training loop passes none for survival,
-as the MHIM-MIL reference, which passes ``[time bin, censorship]`` and so turns CLAM's instance loss off.
+(weight 1, not 0.7) when the training loop sets ``survival_task`` (the label is a time bin, not a class), as the
+MHIM-MIL reference, which passes ``[time bin, censorship]`` and so turns CLAM's instance loss off.
 
 Deliberate deviations:
 * The smooth top-1 SVM is written out as ``tau * logsumexp((s + alpha * [j != y]) / tau) - s_y``; the
@@ -61,6 +61,7 @@ def smooth_top1_svm(logits: Tensor, target: Tensor, tau: float = 1.0, alpha: flo
 
 class CLAM(nn.Module):
     config_class = CLAMConfig
+    survival_task = False  # set by the training loop: the label is a time bin (see the module docstring)
 
     def __init__(self, cfg: CLAMConfig):
         super().__init__()
@@ -118,7 +119,7 @@ class CLAM(nn.Module):
             logits = self.classifier(pooled[:, 0])
             shown = attn[:, 0]
         out = MILOutput(logits=logits, attention=shown, embedding=pooled.flatten(1))
-        if label is not None and self.training:
+        if label is not None and self.training and not self.survival_task:
             valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask
             inst = torch.stack([self.instance_loss(h[b], attn[b], valid[b], int(label[b])) for b in range(len(x))])
             out.aux_losses["instance"] = (1.0 - self.cfg.bag_weight) * inst.mean()

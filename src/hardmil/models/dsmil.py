@@ -14,8 +14,8 @@ with the critical instances' queries, ``A = softmax_N(Q q_crit^T / sqrt(128))``;
 ``v = Dropout+Linear(512,512)+ReLU``; ``B = A^T V`` is classified by a ``Conv1d(C, C, 512)`` into the bag
 logits. Loss: ``0.5 * CE(bag) + 0.5 * CE(max-instance)``. Survival: ``0.5 * NLL(bag) + 0.5 * NLL(max-instance)``,
 both the censored discrete-time survival loss, as the MHIM-MIL reference (which passes ``[time bin,
-censorship]`` to the instance stream's loss): without a class label in training (the loop passes none for
-survival) the max-instance logits go to ``aux_logits`` and the loop scores them with the task's own loss.
+censorship]`` to the instance stream's loss): with ``survival_task`` (set by the training loop) the max-instance
+logits go to ``aux_logits`` and the loop scores them with the task's own loss, censoring included.
 
 Open question settled by the reference: the prediction (metrics, thresholds) is the bag-stream logits alone,
 as MHIM-MIL's ``dsmil`` evaluates it; the max-instance stream only trains.
@@ -50,6 +50,7 @@ class DSMILConfig:
 
 class DSMIL(nn.Module):
     config_class = DSMILConfig
+    survival_task = False  # set by the training loop: the label is a time bin (see the module docstring)
 
     def __init__(self, cfg: DSMILConfig):
         super().__init__()
@@ -98,11 +99,11 @@ class DSMIL(nn.Module):
         logits = self.fcc(bag_feat).squeeze(-1)  # [B, C]
         shown = attn[torch.arange(len(h)), logits.argmax(1)]
         out = MILOutput(logits=logits, attention=shown, embedding=bag_feat.flatten(1), instance_logits=inst)
-        if self.training:
+        if label is not None and self.training:
             w = self.cfg.max_loss_weight
-            if label is not None:
-                out.aux_losses["max_instance"] = w * F.cross_entropy(max_logits.float(), label)
-            else:  # survival (no class label): the loop scores the instance stream with the task's own loss
+            if self.survival_task:  # the loop scores the instance stream with the censored survival loss
                 out.aux_logits["max_instance"] = (w, max_logits)
+            else:
+                out.aux_losses["max_instance"] = w * F.cross_entropy(max_logits.float(), label)
             out.bag_loss_weight = 1.0 - w
         return out

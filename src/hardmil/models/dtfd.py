@@ -21,8 +21,8 @@ tier-1 loss *before* the tier-2 backward, so tier 1 (reduction, tier-1 attention
 the tier-1 loss only and tier 2 from the tier-2 loss only; it clips the gradients of the reduction, the
 tier-1 attention and the tier-1 classifier separately (norm 5 each, ``clip: separate``) and tier 2 as one
 group. MaxS / MaxMinS rank instances by the tier-1 classifier's weights alone, without its bias
-(``get_cam_1d``; ``rank_with_bias: false``). Survival: there is no tier-1 loss (the tier-1 loss needs a class
-label; the training loop passes none for survival, as the MHIM-MIL reference, whose DTFD has no tier-1 loss).
+(``get_cam_1d``; ``rank_with_bias: false``). Survival (``survival_task``, set by the training loop: the label
+is a time bin, not a class): no tier-1 loss, as the MHIM-MIL reference's DTFD; the tier-2 loss trains both tiers.
 
 Switches and deliberate deviations:
 * ``tier1_step: joint`` (this project's earlier step) lets the tier-2 loss gradient reach tier 1 as well:
@@ -80,6 +80,7 @@ class GatedAttention(nn.Module):
 
 class DTFD(nn.Module):
     config_class = DTFDConfig
+    survival_task = False  # set by the training loop: the label is a time bin (see the module docstring)
 
     def __init__(self, cfg: DTFDConfig):
         super().__init__()
@@ -149,7 +150,8 @@ class DTFD(nn.Module):
         h = self.reduce(x)
         # reference step: with a tier-1 loss, tier 1 learns from it alone (its optimiser steps before the tier-2
         # backward); without one (survival) the tier-2 loss trains both tiers, as the MHIM-MIL reference's DTFD
-        detach = label is not None and self.training and self.cfg.tier1_step == "reference"
+        tier1_loss = label is not None and self.training and not self.survival_task
+        detach = tier1_loss and self.cfg.tier1_step == "reference"
         results = [self._one_bag(h[b] if mask is None else h[b, mask[b]], detach) for b in range(len(h))]
         logits = torch.stack([r[0] for r in results])
         self.last_tier2_inputs = results[-1][2].shape[0]
@@ -161,7 +163,7 @@ class DTFD(nn.Module):
             for b, r in enumerate(results):
                 attention[b, mask[b]] = r[3]
         out = MILOutput(logits=logits, attention=attention, embedding=logits.detach())
-        if label is not None and self.training:
+        if tier1_loss:
             tier1 = torch.cat([r[1] for r in results])
             tier1_labels = torch.cat([label[b].repeat(len(r[1])) for b, r in enumerate(results)])
             out.aux_losses["tier1"] = F.cross_entropy(tier1.float(), tier1_labels)

@@ -204,6 +204,9 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             log.warning("%s belongs to another configuration; starting fresh", ckpt)
 
     n = len(train_data.features)
+    for m in model.modules():  # survival: the time bin is no class; CLAM / DSMIL / DTFD (also inside MHIM) then
+        if hasattr(m, "survival_task"):  # treat their class-label auxiliary losses as the MHIM-MIL reference
+            m.survival_task = train_data.survival
     if hasattr(model, "set_schedule"):  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
         model.set_schedule(cfg.epochs * n)
     epochs = range(state["epoch"], cfg.epochs)
@@ -220,10 +223,7 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             y = train_data.labels[i : i + 1].to(device)
             opt.zero_grad(set_to_none=True)
             with _autocast(device, cfg.amp):
-                # survival: the time bin is not a class, so no class label reaches the model (CLAM's instance
-                # loss and DTFD's tier-1 loss are off; DSMIL's instance stream comes back in aux_logits and is
-                # scored with the survival loss), as the MHIM-MIL reference does
-                out = model(x, None, label=None if train_data.survival else y, coords=coords)
+                out = model(x, None, label=y, coords=coords)
                 main_loss = out.bag_loss_weight * bag_loss(out.logits, train_data, slice(i, i + 1), cfg.nll_alpha)
                 for weight, aux in out.aux_logits.values():
                     main_loss = main_loss + weight * bag_loss(aux, train_data, slice(i, i + 1), cfg.nll_alpha)

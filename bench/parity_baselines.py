@@ -8,8 +8,10 @@ the same deterministic weights (``tests/parity_weights.py``; the state dicts are
 same small bags and saves plain tensors (inputs, the reference's outputs, losses, gradients, the parameters after
 one DTFD step) that ``tests/test_parity_baselines.py`` compares against this project's models, in CI, without
 the references. The reference needs ``einops`` and ``future`` (MHIM-MIL's ``topk`` package) and, for IBMIL's
-k-means, ``faiss-cpu``; ``timm``, ``torchvision``, ``GitPython`` and tensorboard are stubbed (only names they
-define at import time are touched). Run it in a virtual environment with those packages and this project.
+k-means, ``faiss-cpu`` (IBMIL's settings on a CPU flat-L2 index instead of its GPU one); ``timm``, ``GitPython``
+and tensorboard are stubbed when missing (only names used at import time). The reference packages' ``__init__``
+files are not run (they import every model, torchvision included); the modules are loaded one by one. Run it in
+a virtual environment with those packages and this project (torch as pinned here).
 
 Covered: CLAM-SB (2 classes) and CLAM-MB (3 classes; logits, attention, instance loss and its gradients);
 DSMIL (3 classes; bag and max-instance logits, the cross-entropy and the censored survival loss of the

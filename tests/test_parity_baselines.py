@@ -230,3 +230,21 @@ def test_survival_loop_marks_survival_task_and_scores_aux_logits_with_the_surviv
     assert res.history[0]["train_loss"] == pytest.approx(want, rel=1e-5)
     assert m.survival_task and m.inner.survival_task
     assert sorted(label for label in m.labels if label is not None) == [0, 1, 2, 3]  # the bins, in training
+
+
+def test_mhim_over_dsmil_in_survival_scores_the_instance_stream_with_the_survival_loss():
+    """MHIM wraps DSMIL: the loop's survival flag reaches the student, MHIM still trains (masking, teacher) with the
+    time bin as its label, and the instance stream comes back in aux_logits."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    m = build_model("mhim", in_dim=8, baseline="dsmil", n_classes=4, teacher_dropout=False, mask_high=0.1)
+    m.init_teacher({"model": "dsmil", "model_config": dataclasses.asdict(m.student.cfg),
+                    "state_dict": m.student.state_dict()})
+    for sub in m.modules():  # what the training loop does for a survival dataset
+        if hasattr(sub, "survival_task"):
+            sub.survival_task = True
+    out = m.train()(torch.randn(1, 30, 8), label=torch.tensor([2]))
+    assert "max_instance" in out.aux_logits and "max_instance" not in out.aux_losses
+    assert "consistency" in out.aux_losses and out.bag_loss_weight == 0.5
+    assert int((out.attention[0] > 0).sum()) < 30  # high-score masking ran: this is MHIM training, not inference

@@ -248,3 +248,19 @@ def test_mhim_over_dsmil_in_survival_scores_the_instance_stream_with_the_surviva
     assert "max_instance" in out.aux_logits and "max_instance" not in out.aux_losses
     assert "consistency" in out.aux_losses and out.bag_loss_weight == 0.5
     assert int((out.attention[0] > 0).sum()) < 30  # high-score masking ran: this is MHIM training, not inference
+
+
+@pytest.mark.parametrize("name", ["dtfd", "maxmil", "meanmil", "clam_sb", "clam_mb", "dsmil", "ibmil", "mamba2d",
+                                  "r2tmil", "li2019"])
+def test_numeric_config_fields_declare_their_range(name):
+    import dataclasses
+
+    from hardmil.models import model_config
+    from hardmil.models.base import field_range
+
+    cfg = model_config(name)
+    numeric = [f for f in dataclasses.fields(cfg)
+               if isinstance(getattr(cfg, f.name), (int, float)) and not isinstance(getattr(cfg, f.name), bool)]
+    assert numeric and all(field_range(f) is not None for f in numeric), name
+    with pytest.raises(ValueError, match=f"model '{name}': n_classes = 1 is out of range"):
+        model_config(name, n_classes=1)

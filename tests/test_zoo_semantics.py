@@ -178,9 +178,9 @@ def test_scan_2d_matches_the_recurrence_by_hand():
 def test_mamba2d_grid_from_coordinates_and_missing_coords():
     from hardmil.models.mamba2d import grid_cells
 
-    coords = torch.tensor([[1000, 500], [1512, 500], [1000, 756], [2024, 1012]])
-    row, col, h, w = grid_cells(coords)
-    assert row.tolist() == [0, 0, 1, 2] and col.tolist() == [0, 2, 0, 4] and (h, w) == (3, 5)
+    coords = torch.tensor([[1024, 512], [1536, 512], [1024, 768], [2048, 1024]])
+    for row, col, h, w in (grid_cells(coords, 256), grid_cells(coords, rule="gcd")):
+        assert row.tolist() == [0, 0, 1, 2] and col.tolist() == [0, 2, 0, 4] and (h, w) == (3, 5)
     m = build_model("mamba2d", in_dim=8)
     with pytest.raises(ValueError, match="needs patch coordinates"):
         m(torch.randn(1, 4, 8))
@@ -190,6 +190,28 @@ def test_mamba2d_grid_from_coordinates_and_missing_coords():
     moved = coords.clone()
     moved[3] = torch.tensor([1512, 756])
     assert not torch.allclose(m(x, coords=coords[None]).logits, m(x, coords=moved[None]).logits)
+
+
+def test_mamba2d_grid_of_clam_style_coordinates():
+    """Each tissue region tiled from its own origin (CLAM): cell = coord // patch size, as the reference; the
+    gcd of the offsets would be 1 pixel here and the grid millions of cells."""
+    from hardmil.models.mamba2d import grid_cells, patch_spacing
+
+    a = torch.tensor([[100 + 256 * i, 37 + 256 * j] for i in range(3) for j in range(2)])
+    b = torch.tensor([[5003 + 256 * i, 4001 + 256 * j] for i in range(2) for j in range(2)])
+    coords = torch.cat([a, b])
+    assert patch_spacing(coords) == 256
+    row, col, h, w = grid_cells(coords)
+    ref = coords // 256
+    assert torch.equal(col, ref[:, 0] - ref[:, 0].min()) and torch.equal(row, ref[:, 1] - ref[:, 1].min())
+    assert (h, w) == (int(ref[:, 1].max() - ref[:, 1].min()) + 1, int(ref[:, 0].max() - ref[:, 0].min()) + 1)
+    assert len(set(zip(row.tolist(), col.tolist(), strict=True))) == len(coords)  # one patch per cell
+    _, _, hg, wg = grid_cells(coords, rule="gcd")
+    assert hg * wg > 1_000_000
+    m = build_model("mamba2d", in_dim=4).eval()
+    assert m(torch.randn(1, len(coords), 4), coords=coords[None]).logits.shape == (1, 2)
+    # the reference's largest dataset grids are admitted by default
+    assert m.cfg.max_grid_cells >= 432 * 432 and m.cfg.max_grid_cells >= 413 * 821
 
 
 def test_mamba2d_refuses_an_irregular_grid():

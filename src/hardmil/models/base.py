@@ -27,6 +27,9 @@ class MILOutput:
     zero on padding; embedding: ``[B, H]`` bag embedding; instance_logits: ``[B, N, C]``;
     aux_losses: extra losses (already weighted) the training loop adds to the bag loss;
     bag_loss_weight: the weight of the bag cross-entropy (CLAM 0.7, DSMIL 0.5, else 1);
+    aux_logits: further predictions ``{name: (weight, logits [B, C])}`` that the training loop scores with the
+    task's own bag loss (cross-entropy, or the censored survival NLL) and adds with that weight (DSMIL's
+    instance stream in survival training, where the label is a time bin and the censoring is the loop's);
     extras: model-specific intermediates a framework may reuse instead of recomputing them (TransMIL: the class
     token's layer-1 attention and values, which MHIM's teacher scores instances from).
 
@@ -40,6 +43,7 @@ class MILOutput:
     instance_logits: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
     bag_loss_weight: float = 1.0
+    aux_logits: dict[str, tuple[float, Tensor]] = field(default_factory=dict)
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -57,9 +61,12 @@ class MILModel(nn.Module):
     needs_coords: ClassVar[bool] = False
     #: the bag embedding is this many rows of ``cfg.hidden_dim`` (MHIM's consistency loss is taken per row)
     embedding_groups: int = 1
-    #: set by the training run before training (a ``hardmil.report.assessment.TeacherAssessment``); a model that
+    #: set by the training run before training (a ``hardmil.models.assessment.TeacherAssessment``); a model that
     #: assesses instances during training (MHIM's teacher) adds each bag's scores to it, the others ignore it
     assessment: Any = None
+    #: set by the training loop on every MILModel submodule: True when the label is a survival time bin, not a
+    #: class (CLAM / DSMIL / DTFD then treat their class-label auxiliary losses as the MHIM-MIL reference does)
+    survival_task: bool = False
     cfg: Any
 
     @staticmethod

@@ -14,7 +14,9 @@ sigmoid) -> 1 branch (SB) or one branch per class (MB); bag classifier ``Linear(
 are pseudo-labelled 1 and 0; with ``subtyping`` the k most attended instances under every other class's
 attention are pseudo-labelled 0, and the summed instance loss is divided by the number of classes. Instance
 loss is the smooth top-1 SVM (Berrada et al., 2018; tau = alpha = 1) or cross-entropy. Total loss
-``0.7 * bag CE + 0.3 * instance loss``.
+``0.7 * bag CE + 0.3 * instance loss``. Survival: no instance loss and the bag (survival) loss unscaled
+(weight 1, not 0.7) when the training loop sets ``survival_task`` (the label is a time bin, not a class), as the
+MHIM-MIL reference, which passes ``[time bin, censorship]`` and so turns CLAM's instance loss off.
 
 Deliberate deviations:
 * The smooth top-1 SVM is written out as ``tau * logsumexp((s + alpha * [j != y]) / tau) - s_y``; the
@@ -33,18 +35,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax, param
 
 
 @dataclass(frozen=True)
 class CLAMConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512  # CLAM size 'small' [1024, 512, 256]
-    attn_dim: int = 256
-    dropout: float = 0.25  # CLAM --drop_out 0.25
-    k_sample: int = 8  # CLAM --B 8
-    bag_weight: float = 0.7  # CLAM --bag_weight 0.7
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    hidden_dim: int = param(512, ge=1)  # CLAM size 'small' [1024, 512, 256]
+    attn_dim: int = param(256, ge=1)
+    dropout: float = param(0.25, ge=0, lt=1)  # CLAM --drop_out 0.25
+    k_sample: int = param(8, ge=1)  # CLAM --B 8
+    bag_weight: float = param(0.7, ge=0, le=1)  # CLAM --bag_weight 0.7
     inst_loss: str = "svm"  # CLAM --inst_loss svm | ce
     subtyping: bool = False  # CLAM --subtyping (out-of-class instance loss)
     multi_branch: bool = False  # False: CLAM-SB; True: CLAM-MB
@@ -59,6 +61,7 @@ def smooth_top1_svm(logits: Tensor, target: Tensor, tau: float = 1.0, alpha: flo
 
 class CLAM(MILModel):
     config_class = CLAMConfig
+    survival_task = False  # set by the training loop: the label is a time bin (see the module docstring)
 
     def __init__(self, cfg: CLAMConfig):
         super().__init__()
@@ -116,7 +119,7 @@ class CLAM(MILModel):
             logits = self.classifier(pooled[:, 0])
             shown = attn[:, 0]
         out = MILOutput(logits=logits, attention=shown, embedding=pooled.flatten(1))
-        if label is not None and self.training:
+        if label is not None and self.training and not self.survival_task:
             valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask
             inst = torch.stack([self.instance_loss(h[b], attn[b], valid[b], int(label[b])) for b in range(len(x))])
             out.aux_losses["instance"] = (1.0 - self.cfg.bag_weight) * inst.mean()

@@ -12,7 +12,10 @@ is the instance-stream prediction, and the arg-max instance of each class is tha
 instance*. Stream 2: queries ``q = Linear(512,128)+ReLU+Linear(128,128)+Tanh`` of every instance are compared
 with the critical instances' queries, ``A = softmax_N(Q q_crit^T / sqrt(128))``; values
 ``v = Dropout+Linear(512,512)+ReLU``; ``B = A^T V`` is classified by a ``Conv1d(C, C, 512)`` into the bag
-logits. Loss: ``0.5 * CE(bag) + 0.5 * CE(max-instance)``.
+logits. Loss: ``0.5 * CE(bag) + 0.5 * CE(max-instance)``. Survival: ``0.5 * NLL(bag) + 0.5 * NLL(max-instance)``,
+both the censored discrete-time survival loss, as the MHIM-MIL reference (which passes ``[time bin,
+censorship]`` to the instance stream's loss): with ``survival_task`` (set by the training loop) the max-instance
+logits go to ``aux_logits`` and the loop scores them with the task's own loss, censoring included.
 
 Open question settled by the reference: the prediction (metrics, thresholds) is the bag-stream logits alone,
 as MHIM-MIL's ``dsmil`` evaluates it; the max-instance stream only trains.
@@ -31,22 +34,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax, param
 
 
 @dataclass(frozen=True)
 class DSMILConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512
-    query_dim: int = 128  # dsmil-wsi BClassifier q: 128
-    dropout: float = 0.25  # embedding dropout (MHIM benchmark)
-    dropout_v: float = 0.0  # dsmil-wsi dropout_v
-    max_loss_weight: float = 0.5  # dsmil-wsi: 0.5 * bag + 0.5 * max
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    hidden_dim: int = param(512, ge=1)
+    query_dim: int = param(128, ge=1)  # dsmil-wsi BClassifier q: 128
+    dropout: float = param(0.25, ge=0, lt=1)  # embedding dropout (MHIM benchmark)
+    dropout_v: float = param(0.0, ge=0, lt=1)  # dsmil-wsi dropout_v
+    max_loss_weight: float = param(0.5, ge=0, le=1)  # dsmil-wsi: 0.5 * bag + 0.5 * max
 
 
 class DSMIL(MILModel):
     config_class = DSMILConfig
+    survival_task = False  # set by the training loop: the label is a time bin (see the module docstring)
 
     def __init__(self, cfg: DSMILConfig):
         super().__init__()
@@ -97,6 +101,9 @@ class DSMIL(MILModel):
         out = MILOutput(logits=logits, attention=shown, embedding=bag_feat.flatten(1), instance_logits=inst)
         if label is not None and self.training:
             w = self.cfg.max_loss_weight
-            out.aux_losses["max_instance"] = w * F.cross_entropy(max_logits.float(), label)
+            if self.survival_task:  # the loop scores the instance stream with the censored survival loss
+                out.aux_logits["max_instance"] = (w, max_logits)
+            else:
+                out.aux_losses["max_instance"] = w * F.cross_entropy(max_logits.float(), label)
             out.bag_loss_weight = 1.0 - w
         return out

@@ -9,8 +9,10 @@ Shapes: ``x`` (batch_size, bag_size, in_dim); ``mask`` (batch_size, bag_size).
 
 Three stages, each its own rule in the workflow:
 1. a plain aggregator (AB-MIL) is trained on the fold;
-2. its bag embeddings of the fold's training bags are clustered by k-means into K confounders
-   (``hardmil.mining.confounders``; a DAG edge from the trained baseline of the *same* fold);
+2. its bag embeddings of the fold's training bags are clustered into K confounders as the reference's
+   clustering script does (``hardmil.mining.confounders``; a DAG edge from the trained baseline of the *same*
+   fold): k-means on the L2-normalised embeddings (k random embeddings as initial centres, 20 iterations, a
+   fixed seed), each confounder the mean of its cluster's raw embeddings;
 3. this model is trained with the dictionary fixed: the bag embedding ``z`` queries the confounders,
    ``A = softmax_K(W_k C (W_q z)^T / sqrt(128))``, the backdoor-adjusted feature ``sum_k A_k C_k`` is
    concatenated to ``z`` and classified by ``Linear(2 * 512, C)``.
@@ -30,18 +32,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax, param
 
 
 @dataclass(frozen=True)
 class IBMILConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512
-    attn_dim: int = 128
-    dropout: float = 0.25
-    confounder_dim: int = 128  # IBMIL confounder_W_q / W_k: Linear(L, 128)
-    n_confounders: int = 8  # K: set from the dictionary the workflow builds
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    hidden_dim: int = param(512, ge=1)
+    attn_dim: int = param(128, ge=1)
+    dropout: float = param(0.25, ge=0, lt=1)
+    confounder_dim: int = param(128, ge=1)  # IBMIL confounder_W_q / W_k: Linear(L, 128)
+    n_confounders: int = param(8, ge=1)  # K: set from the dictionary the workflow builds
 
 
 class IBMIL(MILModel):

@@ -27,9 +27,15 @@ Deliberate deviations:
 * The scan is written as two plain loops (rows, then columns) differentiated by autograd. The reference's
   pure-PyTorch ``pscan_2d`` reads the horizontally-updated A in its vertical pass and has a hand-written
   backward that does not match; both disagree with the recurrence above, which the CUDA kernel computes.
-* The grid is the bag's own bounding box: cell = (coord - min coord) // step, with ``step`` the greatest
-  common divisor of the offsets (the patch size on a regular grid), instead of a dataset-wide
-  ``max_w x max_h`` grid hard-coded per dataset.
+* Grid cells as the reference: cell = coord // patch_size (level-0 patch footprint; ``patch_size: 0`` infers
+  it as the most common spacing of horizontally adjacent patches, since the bag carries coordinates only),
+  which works for CLAM-style coordinates where each tissue region is tiled from its own origin. The grid is
+  that cell grid cropped to the bag's bounding box instead of a dataset-wide ``max_w x max_h`` grid hard-coded
+  per dataset (so the scan does not start in empty padding above and left of the tissue).
+  ``grid: gcd`` (this project's earlier rule) uses the greatest common divisor of the offsets as the step,
+  which fails on such coordinates (a step of a few pixels and a huge grid).
+* ``max_grid_cells`` (ours) guards against coordinates that are not a patch grid; its default 350,000 admits
+  every dataset grid of the reference (NSCLC 385 x 216, CAMELYON 432 x 432, BRCA 413 x 821).
 * Attention pools over real patches only (the reference also gives weight to pad cells).
 * Bags without coordinates are an error (the reference fails with a TypeError).
 Permutation: permuting patches *together with* their coordinates leaves the output unchanged (tested).
@@ -45,22 +51,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILModel, MILOutput
+from hardmil.models.base import MILModel, MILOutput, param
 
 
 @dataclass(frozen=True)
 class Mamba2DConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    dim: int = 128  # --mambamil_dim
-    layers: int = 1  # --mambamil_layer
-    d_state: int = 16  # --mambamil_state_dim
-    expand: int = 2
-    d_conv: int = 4
-    dropout: float = 0.25
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    dim: int = param(128, ge=1)  # --mambamil_dim
+    layers: int = param(1, ge=1)  # --mambamil_layer
+    d_state: int = param(16, ge=1)  # --mambamil_state_dim
+    expand: int = param(2, ge=1)
+    d_conv: int = param(4, ge=1)
+    dropout: float = param(0.25, ge=0, lt=1)
     inner_norms: bool = True  # MHIM passes inner_layernorms=mambamil_state_dim (truthy)
     # Guard (ours): the scan materialises [H, W, 256, 16] states, ~0.1 MB per grid cell in training.
-    max_grid_cells: int = 65536
+    max_grid_cells: int = param(350_000, ge=1)
+    grid: str = "patch"  # 'patch': cell = coord // patch_size (reference); 'gcd': step = gcd of the offsets
+    patch_size: int = param(0, ge=0)  # level-0 patch footprint in pixels; 0: inferred from the coordinates
 
 
 class RMSNorm(nn.Module):
@@ -120,15 +128,35 @@ class Mixer2D(nn.Module):
         return self.out_proj(y * F.silu(z))
 
 
-def grid_cells(coords: Tensor) -> tuple[Tensor, Tensor, int, int]:
-    """(row, col, H, W) of each patch on the bag's own grid.
+def patch_spacing(coords: Tensor) -> int:
+    """The level-0 patch footprint of a bag: the most common gap between horizontally adjacent patches of the
+    same row (vertically adjacent ones if no row has two patches; 1 for a single patch)."""
+    c = coords.cpu().numpy()
+    for along, across in ((0, 1), (1, 0)):
+        order = np.lexsort((c[:, along], c[:, across]))
+        s = c[order]
+        gaps = np.diff(s[:, along])[np.diff(s[:, across]) == 0]
+        gaps = gaps[gaps > 0]
+        if len(gaps):
+            values, counts = np.unique(gaps, return_counts=True)
+            return int(values[counts.argmax()])
+    return 1
 
-    The grid step is the greatest common divisor of all offsets from the top-left patch, on both axes (the
-    patch size on a regular grid, even when whole rows or columns are empty).
+
+def grid_cells(coords: Tensor, patch_size: int = 0, rule: str = "patch") -> tuple[Tensor, Tensor, int, int]:
+    """(row, col, H, W) of each patch on the bag's own grid (cropped to its bounding box).
+
+    ``rule='patch'``: cell = coord // patch_size (``patch_size`` 0: :func:`patch_spacing`), as the reference.
+    ``rule='gcd'``: the step is the greatest common divisor of all offsets from the top-left patch.
     """
-    offsets = coords - coords.min(dim=0).values
-    step = int(np.gcd.reduce(offsets.flatten().cpu().numpy())) or 1
-    row, col = offsets[:, 1] // step, offsets[:, 0] // step
+    if rule == "gcd":
+        offsets = coords - coords.min(dim=0).values
+        step = int(np.gcd.reduce(offsets.flatten().cpu().numpy())) or 1
+        cells = offsets // step
+    else:
+        cells = coords // (patch_size or patch_spacing(coords))
+        cells = cells - cells.min(dim=0).values
+    row, col = cells[:, 1], cells[:, 0]
     return row, col, int(row.max()) + 1, int(col.max()) + 1
 
 
@@ -138,6 +166,8 @@ class Mamba2DMIL(MILModel):
 
     def __init__(self, cfg: Mamba2DConfig):
         super().__init__()
+        if cfg.grid not in ("patch", "gcd"):
+            raise ValueError(f"grid must be 'patch' or 'gcd', got {cfg.grid!r}")
         self.cfg = cfg
         self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout))
         self.pad_token = nn.Parameter(torch.rand(cfg.dim))
@@ -153,7 +183,7 @@ class Mamba2DMIL(MILModel):
                     nn.init.zeros_(m.bias)
 
     def _bag(self, h: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
-        row, col, hh, ww = grid_cells(coords)
+        row, col, hh, ww = grid_cells(coords, self.cfg.patch_size, self.cfg.grid)
         if hh * ww > self.cfg.max_grid_cells:
             raise ValueError(f"patch grid of {hh} x {ww} cells exceeds max_grid_cells={self.cfg.max_grid_cells} "
                              f"({len(coords)} patches): are the coords a regular patch grid?")

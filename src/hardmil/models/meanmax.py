@@ -1,12 +1,22 @@
 """Mean-MIL and max-MIL: the simplest pooling baselines of the MHIM-MIL tables.
 
-Reference code: ``modules/mean_max.py`` of https://github.com/DearCaat/MHIM-MIL (``meanmil`` / ``maxmil``):
-``Linear(D, 512) + ReLU + Dropout(0.25)``, then mean or max over instances, then ``Linear(512, C)``.
+Reference code: ``modules/mean_max.py`` of https://github.com/DearCaat/MHIM-MIL (``meanmil`` / ``maxmil``; read
+for behaviour only): ``Linear(D, 512) + ReLU + Dropout(0.25) + Linear(512, C)`` applied to every instance,
+then the mean (Mean-MIL) or the per-class max (Max-MIL) of the instance logits over the bag.
 
 Shapes: ``x`` (batch_size, bag_size, in_dim); ``mask`` (batch_size, bag_size).
 
-Deliberate deviations: max-MIL here takes the per-dimension max of the instance embeddings before the
-classifier (the embedding-level max pooling of the reference); padding is excluded through ``mask``.
+Reference semantics (the default, ``pool: instance_logits``): both models classify every instance and pool
+the logits. For Mean-MIL this equals classifying the mean embedding (the classifier is linear); for Max-MIL it
+does not: the bag logit of class c is the max over instances of that class's logit.
+
+Switches and deliberate deviations:
+* ``pool: embedding`` (Max-MIL only differs) takes the per-dimension max of the instance embeddings and then
+  classifies it: this project's earlier Max-MIL, offered for ablation.
+* Padding is excluded from the pooling through ``mask``.
+* ``embedding`` in the output is the pooled instance embedding (mean or per-dimension max), so that embedding
+  consumers (IBMIL's confounders) work; with ``pool: instance_logits`` it is not what the logits were pooled
+  from for Max-MIL.
 No attention exists, so ``attention`` is None and these models cannot drive hard-negative mining.
 """
 
@@ -16,16 +26,27 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, param
 
 
 @dataclass(frozen=True)
 class MeanMaxConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512
-    dropout: float = 0.25
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    hidden_dim: int = param(512, ge=1)
+    dropout: float = param(0.25, ge=0, lt=1)
     pooling: str = "mean"  # 'mean' or 'max'
+    pool: str = "instance_logits"  # 'instance_logits' (reference) or 'embedding' (pool, then classify)
+
+
+def _pool(t: Tensor, mask: Tensor | None, how: str) -> Tensor:
+    """Mean or max of ``t`` [B, N, F] over real instances -> [B, F]."""
+    if how == "mean":
+        if mask is None:
+            return t.mean(dim=1)
+        m = mask.unsqueeze(-1).to(t.dtype)
+        return (t * m).sum(1) / m.sum(1).clamp_min(1)
+    return (t if mask is None else t.masked_fill(~mask.unsqueeze(-1), float("-inf"))).amax(dim=1)
 
 
 class MeanMIL(MILModel):
@@ -35,6 +56,8 @@ class MeanMIL(MILModel):
         super().__init__()
         if cfg.pooling not in ("mean", "max"):
             raise ValueError(f"pooling must be 'mean' or 'max', got {cfg.pooling!r}")
+        if cfg.pool not in ("instance_logits", "embedding"):
+            raise ValueError(f"pool must be 'instance_logits' or 'embedding', got {cfg.pool!r}")
         self.cfg = cfg
         self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
@@ -43,15 +66,10 @@ class MeanMIL(MILModel):
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:
         h = self.feature(x)
-        if self.cfg.pooling == "mean":
-            if mask is None:
-                z = h.mean(dim=1)
-            else:
-                m = mask.unsqueeze(-1).to(h.dtype)
-                z = (h * m).sum(1) / m.sum(1).clamp_min(1)
-        else:
-            z = (h if mask is None else h.masked_fill(~mask.unsqueeze(-1), float("-inf"))).amax(dim=1)
-        return MILOutput(logits=self.classifier(z), embedding=z, instance_logits=self.classifier(h))
+        inst = self.classifier(h)
+        z = _pool(h, mask, self.cfg.pooling)
+        logits = _pool(inst, mask, self.cfg.pooling) if self.cfg.pool == "instance_logits" else self.classifier(z)
+        return MILOutput(logits=logits, embedding=z, instance_logits=inst)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ Reference semantics kept (defaults of RRT-MIL ``main.py`` and of MHIM-MIL's ``rr
   ``side / 8``; attention runs inside each block; the padding is sliced off afterwards.
 * R-MSA: 8 heads x 64, qkv bias, plain softmax, EPEG (a depthwise ``Conv2d(heads, heads, (15, 1))`` on the
   attention logits along the query axis, added before the softmax), output projection + Dropout(0.1).
+* R-MSA switches to ``large_bag_regions`` = 16 regions per side for bags of more than
+  ``large_bag_instances`` = 100,000 instances (the reference's rule; CR-MSA keeps 8).
 * CR-MSA (always 8 regions, no EPEG): per region, ``k = 3`` representatives ``R = softmax_p(x phi) x`` with a
   learned ``phi`` [512, k]; multi-head attention across regions (k as batch); back to instances as
   ``sum_n softmax_n(x phi) * minmax_p(x phi) * R'_n``.
@@ -34,27 +36,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILModel, MILOutput, instance_projection
+from hardmil.models.base import MILModel, MILOutput, instance_projection, param
 
 
 @dataclass(frozen=True)
 class R2TConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512  # RRTMIL mlp_dim
-    dropout: float = 0.25
-    heads: int = 8  # --n_heads / rrt_n_heads
-    n_layers: int = 2  # --n_trans_layers: n_layers - 1 R-MSA layers + 1 CR-MSA layer
-    region_num: int = 8  # --region_num
-    trans_dropout: float = 0.1  # --trans_drop_out
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=2)
+    hidden_dim: int = param(512, ge=1)  # RRTMIL mlp_dim
+    dropout: float = param(0.25, ge=0, lt=1)
+    heads: int = param(8, ge=1)  # --n_heads / rrt_n_heads (must divide hidden_dim)
+    n_layers: int = param(2, ge=1)  # --n_trans_layers: n_layers - 1 R-MSA layers + 1 CR-MSA layer
+    region_num: int = param(8, ge=1)  # --region_num
+    large_bag_regions: int = param(16, ge=1)  # R-MSA regions for bags above large_bag_instances (reference)
+    large_bag_instances: int = param(100_000, ge=0)
+    trans_dropout: float = param(0.1, ge=0, lt=1)  # --trans_drop_out
     epeg: bool = True
-    epeg_k: int = 15  # --epeg_k
+    epeg_k: int = param(15, ge=1)  # --epeg_k (odd: the padding keeps the length)
     crmsa: bool = True
-    crmsa_k: int = 3  # --crmsa_k
-    crmsa_heads: int = 8
-    crmsa_regions: int = 8  # the reference builds CR-MSA with the TransLayer default of 8 regions
+    crmsa_k: int = param(3, ge=1)  # --crmsa_k
+    crmsa_heads: int = param(8, ge=1)
+    crmsa_regions: int = param(8, ge=1)  # the reference builds CR-MSA with the TransLayer default of 8 regions
     all_shortcut: bool = False
-    attn_dim: int = 128
+    attn_dim: int = param(128, ge=1)
 
 
 class RegionAttention(nn.Module):
@@ -97,12 +101,17 @@ def from_regions(blocks: Tensor, region_num: int, side: int, n: int) -> Tensor:
 class RMSA(nn.Module):
     def __init__(self, cfg: R2TConfig):
         super().__init__()
-        self.region_num = cfg.region_num
+        self.cfg = cfg
         self.attn = RegionAttention(cfg.hidden_dim, cfg.heads, cfg.trans_dropout, cfg.epeg_k if cfg.epeg else None)
 
+    def regions(self, n: int) -> int:
+        """Regions per side for a bag of ``n`` instances: 16 above 100,000 instances, as the reference."""
+        return self.cfg.large_bag_regions if n > self.cfg.large_bag_instances else self.cfg.region_num
+
     def forward(self, x: Tensor) -> Tensor:
-        blocks, side, n = to_regions(x, self.region_num)
-        return from_regions(self.attn(blocks), self.region_num, side, n)
+        region_num = self.regions(len(x))
+        blocks, side, n = to_regions(x, region_num)
+        return from_regions(self.attn(blocks), region_num, side, n)
 
 
 class CRMSA(nn.Module):

@@ -30,6 +30,7 @@ from hardmil.data.bagset import BagSet
 from hardmil.eval.metrics import auc
 from hardmil.eval.survival import c_index, nll_survival_loss, risk_scores
 from hardmil.infer import autocast, predict_logits, predict_proba, resolve_device
+from hardmil.models.base import MILModel
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
 
     n = len(train_data)
     first_step_at = None
+    for m in model.modules():  # survival: the time bin is no class; CLAM / DSMIL / DTFD (also inside MHIM) then
+        if isinstance(m, MILModel):  # treat their class-label auxiliary losses as the MHIM-MIL reference
+            m.survival_task = train_data.survival
     model.set_schedule(cfg.epochs * n)  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
     epochs = range(state["epoch"], cfg.epochs)
     bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress, initial=state["epoch"], total=cfg.epochs)
@@ -159,6 +163,8 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
             with autocast(device, cfg.amp):
                 out = model(x, None, label=y, coords=coords)
                 main_loss = out.bag_loss_weight * bag_loss(out.logits, train_data, slice(i, i + 1), cfg.nll_alpha)
+                for weight, aux in out.aux_logits.values():
+                    main_loss = main_loss + weight * bag_loss(aux, train_data, slice(i, i + 1), cfg.nll_alpha)
             loss = model.training_step(out, main_loss)  # backward (DTFD: its own order of two tiers)
             opt.step()
             model.after_step()  # e.g. MHIM's teacher EMA update

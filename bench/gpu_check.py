@@ -223,8 +223,9 @@ def worker_env(path: str, device: str) -> int:
             "python": platform.python_version(), "host": platform.node()}
     if info["cuda"]:
         p = torch.cuda.get_device_properties(0)
-        info.update(device_name=p.name, memory_gb=round(p.total_memory / 2**30, 1), device_count=torch.cuda.device_count(),
-                    capability=f"{p.major}.{p.minor}", bf16=torch.cuda.is_bf16_supported())
+        info.update(device_name=p.name, memory_gb=round(p.total_memory / 2**30, 1),
+                    device_count=torch.cuda.device_count(), capability=f"{p.major}.{p.minor}",
+                    bf16=torch.cuda.is_bf16_supported())
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,utilization.gpu",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=15)
@@ -357,8 +358,8 @@ def worker_packing(path: str, ks: list[int], seconds: float, model: str, sizes: 
     res = {}
     for k in ks:
         with tempfile.TemporaryDirectory() as lock_dir:
-            procs = [subprocess.Popen([sys.executable, "-c", PACK_CHILD, str(k), lock_dir, ",".join(map(str, sizes)),
-                                       model, device], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            cmd = [sys.executable, "-c", PACK_CHILD, str(k), lock_dir, ",".join(map(str, sizes)), model, device]
+            procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
                      for _ in range(k)]
             for p in procs:
                 line = p.stdout.readline().strip()
@@ -407,6 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bags-per-epoch", type=int, default=270, help="GPU-hour estimate: training bags per epoch")
     ap.add_argument("--epochs", type=int, nargs=2, default=[100, 200], metavar=("LOW", "HIGH"),
                     help="GPU-hour estimate: epochs per job (early stopping after 100, at most 200)")
+    ap.add_argument("--copy-to", type=Path, metavar="DIR",
+                    help="also put summary.md, summary.json and the whole folder as gpu_check.tar.gz into DIR")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", nargs="*", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -441,7 +444,7 @@ def step_command(step: str, args: argparse.Namespace) -> list[list[str]] | None:
                  "--junitxml", str(out / "pytest.xml")]]
     if step == "demo":
         return [[py, me, "--worker", "demo", "--worker-args", dev, str(out / f"demo_{dev}.json"),
-                 str(args.demo_epochs), str(out / "demo_work")] for dev in dict.fromkeys((args.device, "cpu"))]
+                 str(args.demo_epochs), str(args.work / "demo")] for dev in dict.fromkeys((args.device, "cpu"))]
     if step == "models":
         return [[py, "bench/models.py", "--device", args.device, "--sizes", *map(str, args.sizes), "--repeats", "3",
                  "--mhim", "abmil", "transmil", "--no-interleaved", "--json", str(out / "models.json")]]
@@ -454,14 +457,26 @@ def step_command(step: str, args: argparse.Namespace) -> list[list[str]] | None:
             cmd += ["--json", str(out / "scale.json")]
         return [cmd]
     if step == "packing":
-        return [[py, me, "--worker", "packing", "--worker-args", str(out / "packing.json"), ",".join(map(str, args.pack)),
-                 str(args.pack_seconds), "abmil", ",".join(map(str, args.pack_sizes)), args.device]]
+        return [[py, me, "--worker", "packing", "--worker-args", str(out / "packing.json"),
+                 ",".join(map(str, args.pack)), str(args.pack_seconds), "abmil", ",".join(map(str, args.pack_sizes)),
+                 args.device]]
     raise ValueError(step)
 
 
 def run_check(args: argparse.Namespace) -> dict:
+    import shutil
+    import tempfile
+
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    args.work = Path(tempfile.mkdtemp(prefix="hardmil-gpu-check-"))  # bags and run folders: not handed back
+    try:
+        return _run_check(args, out)
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
+
+
+def _run_check(args: argparse.Namespace, out: Path) -> dict:
     t0 = time.monotonic()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     summary = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": args.device,
@@ -486,8 +501,8 @@ def run_check(args: argparse.Namespace) -> dict:
             name = step if len(cmds) == 1 else f"{step}_{i}"
             print(f"== {name} (limit {limit:.0f} s): {' '.join(map(str, cmd))}", flush=True)
             rec = run_step(name, cmd, limit, out, env)
-            print(f"   {rec['status']} in {rec['seconds']} s\n" + "\n".join("   | " + x for x in rec["tail"].splitlines()),
-                  flush=True)
+            shown = "\n".join("   | " + x for x in rec["tail"].splitlines())
+            print(f"   {rec['status']} in {rec['seconds']} s\n{shown}", flush=True)
             recs.append(rec)
         merged = recs[0] if len(recs) == 1 else {
             "status": next((r["status"] for r in recs if r["status"] != "ok"), "ok"), "parts": recs,
@@ -542,6 +557,19 @@ def collect(step: str, summary: dict, args: argparse.Namespace) -> None:
             res["packing"] = packing
 
 
+def copy_out(folder: Path, dest: Path) -> None:
+    """summary.md, summary.json and ``gpu_check.tar.gz`` (the whole folder) into ``dest``: three files."""
+    import shutil
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.md", "summary.json"):
+        shutil.copy2(folder / name, dest / name)
+    with tarfile.open(dest / "gpu_check.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    print(f"copied summary.md, summary.json and gpu_check.tar.gz to {dest}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))  # the package even where it is not installed
@@ -557,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown worker {args.worker!r}")
     summary = run_check(args)
     print(f"\nwrote {args.out}/summary.json and summary.md ({summary['seconds']} s)")
+    if args.copy_to:
+        copy_out(args.out, args.copy_to)
     print(summary_markdown(summary))
     bad = [k for k, v in summary["steps"].items() if v["status"] not in ("ok", "skipped")]
     return 1 if bad else 0

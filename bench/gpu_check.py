@@ -70,6 +70,9 @@ def run_step(name: str, cmd: list[str], timeout: float, out: Path, env: dict | N
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 rec.update(status="timeout", rc=None)
+            except BaseException:  # the check itself interrupted (Ctrl-C, SIGTERM from an outer timeout)
+                _kill_group(proc)
+                raise
     except OSError as err:
         rec.update(status="error", rc=None)
         log.write_text(f"could not start: {err}\n")
@@ -171,8 +174,9 @@ def md_table(rows: list[dict], columns: list[str]) -> list[str]:
 def summary_markdown(s: dict) -> str:
     """The short human summary of a check's ``summary.json`` content."""
     env = s.get("env") or {}
+    device = env.get("device_name", s.get("device", "?"))
     lines = [f"# GPU check {s['started']}", "",
-             f"- device: {env.get('device_name', '?')} ({fmt(env.get('memory_gb'))} GB), torch {env.get('torch', '?')}"
+             f"- device: {device} ({fmt(env.get('memory_gb'))} GB), torch {env.get('torch', '?')}"
              f" (CUDA {env.get('cuda_build', '?')}), commit {s.get('commit', '?')}",
              f"- wall time: {fmt(s.get('seconds'))} s of a {fmt(s.get('budget_s'))} s budget", "",
              "## Steps", ""]
@@ -259,7 +263,7 @@ def demo_bags(work: Path, n_bags: int = 48, dim: int = 1280, seed: int = 0) -> t
     rng = np.random.default_rng(seed)
     feats = work / "features"
     feats.mkdir(parents=True, exist_ok=True)
-    direction = rng.normal(size=dim) / np.sqrt(dim) * 4
+    direction = rng.normal(size=dim) / np.sqrt(dim) * 8  # a tumour instance: 8 noise SDs along one direction
     rows = []
     for i in range(n_bags):
         label = i % 2
@@ -276,7 +280,7 @@ def demo_bags(work: Path, n_bags: int = 48, dim: int = 1280, seed: int = 0) -> t
     return feats, manifest, f"feature-level stand-in ({n_bags} bags x 20-40 x {dim})"
 
 
-def worker_demo(device: str, path: str, epochs: int, work: str) -> int:
+def worker_demo(device: str, path: str, epochs: int, work: str, n_bags: int = 48, dim: int = 1280) -> int:
     """AB-MIL, then MHIM-v2(AB-MIL) with the AB-MIL model as teacher: fold 0, protocol clean, seed 0."""
     import yaml
 
@@ -286,13 +290,13 @@ def worker_demo(device: str, path: str, epochs: int, work: str) -> int:
 
     work_dir = Path(work)
     classes = ["normal", "tumour"]
-    feats, manifest, source = demo_bags(work_dir)
+    feats, manifest, source = demo_bags(work_dir, n_bags, dim)
     splits = work_dir / "splits.tsv"
     if not splits.exists():
         write_splits(splits, make_splits(read_manifest(manifest, classes), 4, 0, "clean"))
     demo = yaml.safe_load((ROOT / "config/config.yaml").read_text())["methods"]
     train_cfg = {"epochs": epochs, "patience": 20, "device": device, "amp": True}
-    threads = 1 if device == "cuda" else min(4, os.cpu_count() or 1)
+    threads = 1 if device == "cuda" else min(4, max(1, (os.cpu_count() or 2) // 2))
     rows = []
     teacher = None
     for method in ("abmil", "mhim_v2_abmil"):
@@ -401,10 +405,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda", help="the device checked (cpu: a dry run of the script itself)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[8000, 20000, 50000], help="bench/models.py bag sizes")
     ap.add_argument("--demo-epochs", type=int, default=40, help="epoch cap of the demo fold (demo: 200)")
+    ap.add_argument("--demo-bags", type=int, nargs=2, default=[48, 1280], metavar=("BAGS", "DIM"),
+                    help="size of the feature-level stand-in when the demo's features are absent")
+    ap.add_argument("--mhim-baselines", nargs="+", default=["abmil", "transmil"], help="models step: baselines")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4], help="concurrent jobs per GPU to measure")
     ap.add_argument("--pack-seconds", type=float, default=12.0, help="measured window per k")
     ap.add_argument("--pack-sizes", type=int, nargs="+", default=[3000, 6000, 9000, 14000],
                     help="bag sizes the packing workers cycle through (CAMELYON-16-like, 20x)")
+    ap.add_argument("--paper-jobs", type=int, help="GPU-hour estimate: train jobs of config/paper.yaml "
+                    "(default: counted by bench/paper_dag.py when Snakemake is installed, else the recorded count)")
     ap.add_argument("--bags-per-epoch", type=int, default=270, help="GPU-hour estimate: training bags per epoch")
     ap.add_argument("--epochs", type=int, nargs=2, default=[100, 200], metavar=("LOW", "HIGH"),
                     help="GPU-hour estimate: epochs per job (early stopping after 100, at most 200)")
@@ -444,10 +453,11 @@ def step_command(step: str, args: argparse.Namespace) -> list[list[str]] | None:
                  "--junitxml", str(out / "pytest.xml")]]
     if step == "demo":
         return [[py, me, "--worker", "demo", "--worker-args", dev, str(out / f"demo_{dev}.json"),
-                 str(args.demo_epochs), str(args.work / "demo")] for dev in dict.fromkeys((args.device, "cpu"))]
+                 str(args.demo_epochs), str(args.work / "demo"), *map(str, args.demo_bags)]
+                for dev in dict.fromkeys((args.device, "cpu"))]
     if step == "models":
         return [[py, "bench/models.py", "--device", args.device, "--sizes", *map(str, args.sizes), "--repeats", "3",
-                 "--mhim", "abmil", "transmil", "--no-interleaved", "--json", str(out / "models.json")]]
+                 "--mhim", *args.mhim_baselines, "--no-interleaved", "--json", str(out / "models.json")]]
     if step == "scale":
         scale = ROOT / "bench/scale.py"
         if not scale.exists():
@@ -514,7 +524,12 @@ def _run_check(args: argparse.Namespace, out: Path) -> dict:
         write_summary(out, summary)  # after every step: a later hang still leaves what was measured
     if "packing" in summary["results"]:
         left = args.budget - (time.monotonic() - t0)
-        jobs, how = paper_train_jobs(out, max(5.0, min(60.0, left))) if left > 20 else (PAPER_TRAIN_JOBS, "recorded")
+        if args.paper_jobs:
+            jobs, how = args.paper_jobs, "--paper-jobs"
+        elif left > 20:
+            jobs, how = paper_train_jobs(out, min(60.0, left))
+        else:
+            jobs, how = PAPER_TRAIN_JOBS, "recorded count (no time left to count)"
         ms = [r["ms"] for r in summary["results"].get("models", {}).get("rows", []) if r["n"] == min(args.sizes)]
         step_ms = sum(ms) / len(ms) if ms else None
         summary["results"]["gpu_hours_assumptions"] = {
@@ -570,7 +585,12 @@ def copy_out(folder: Path, dest: Path) -> None:
     print(f"copied summary.md, summary.json and gpu_check.tar.gz to {dest}")
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run_step, which ends the running step's process group
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))  # the package even where it is not installed
     if args.worker:
@@ -578,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.worker == "env":
             return worker_env(w[0], w[1])
         if args.worker == "demo":
-            return worker_demo(w[0], w[1], int(w[2]), w[3])
+            return worker_demo(w[0], w[1], int(w[2]), w[3], *map(int, w[4:6]))
         if args.worker == "packing":
             return worker_packing(w[0], [int(k) for k in w[1].split(",")], float(w[2]), w[3],
                                   [int(n) for n in w[4].split(",")], w[5])

@@ -150,8 +150,9 @@ def test_dry_run_on_the_cpu(tmp_path):
     the folder; the pytest step runs only skips here (no CUDA), which is recorded, not counted as passing."""
     out = tmp_path / "check"
     res = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--out", str(out),
-                          "--steps", "env", "demo", "models", "scale", "packing", "--sizes", "200",
-                          "--demo-epochs", "2", "--pack", "1", "2", "--pack-seconds", "1", "--pack-sizes", "50",
+                          "--steps", "env", "demo", "models", "scale", "packing", "--sizes", "16",
+                          "--mhim-baselines", "abmil", "--demo-epochs", "2", "--demo-bags", "16", "32",
+                          "--pack", "1", "2", "--pack-seconds", "1", "--pack-sizes", "50", "--paper-jobs", "100",
                           "--budget", "300", "--copy-to", str(tmp_path / "back")], capture_output=True, text=True,
                          cwd=REPO)
     summary = json.loads((out / "summary.json").read_text())
@@ -162,10 +163,11 @@ def test_dry_run_on_the_cpu(tmp_path):
     r = summary["results"]
     assert {(d["method"], d["device"]) for d in r["demo"]} == {("abmil", "cpu"), ("mhim_v2_abmil", "cpu")}
     assert all(0 <= d["auc"] <= 1 and d["epochs_run"] == 2 for d in r["demo"])
-    assert {row["model"] for row in r["models"]["rows"]} == {"abmil", "mhim:abmil", "transmil", "mhim:transmil"}
-    assert {x["baseline"] for x in r["models"]["ratios"]} == {"abmil", "transmil"}
+    assert {row["model"] for row in r["models"]["rows"]} == {"abmil", "mhim:abmil"}
+    assert [(x["baseline"], x["n"]) for x in r["models"]["ratios"]] == [("abmil", 16)]
     assert r["packing"]["2"]["slots"] == [0, 1] and r["packing"]["1"]["steps_per_s"] > 0
     assert [g["k"] for g in r["gpu_hours"]] == [1, 2]
+    assert r["gpu_hours_assumptions"]["train_jobs"] == 100
     assert (out / "summary.md").read_text().startswith("# GPU check")
     assert "summary.md" in res.stdout
     assert sorted(p.name for p in (tmp_path / "back").iterdir()) == ["gpu_check.tar.gz", "summary.json", "summary.md"]

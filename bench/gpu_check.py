@@ -223,6 +223,8 @@ def write_summary(out: Path, summary: dict) -> None:
 def worker_env(path: str, device: str) -> int:
     import torch
 
+    from hardmil.utils import write_json
+
     info = {"torch": torch.__version__, "cuda_build": torch.version.cuda, "cuda": torch.cuda.is_available(),
             "python": platform.python_version(), "host": platform.node()}
     if info["cuda"]:
@@ -244,7 +246,7 @@ def worker_env(path: str, device: str) -> int:
             missing.append(f"{mod}: {err}")
     info["missing_imports"] = missing
     print(json.dumps(info, indent=1))
-    Path(path).write_text(json.dumps(info))
+    write_json(path, info)
     return 0 if (info["cuda"] or device != "cuda") and not missing else 1
 
 
@@ -256,12 +258,15 @@ def demo_bags(work: Path, n_bags: int = 48, dim: int = 1280, seed: int = 0) -> t
     import numpy as np
 
     from hardmil.data.bags import write_features
+    from hardmil.utils import write_text
 
     demo_dir, demo_manifest = ROOT / "results/bags/synthetic/efficientnet_lite0", ROOT / "results/bags/synthetic.tsv"
     if demo_manifest.exists() and demo_dir.is_dir():
         return demo_dir, demo_manifest, "demo synthetic cohort (results/bags/synthetic)"
+    feats, manifest = work / "features", work / "manifest.tsv"
+    if manifest.exists():  # made by the other device's run
+        return feats, manifest, f"feature-level stand-in ({n_bags} bags x 20-40 x {dim})"
     rng = np.random.default_rng(seed)
-    feats = work / "features"
     feats.mkdir(parents=True, exist_ok=True)
     direction = rng.normal(size=dim) / np.sqrt(dim) * 8  # a tumour instance: 8 noise SDs along one direction
     rows = []
@@ -275,8 +280,7 @@ def demo_bags(work: Path, n_bags: int = 48, dim: int = 1280, seed: int = 0) -> t
         cells = rng.choice(64, size=n, replace=False)
         write_features(feats / f"slide{i:03d}.h5", x, coords=np.stack([cells % 8, cells // 8], 1) * 256)
         rows.append(f"slide{i:03d}\tcase{i:03d}\t{['normal', 'tumour'][label]}")
-    manifest = work / "manifest.tsv"
-    manifest.write_text("slide\tcase\tlabel\n" + "\n".join(rows) + "\n")
+    write_text(manifest, "slide\tcase\tlabel\n" + "\n".join(rows) + "\n")
     return feats, manifest, f"feature-level stand-in ({n_bags} bags x 20-40 x {dim})"
 
 
@@ -287,6 +291,7 @@ def worker_demo(device: str, path: str, epochs: int, work: str, n_bags: int = 48
     from hardmil.data.bags import read_manifest
     from hardmil.data.splits import make_splits, write_splits
     from hardmil.train.run import run_fold
+    from hardmil.utils import write_json
 
     work_dir = Path(work)
     classes = ["normal", "tumour"]
@@ -310,7 +315,7 @@ def worker_demo(device: str, path: str, epochs: int, work: str, n_bags: int = 48
                      **{k: m.get(k) for k in ("auc", "balanced_accuracy", "accuracy", "selected_epoch", "epochs_run")},
                      **m["timing"]})
         print(json.dumps(rows[-1]))
-    Path(path).write_text(json.dumps(rows))
+    write_json(path, rows)
     return 0
 
 
@@ -357,14 +362,28 @@ print(json.dumps({"steps": n, "device": slot.device, "slot": slot.slot}), flush=
 
 def worker_packing(path: str, ks: list[int], seconds: float, model: str, sizes: list[int], device: str) -> int:
     """For each k: k processes take slots (jobs_per_gpu = k) and train one bag per step for ``seconds``."""
+    from hardmil.utils import write_json
+
+    res, errors = {}, {}
+    for k in ks:
+        try:
+            res[str(k)] = _pack(k, seconds, model, sizes, device)
+        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as err:  # record it, try the next k
+            errors[str(k)] = str(err)
+            print(f"k={k}: failed: {err}", flush=True)
+        write_json(path, res)  # after every k: a later hang keeps what was measured
+    return 1 if errors else 0
+
+
+def _pack(k: int, seconds: float, model: str, sizes: list[int], device: str) -> dict:
+    """k concurrent training processes for ``seconds``: their bag steps and the slots they took."""
     import tempfile
 
-    res = {}
-    for k in ks:
-        with tempfile.TemporaryDirectory() as lock_dir:
-            cmd = [sys.executable, "-c", PACK_CHILD, str(k), lock_dir, ",".join(map(str, sizes)), model, device]
-            procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-                     for _ in range(k)]
+    with tempfile.TemporaryDirectory() as lock_dir:
+        cmd = [sys.executable, "-c", PACK_CHILD, str(k), lock_dir, ",".join(map(str, sizes)), model, device]
+        procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                 for _ in range(k)]
+        try:
             for p in procs:
                 line = p.stdout.readline().strip()
                 if line != "ready":
@@ -376,13 +395,16 @@ def worker_packing(path: str, ks: list[int], seconds: float, model: str, sizes: 
             done = [json.loads(p.stdout.readline()) for p in procs]
             for p in procs:
                 p.wait(timeout=30)
-        total = sum(d["steps"] for d in done)
-        res[str(k)] = {"steps_per_s": total / seconds, "steps": [d["steps"] for d in done],
-                       "devices": sorted({d["device"] for d in done}), "slots": sorted(d["slot"] for d in done),
-                       "model": model, "sizes": sizes, "seconds": seconds}
-        print(f"k={k}: {total / seconds:.1f} bag steps/s ({res[str(k)]['steps']})", flush=True)
-    Path(path).write_text(json.dumps(res))
-    return 0
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    total = sum(d["steps"] for d in done)
+    print(f"k={k}: {total / seconds:.1f} bag steps/s ({[d['steps'] for d in done]})", flush=True)
+    return {"steps_per_s": total / seconds, "steps": [d["steps"] for d in done],
+            "devices": sorted({d["device"] for d in done}), "slots": sorted(d["slot"] for d in done),
+            "model": model, "sizes": sizes, "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------------------------- the check

@@ -122,9 +122,24 @@ def test_gpu_slot_is_a_no_op_without_cuda_or_for_an_explicit_device(tmp_path, mo
     assert not (tmp_path / "locks").exists()
 
 
+@pytest.mark.parametrize("var, value", [("SLURM_JOB_ID", "1234"), ("HARDMIL_GPU_SLOTS", "0")])
+def test_gpu_slot_stands_aside_under_slurm_or_when_switched_off(tmp_path, monkeypatch, var, value):
+    """A SLURM job has its GPU from the scheduler (and may see it as device 0 like every job on the node)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device called"))
+    monkeypatch.setenv(var, value)
+    with gpu_slot("auto", 1, lock_dir=tmp_path / "locks") as slot:
+        assert slot is None
+    assert not (tmp_path / "locks").exists()
+
+
 def test_gpu_slot_sets_the_device_and_releases(tmp_path, monkeypatch):
     import torch
 
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("HARDMIL_GPU_SLOTS", raising=False)
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)

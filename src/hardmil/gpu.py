@@ -6,6 +6,10 @@ takes a free slot on the least-loaded device (waiting up to ``timeout`` seconds 
 device its current CUDA device and gives the slot back on exit. The kernel drops an ``flock`` when its holder
 dies, so a crashed or killed (SIGKILL) job frees its slot without any clean-up.
 
+Not used under a batch scheduler: in a SLURM job (``SLURM_JOB_ID`` set) the scheduler has already given the job
+its GPU, and every job on a node may see it as device 0, so slots named by index would make jobs on different GPUs
+wait for each other. ``HARDMIL_GPU_SLOTS=0`` turns the slots off anywhere.
+
 Devices are the entries of ``CUDA_VISIBLE_DEVICES`` when it is set (indices, or ``GPU-``/``MIG-`` UUIDs; CUDA stops
 at the first negative entry), else ``torch.cuda.device_count()`` indices. Lock files are named by the entry, so two
 workflows started with the same visible devices share their slots.
@@ -28,6 +32,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "HARDMIL_GPU_LOCK_DIR"
+SWITCH_ENV = "HARDMIL_GPU_SLOTS"
 WAIT_ENV = "HARDMIL_GPU_WAIT_S"
 DEFAULT_TIMEOUT = 3600.0
 
@@ -146,12 +151,16 @@ def gpu_slot(device: str = "auto", jobs_per_gpu: int = 1, lock_dir: str | os.Pat
              timeout: float | None = None) -> Iterator[Slot | None]:
     """For a training job: hold a GPU slot and make its device the current CUDA device.
 
-    Only when the job would run on an unspecified CUDA device (``device`` ``auto`` or ``cuda``) and CUDA is
-    available; otherwise (``cpu``, an explicit ``cuda:N``, no GPU) it yields None and changes nothing. The job's
+    Only when the job would run on an unspecified CUDA device (``device`` ``auto`` or ``cuda``), CUDA is available
+    and no scheduler placed the job (``SLURM_JOB_ID``; ``HARDMIL_GPU_SLOTS=0``); otherwise (``cpu``, an explicit
+    ``cuda:N``, no GPU, a SLURM job) it yields None and changes nothing. The job's
     ``device`` setting itself is left as it is, so its resolved config (and resume digest) does not depend on
     which GPU it got: ``torch.device('cuda')`` is the current device."""
     import torch
 
+    if os.environ.get(SWITCH_ENV) == "0" or os.environ.get("SLURM_JOB_ID"):
+        yield None
+        return
     if device not in ("auto", "cuda") or not torch.cuda.is_available():
         yield None
         return

@@ -255,3 +255,19 @@ def test_training_step_uses_only_deterministic_ops(case, device):
                 model.after_step()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA and not REQUIRE, reason=NO_CUDA)
+def test_gpu_slot_makes_its_device_current(tmp_path, monkeypatch):
+    """On a real GPU: the slot's device becomes the current one, so the loop's device 'cuda' (auto) lands there."""
+    need("cuda")
+    from hardmil.gpu import gpu_slot
+    from hardmil.train.loop import resolve_device
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("HARDMIL_GPU_SLOTS", raising=False)
+    with gpu_slot("auto", 2, lock_dir=tmp_path) as slot:
+        assert slot is not None and slot.index < torch.cuda.device_count()
+        assert torch.cuda.current_device() == slot.index
+        assert torch.zeros(1, device=resolve_device("auto")).device.index == slot.index

@@ -19,8 +19,8 @@ step is recorded and the next one runs):
    ``hardmil.gpu`` with ``jobs_per_gpu = k``): aggregate bag steps per second, the speed-up over k = 1, and the
    GPU-hour estimate for config/paper.yaml at each k.
 
-Everything printed also goes to ``results/gpu_check/<UTC date-time>/``: ``summary.json``, ``summary.md``, one
-``<step>.log`` per step and the steps' own JSON files.
+Everything printed also goes to ``results/gpu_check/<UTC date-time>/``: ``summary.json``, ``summary.md``,
+``check.log`` (this script's own output), one ``<step>.log`` per step and the steps' own JSON files.
 """
 
 from __future__ import annotations
@@ -100,6 +100,13 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def say(out: Path, text: str) -> None:
+    """Print, and append to ``out/check.log``: what the check itself prints is kept with its results."""
+    print(text, flush=True)
+    with open(out / "check.log", "a") as fh:
+        fh.write(text + "\n")
 
 
 def read_json(path: Path):
@@ -521,7 +528,7 @@ def _run_check(args: argparse.Namespace, out: Path) -> dict:
         cmds = step_command(step, args)
         if cmds is None:
             summary["steps"][step] = {"status": "skipped", "reason": "bench/scale.py not present", "seconds": 0}
-            print(f"== {step}: skipped (bench/scale.py not present)", flush=True)
+            say(out, f"== {step}: skipped (bench/scale.py not present)")
             continue
         recs = []
         for i, cmd in enumerate(cmds):
@@ -531,10 +538,10 @@ def _run_check(args: argparse.Namespace, out: Path) -> dict:
                 recs.append({"status": "skipped", "reason": "time budget spent", "seconds": 0})
                 continue
             name = step if len(cmds) == 1 else f"{step}_{i}"
-            print(f"== {name} (limit {limit:.0f} s): {' '.join(map(str, cmd))}", flush=True)
+            say(out, f"== {name} (limit {limit:.0f} s): {' '.join(map(str, cmd))}")
             rec = run_step(name, cmd, limit, out, env)
             shown = "\n".join("   | " + x for x in rec["tail"].splitlines())
-            print(f"   {rec['status']} in {rec['seconds']} s\n{shown}", flush=True)
+            say(out, f"   {rec['status']} in {rec['seconds']} s\n{shown}")
             recs.append(rec)
         merged = recs[0] if len(recs) == 1 else {
             "status": next((r["status"] for r in recs if r["status"] != "ok"), "ok"), "parts": recs,
@@ -629,10 +636,10 @@ def main(argv: list[str] | None = None) -> int:
                                   [int(n) for n in w[4].split(",")], w[5])
         raise SystemExit(f"unknown worker {args.worker!r}")
     summary = run_check(args)
-    print(f"\nwrote {args.out}/summary.json and summary.md ({summary['seconds']} s)")
+    say(args.out, f"\nwrote {args.out}/summary.json and summary.md ({summary['seconds']} s)")
+    say(args.out, summary_markdown(summary))
     if args.copy_to:
         copy_out(args.out, args.copy_to)
-    print(summary_markdown(summary))
     bad = [k for k, v in summary["steps"].items() if v["status"] not in ("ok", "skipped")]
     return 1 if bad else 0
 

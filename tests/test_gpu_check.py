@@ -169,5 +169,7 @@ def test_dry_run_on_the_cpu(tmp_path):
     assert [g["k"] for g in r["gpu_hours"]] == [1, 2]
     assert r["gpu_hours_assumptions"]["train_jobs"] == 100
     assert (out / "summary.md").read_text().startswith("# GPU check")
+    log = (out / "check.log").read_text()  # the script's own output, kept with the results
+    assert "== env (limit" in log and "== demo (limit" in log and "# GPU check" in log
     assert "summary.md" in res.stdout
     assert sorted(p.name for p in (tmp_path / "back").iterdir()) == ["gpu_check.tar.gz", "summary.json", "summary.md"]

@@ -153,3 +153,27 @@ def test_gpu_slot_sets_the_device_and_releases(tmp_path, monkeypatch):
         again.release()
     finally:
         other.release()
+
+
+def test_another_users_lock_files_are_locked_read_only(tmp_path, monkeypatch):
+    """Lock files another user created (mode 0644) open read-only; flock excludes all the same."""
+    import hardmil.gpu as gpu
+
+    lock_dir = tmp_path / "locks"
+    acquire(1, devices=["0"], lock_dir=lock_dir, timeout=1).release()  # files exist now, as if another user's
+    assert oct(lock_dir.stat().st_mode & 0o7777) == "0o1777"  # a new lock folder is shared, like /tmp
+    real_open = os.open
+
+    def no_write(path, flags, *mode):
+        if flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(gpu.os, "open", no_write)
+    held = acquire(1, devices=["0"], lock_dir=lock_dir, timeout=1)
+    try:
+        assert held.device == "0"
+        with pytest.raises(TimeoutError):
+            acquire(1, devices=["0"], lock_dir=lock_dir, timeout=0.2, poll=0.05)
+    finally:
+        held.release()

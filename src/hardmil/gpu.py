@@ -60,9 +60,27 @@ def _lock_name(device: str, slot: int) -> str:
     return f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.slot{slot}.lock"
 
 
+def _open(path: Path) -> int:
+    """``path`` opened for flock: read-write, or read-only when another user created it (flock needs neither)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
+def _make_lock_dir(lock_dir: Path) -> None:
+    """Create the lock folder; one this process creates is writable by every user (sticky, like /tmp)."""
+    if not lock_dir.is_dir():
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(lock_dir, 0o1777)
+        except OSError:
+            pass
+
+
 def _try_lock(path: Path) -> int | None:
     """An open descriptor holding an exclusive flock on ``path``, or None when another holder has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -102,15 +120,18 @@ def acquire(jobs_per_gpu: int = 1, devices: list[str] | None = None, lock_dir: s
     if not devices:
         raise RuntimeError("no visible CUDA device to allocate (CUDA_VISIBLE_DEVICES empty or no GPU)")
     lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    _make_lock_dir(lock_dir)
     if timeout is None:
         timeout = float(os.environ.get(WAIT_ENV) or DEFAULT_TIMEOUT)
     deadline = time.monotonic() + timeout
     while True:
         slot = _pick(devices, jobs_per_gpu, lock_dir)
         if slot is not None:
-            os.ftruncate(slot.fd, 0)
-            os.write(slot.fd, f"pid {os.getpid()}\n".encode())  # for a person looking at the lock folder
+            try:  # for a person looking at the lock folder
+                os.ftruncate(slot.fd, 0)
+                os.write(slot.fd, f"pid {os.getpid()}\n".encode())
+            except OSError:  # opened read-only (another user's file): the lock holds all the same
+                pass
             return slot
         if time.monotonic() >= deadline:
             raise TimeoutError(f"no free GPU slot among devices {devices} x {jobs_per_gpu} job(s) per GPU "
@@ -120,7 +141,7 @@ def acquire(jobs_per_gpu: int = 1, devices: list[str] | None = None, lock_dir: s
 
 def _pick(devices: list[str], jobs_per_gpu: int, lock_dir: Path) -> Slot | None:
     """Under the folder's allocation mutex: probe every slot, keep the best free one."""
-    mutex = os.open(lock_dir / "allocator.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    mutex = _open(lock_dir / "allocator.lock")
     try:
         fcntl.flock(mutex, fcntl.LOCK_EX)  # held only while probing: milliseconds
         best: Slot | None = None

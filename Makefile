@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Debian, Python 3.11, pip):
 #   make demo   - create .venv if missing, install, run the demo workflow
 #   make test   - same set-up, then the test suite, ruff, snakemake --lint and a dry run
+#   make test-fast - the tests without the workflow / SLURM ones, and ruff (while editing the package)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.hardmil-installed
 CORES ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test install lint bench clean test-slurm readme-assets
+.PHONY: demo test test-fast install lint bench clean test-slurm readme-assets
 
 install: $(STAMP)
 
@@ -28,6 +29,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(MAKE) lint
+
+# the inner loop: every test except the end-to-end workflow and SLURM ones, then ruff
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not workflow and not slurm"
+	$(BIN)/ruff check .
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

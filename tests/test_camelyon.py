@@ -103,7 +103,9 @@ def test_download_verifies_the_published_checksums(http_server, tmp_path):
 
 
 def test_schema_defaults_match_the_module_defaults():
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    from hardmil.config import load_schema
+
+    schema = load_schema()
     props = schema["properties"]["datasets"]["additionalProperties"]["properties"]["camelyon"]["properties"]
     assert {k: v["default"] for k, v in props.items()} == camelyon.DEFAULTS
     gdc_props = schema["properties"]["datasets"]["additionalProperties"]["properties"]["gdc"]["properties"]
@@ -113,9 +115,9 @@ def test_schema_defaults_match_the_module_defaults():
 
 
 def test_example_config_is_valid_and_a_gdc_dataset_needs_its_query():
-    from hardmil.config import load_config, validate_config
+    from hardmil.config import SCHEMA_PATH, load_config, validate_config
 
-    schema_path = REPO / "workflow/schemas/config.schema.yaml"
+    schema_path = SCHEMA_PATH
     cfg = load_config(REPO / "config/examples/slides.yaml", schema_path)
     assert cfg["datasets"]["camelyon"]["camelyon"]["c17_labels"]["itc"] == "tumor"  # defaults filled in
     assert cfg["datasets"]["tcga_nsclc"]["gdc"]["api_url"] == "https://api.gdc.cancer.gov"

@@ -1,14 +1,18 @@
 import copy
+import csv
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hardmil.config import load_config, validate_config
+from hardmil.config import SCHEMA_PATH, load_config, load_schema, validate_config
 
-from .conftest import REPO
+from .conftest import REPO, make_cohort, write_manifest
 
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = load_schema()
 DEMO = yaml.safe_load((REPO / "config/config.yaml").read_text())
 
 
@@ -40,7 +44,7 @@ def test_bad_value_names_its_key(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match=r"c\.yaml: config cv\.folds: 1 is less than the minimum of 2"):
-        load_config(p, REPO / "workflow/schemas/config.schema.yaml")
+        load_config(p)
 
 
 def test_every_schema_key_is_documented():
@@ -61,14 +65,27 @@ def test_every_schema_key_is_documented():
 def test_cli_check_config(capsys):
     from hardmil.cli import main
 
-    assert main(["check-config", str(REPO / "config/config.yaml"), "--schema",
-                 str(REPO / "workflow/schemas/config.schema.yaml")]) == 0
+    assert main(["check-config", str(REPO / "config/config.yaml"), "--schema", str(SCHEMA_PATH)]) == 0
     assert main(["models"]) == 0
-    assert "abmil" in capsys.readouterr().out
-    assert Path(REPO / "config/config.yaml").exists()
+    out = capsys.readouterr().out
+    assert "abmil" in out
+    assert "_MISSING_TYPE" not in out and "baseline_params={}" in out  # factory defaults print their value
 
 
-@pytest.mark.parametrize("change, message", [
+def test_schema_ships_with_the_package_and_needs_no_working_directory(tmp_path, monkeypatch):
+    import hardmil
+
+    assert SCHEMA_PATH == Path(hardmil.__file__).parent / "schemas" / "config.schema.yaml" and SCHEMA_PATH.is_file()
+    assert not (REPO / "workflow/schemas").exists()
+    assert "schemas/*.yaml" in (REPO / "pyproject.toml").read_text()  # package data
+    assert 'schemas/config.schema.yaml' not in (REPO / "workflow/rules/common.smk").read_text()
+    monkeypatch.chdir(tmp_path)  # nothing of the repository here
+    cfg = load_config(REPO / "config/config.yaml")
+    assert cfg["train"]["lr"] == 2e-4
+
+
+# The config errors the workflow must reject before any job: (change to the demo config, message).
+CASES = [
     (lambda c: c["methods"].update(m={"model": "mhim"}), "an MHIM method needs teacher"),
     (lambda c: c["methods"].update(m={"model": "mhim", "teacher": "abmil", "params": {"teacher": {"init": "none"}}}),
      "contradict each other"),
@@ -90,12 +107,82 @@ def test_cli_check_config(capsys):
     (lambda c: c["figures"]["synthetic_heatmap"].update(seed=7), r"figures.synthetic_heatmap.seed: 7 is not in"),
     (lambda c: c["figures"]["mhim_assessment"].update(methods={"abmil": "AB-MIL"}), "'abmil' is not an MHIM method"),
     (lambda c: c["external"]["synthetic_cross"].update(test="ucsb_breast"), "differ in task or classes"),
-])
-def test_cross_references_are_checked_before_any_job(change, message):
-    from hardmil.config import check_references
+    (lambda c: c["datasets"]["synthetic"].update(encoders=["efficientnet_lite0", "nope"]),
+     "datasets.synthetic.encoders: 'nope' is not in encoders"),
+    (lambda c: c["synthetic"].update(tumour=["no_texture"]), "texture 'no_texture' is not in assets"),
+]
 
-    cfg = validate_config(copy.deepcopy(DEMO), SCHEMA)
-    check_references(cfg)  # the demo itself is consistent
+
+@pytest.mark.parametrize("change, message", CASES)
+def test_cross_references_are_checked_before_any_job(change, message):
+    from hardmil.config import check_config
+
+    cfg = copy.deepcopy(DEMO)
+    check_config(cfg)  # the demo itself is consistent
     change(cfg)
     with pytest.raises(ValueError, match=message):
-        check_references(cfg)
+        check_config(cfg)
+
+
+def broken(tmp_path, change) -> Path:
+    """The demo config with ``change`` applied, written to a file."""
+    cfg = copy.deepcopy(DEMO)
+    change(cfg)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the checks report the first error in config order
+    return path
+
+
+@pytest.mark.parametrize("change, message", CASES)
+def test_check_config_rejects_what_the_workflow_rejects(tmp_path, capsys, change, message):
+    from hardmil.cli import main
+
+    path = broken(tmp_path, change)
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.startswith(f"error: {path}: config ")
+
+
+def byo_config(tmp_path, labels_ok=True) -> Path:
+    feats, manifest = make_cohort(tmp_path / "cohort", n_bags=6)
+    if not labels_ok:
+        rows = list(csv.DictReader(open(manifest), delimiter="\t"))
+        rows[3]["label"] = "tumour"
+        write_manifest(manifest, rows)
+    cfg = {"datasets": {"mine": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
+                                 "features_dir": str(feats)}},
+           "methods": {"abmil": {"model": "abmil"}}}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_manifest_labels_outside_classes_are_rejected_at_check_time(tmp_path):
+    load_config(byo_config(tmp_path))  # a good manifest passes
+    bad = byo_config(tmp_path / "bad", labels_ok=False)
+    message = r"manifest.tsv: line 5: label 'tumour' of s003_0 is not one of \['neg', 'pos'\]"
+    with pytest.raises(ValueError, match=message):
+        load_config(bad)
+    from hardmil.config import check_config
+
+    cfg = yaml.safe_load(bad.read_text())
+    cfg["datasets"]["mine"]["manifest"] = str(tmp_path / "not_there.tsv")  # made by a rule, or not yet: no check
+    check_config(cfg)
+
+
+@pytest.mark.workflow
+def test_snakemake_dry_run_gives_the_check_config_message(tmp_path, capsys):
+    """The workflow and `hardmil check-config` run the same checks: same verdict, same message, for every case."""
+    from hardmil.cli import main
+
+    cases = CASES + [(None, "label 'tumour' of s003_0 is not one of")]
+    for i, (change, message) in enumerate(cases):
+        work = tmp_path / str(i)
+        work.mkdir()
+        path = broken(work, change) if change else byo_config(work, labels_ok=False)
+        assert main(["check-config", str(path)]) == 2
+        cli = capsys.readouterr().err.strip().removeprefix(f"error: {path}: ")
+        res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(REPO / "Snakefile"),
+                              "-d", str(work), "--configfile", str(path)], capture_output=True, text=True, timeout=300)
+        assert res.returncode != 0 and re.search(message, cli)
+        assert cli in res.stderr + res.stdout, (message, cli, res.stderr[-2000:])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hardmil.report.assessment import TeacherAssessment
+from hardmil.models.assessment import TeacherAssessment
 from hardmil.report.figures import (
     assessment_figure,
     curves_figure,

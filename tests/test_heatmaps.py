@@ -121,9 +121,9 @@ def test_probability_map_is_the_positive_class_of_mhims_class_aware_score(name):
 
 # --- Li et al. Fig. 3 on slides: the mined hard-negative patches (hardmil.report.patches) -------------------
 def test_patch_grid_of_mined_hard_negatives(cohort, tmp_path):
+    from hardmil.checkpoint import load_model
     from hardmil.data.splits import read_splits
     from hardmil.report.patches import patches_job
-    from hardmil.train.run import load_trained
     from hardmil.wsi.patching import read_coords
 
     root, models = cohort
@@ -143,7 +143,8 @@ def test_patch_grid_of_mined_hard_negatives(cohort, tmp_path):
         train = {s["slide"]: s["label"] for s in read_splits(root / "splits.tsv", fold)["train"]}
         assert train.get(r["slide"]) == "normal"  # a negative training slide of the fold model that mined it
         # Li et al. eq. 3, recomputed through the heatmap code path: weight >= mean + std of the slide
-        net, mean, std = load_trained(models[fold])
+        net, saved = load_model(models[fold])
+        mean, std = saved["feature_mean"], saved["feature_std"]
         feats = h5py_features(root / "features" / f"{r['slide']}.h5")
         att = instance_maps(net, feats, mean, std)[0]["attention"]
         i = int(r["index"])

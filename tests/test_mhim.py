@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hardmil.models import build_model
 from hardmil.models.base import MILOutput
@@ -44,7 +45,7 @@ def test_low_random_and_rsm_partition():
     remaining = set(range(50)) - masked_high - masked_low
     assert set(kept.tolist()) | set(rec.tolist()) == remaining
     assert not set(kept.tolist()) & set(rec.tolist())
-    assert len(rec) == int(len(remaining) * 0.5)
+    assert len(kept) == int(len(remaining) * 0.5)  # the reference keeps int(L (1 - rsm_ratio))
     v1 = mhim(version="v1", mask_high=0.0, mask_random=0.3, rsm_ratio=0.5)
     kept, rec = v1.select(torch.randn(40))
     assert len(kept) == 40 - 12 and len(rec) == 0  # v1 has no GRN
@@ -67,7 +68,7 @@ def test_v2_score_is_class_aware_probability_and_v1_is_attention():
     t = m.teacher.eval()
     h = t.embed(x)
     zz, a = t.aggregate(h)
-    expected = torch.softmax(t.classifier(a[0, :, None] * h[0]), -1).max(-1).values
+    expected = torch.softmax(F.linear(a[0, :, None] * h[0], t.classifier.weight), -1).max(-1).values
     assert torch.allclose(score, expected, atol=1e-6) and torch.allclose(z, zz[0], atol=1e-6)
     v1 = mhim(version="v1", teacher_dropout=False)
     assert torch.allclose(v1.teacher_scores(x)[0], v1.teacher.eval().aggregate(v1.teacher.embed(x))[1][0])
@@ -278,12 +279,106 @@ def test_transmil_no_grad_heads_one_at_a_time_and_scores_from_the_forward():
 
 
 def test_abmil_class_aware_probability_is_the_classifier_on_weighted_instances():
-    """v2's score max_c softmax_c(W (a_i h_i) + b), taken from head()'s instance logits, equals the definition."""
+    """v2's score max_c softmax_c(W (a_i h_i)) (no classifier bias, as the reference), taken from head()'s instance
+    logits, equals the definition; a trained (non-zero) bias does not enter."""
     torch.manual_seed(0)
     m = build_model("abmil", in_dim=8, n_classes=3).eval()
+    with torch.no_grad():
+        m.classifier.bias.copy_(torch.tensor([2.0, -1.0, 0.5]))
     h = m.embed(torch.randn(1, 17, 8))
     out = m.head(h)
     a = out.attention[0]
-    expected = torch.softmax(m.classifier(a[:, None] * h[0]), dim=-1).amax(-1)
+    expected = torch.softmax((a[:, None] * h[0]) @ m.classifier.weight.T, dim=-1).amax(-1)
     torch.testing.assert_close(m.instance_scores(h, out, "v2"), expected)
+    with_bias = torch.softmax(m.classifier(a[:, None] * h[0]), dim=-1).amax(-1)
+    assert (with_bias - expected).abs().max() > 1e-2
     torch.testing.assert_close(m.instance_scores(h, out, "v1"), a)
+
+
+@pytest.mark.parametrize("params,key", [
+    ({"mask_high": -0.1}, "mask_high"), ({"mask_high": 1.0}, "mask_high"), ({"mask_high": 1.5}, "mask_high"),
+    ({"rsm_ratio": 1.5}, "rsm_ratio"), ({"rsm_ratio": -0.5}, "rsm_ratio"),
+    ({"mask": {"high_ratio": -0.2}}, r"mask\.high_ratio"), ({"mask": {"random_ratio": 1.2}}, r"mask\.random_ratio"),
+    ({"teacher": {"momentum": 1.01}}, r"teacher\.momentum"), ({"momentum": -0.1}, "momentum"),
+    ({"mask_high_random": 0.0}, "mask_high_random"), ({"alpha": -1.0}, "alpha"), ({"grn_tokens": 0}, "grn_tokens"),
+    ({"baseline_params": {"dropout": 1.0}}, "dropout"), ({"mask_high": float("nan")}, "mask_high"),
+])
+def test_out_of_range_parameters_are_errors_naming_the_key(params, key):
+    """Issue 16: every numeric MHIM field declares its range; the nested names are checked as written."""
+    with pytest.raises(ValueError, match=rf"model '(mhim|abmil)': {key} = .* out of range"):
+        build_model("mhim", in_dim=8, **params)
+
+
+def test_high_ratio_over_random_fraction_at_most_one():
+    with pytest.raises(ValueError, match=r"mask_high / mask_high_random .*= 0\.3 / 0\.2 must be <= 1"):
+        build_model("mhim", in_dim=8, mask_high=0.3, mask_high_random=0.2)
+    assert build_model("mhim", in_dim=8, mask_high=0.25, mask_high_random=0.5).cfg.mask_high == 0.25
+
+
+@pytest.mark.parametrize("name,params,key", [
+    ("abmil", {"attn_dim": 0}, "attn_dim"), ("abmil", {"dropout": -0.1}, "dropout"),
+    ("transmil", {"landmarks": 0}, "landmarks"), ("transmil", {"attn_dropout": 1.0}, "attn_dropout"),
+])
+def test_baseline_ranges(name, params, key):
+    with pytest.raises(ValueError, match=rf"model '{name}': {key} = .* out of range"):
+        build_model(name, in_dim=8, **params)
+
+
+def test_option_names_are_checked():
+    with pytest.raises(ValueError, match="act must be one of"):
+        build_model("abmil", in_dim=8, act="tanh")
+    with pytest.raises(ValueError, match="attention_act must be one of"):
+        build_model("abmil", in_dim=8, attention_act="sigmoid")
+    with pytest.raises(ValueError, match="padding must be one of"):
+        build_model("transmil", in_dim=8, padding="square")
+
+
+def test_paper_config_mhim_methods_wrap_exactly_their_teachers_config():
+    """config/paper.yaml: each MHIM method's wrapped baseline (baseline + baseline_params) is the configuration of
+    its teacher method (init_teacher refuses any difference at train time); AB-MIL / TransMIL MHIM methods wrap
+    the reference's internal attn / selfattn variants with the GELU projection."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from hardmil.models import model_config
+
+    methods = yaml.safe_load((Path(__file__).parents[1] / "config" / "paper.yaml").read_text())["methods"]
+    seen = set()
+    for name, m in methods.items():
+        if m["model"] != "mhim":
+            continue
+        cfg = model_config("mhim", **copy.deepcopy(m["params"]))
+        wrapped = model_config(cfg.baseline, **cfg.baseline_params)
+        if cfg.baseline == "abmil":
+            assert (wrapped.act, wrapped.attention_act, wrapped.attention_bias) == ("gelu", "relu", False), name
+        if cfg.baseline == "transmil":
+            assert (wrapped.act, wrapped.padding) == ("gelu", "ppeg"), name
+        if m.get("teacher"):
+            t = methods[m["teacher"]]
+            assert t["model"] == cfg.baseline, name
+            assert model_config(t["model"], **t.get("params", {})) == wrapped, name
+            seen.add(m["teacher"])
+    assert {"abmil_mhim", "transmil_mhim", "dsmil"} <= seen
+
+
+@pytest.mark.parametrize("name", ["abmil", "gabmil", "transmil", "mhim"])
+def test_every_numeric_field_declares_its_range(name):
+    from hardmil.models import MODELS
+    from hardmil.models.base import field_range
+
+    fields = dataclasses.fields(MODELS[name].config_class)
+    numeric = [f for f in fields if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+    assert numeric and all(field_range(f) is not None for f in numeric), [f.name for f in numeric
+                                                                          if field_range(f) is None]
+
+
+def test_transmil_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    standalone = build_model("transmil", in_dim=8, landmarks=4)
+    selfattn = build_model("transmil", in_dim=8, landmarks=4, padding="ppeg")
+    for m in (standalone, selfattn):
+        assert torch.all(m.classifier.bias == 0) and torch.all(m.feature[0].bias == 0)
+    assert standalone.cls_token.abs().max() < 1e-4 and selfattn.cls_token.std() > 0.5
+    assert torch.all(standalone.ppeg.convs[0].bias == 0) and not torch.all(selfattn.ppeg.convs[0].bias == 0)

@@ -6,13 +6,13 @@ import copy
 import pytest
 import yaml
 
-from hardmil.config import validate_config
+from hardmil.config import load_schema, validate_config
 from hardmil.models import model_config
 from hardmil.report.tables import table_spec
 
 from .conftest import REPO
 
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = load_schema()
 PAPER = validate_config(yaml.safe_load((REPO / "config/paper.yaml").read_text()), SCHEMA)
 
 

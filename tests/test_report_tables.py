@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from hardmil.report import published
-from hardmil.report.efficiency import efficiency_records, runs_timing
-from hardmil.report.figures import sweep_panels
+from hardmil.report.efficiency import efficiency_records
+from hardmil.report.figures import sweep_figure, sweep_panels
 from hardmil.report.tables import RunRef, aggregate, table_spec, write_table
+from hardmil.train.efficiency import runs_timing
 
 R50_ROWS_T2 = ["AB-MIL [14]", "CLAM [17]", "DSMIL [15]", "TransMIL [9]", "DTFD-MIL [13]", "IBMIL [6]",
                "MHIM(AB-MIL) [28]", "MHIM(TransMIL) [28]", "MHIM(DSMIL) [28]", "R2T-MIL [92]", "2DMamba [48]",
@@ -95,11 +97,19 @@ def test_units_deltas_and_ambiguity():
         published.long_values("mhim2025_table99")
 
 
-def _run(tmp_path, method, protocol, seed, fold, **metrics):
+def _run(tmp_path, method, protocol, seed, fold, skill=0.0, **metrics):
     d = tmp_path / method / protocol / f"seed{seed}" / f"fold{fold}"
     d.mkdir(parents=True)
     extra = {"n_parameters": 100, "timing": {"seconds_per_epoch": 1.0 + fold}}
     (d / "metrics.json").write_text(json.dumps(metrics | extra))
+    # out-of-fold predictions of 8 test slides (the paired Δ reads them): P(tumour) rises with `skill`
+    rng = np.random.default_rng([fold, seed])
+    y = np.array([0, 1] * 4)
+    p1 = np.clip(0.5 + skill * (y - 0.5) + 0.3 * rng.standard_normal(8), 0.01, 0.99)
+    lines = ["slide\tcase\tlabel\tlabel_index\tprob_normal\tprob_tumor\tfold\tepoch"]
+    lines += [f"s{fold}_{i}\tc{fold}_{i}\t{'nt'[t]}\t{t}\t{1 - q}\t{q}\t{fold}\t1"
+              for i, (t, q) in enumerate(zip(y, p1, strict=True))]
+    (d / "predictions.tsv").write_text("\n".join(lines) + "\n")
     return d / "metrics.json"
 
 
@@ -118,7 +128,7 @@ def test_mhim_table_from_config_with_per_row_baseline(tmp_path):
     assert by[("clean", "transmil")]["auc_diff"] == pytest.approx(0.905 - 0.912)
     assert by[("paper", "mine")]["auc_published"] is None
     write_table(recs, tmp_path / "t.csv", tmp_path / "t.md", "T7", tex_path=tmp_path / "t.tex")
-    assert "paper 0.916, Δ -0.011" in (tmp_path / "t.md").read_text()  # AB-MIL baseline: 91.6
+    assert "paper 0.916, diff. -0.011" in (tmp_path / "t.md").read_text()  # AB-MIL baseline: 91.6
     assert r"\begin{tabular}{lc}" in (tmp_path / "t.tex").read_text()
     with pytest.raises(ValueError, match="fold0/metrics.json: no metric 'c_index'"):
         aggregate(runs, rows, pub, ["c_index"], spread)
@@ -146,13 +156,20 @@ def test_efficiency_table_and_missing_measurement(tmp_path):
 
 
 def test_sweep_panels_read_each_methods_runs_and_name_a_missing_one(tmp_path):
-    paths = {m: [_run(tmp_path, m, "paper", 0, f, auc=a + 0.01 * f) for f in range(2)]
-             for m, a in (("rsm10", 0.8), ("rsm50", 0.7), ("abmil", 0.75))}
+    paths = {m: [_run(tmp_path, m, "paper", 0, f, skill=k, auc=a + 0.01 * f) for f in range(4)]
+             for m, a, k in (("rsm10", 0.8, 0.9), ("rsm50", 0.7, 0.0), ("abmil", 0.75, 0.0))}
     cfg = {"metric": "auc", "panels": {"AB-MIL": {"xlabel": "mask ratio", "baseline": "abmil",
                                                   "series": {"RSM only": {0.1: "rsm10", 0.5: "rsm50"}}}}}
     panels = sweep_panels(cfg, lambda m: paths[m])
-    assert panels["AB-MIL"]["series"]["RSM only"][0.5] == pytest.approx([0.7, 0.71])
+    assert panels["AB-MIL"]["series"]["RSM only"][0.5] == pytest.approx([0.7, 0.71, 0.72, 0.73])
     assert panels["AB-MIL"]["baseline"][0] == "abmil"
+    d = panels["AB-MIL"]["deltas"]["RSM only"]
+    # rsm50 predicts exactly what abmil predicts (same seeds, no skill): Δ 0, zero-width interval, not resolved
+    assert (d[0.5]["delta"], d[0.5]["lo"], d[0.5]["hi"], d[0.5]["excludes_zero"]) == (0, 0, 0, False)
+    assert d[0.1]["delta"] > 0.2 and d[0.1]["excludes_zero"] and d[0.1]["n"] == 32
+    fig = sweep_figure(panels, metric="auc", title="t", footnote="f")
+    assert len(fig.axes) == 2 and "Δ AUC vs abmil" in fig.axes[1].get_ylabel()
+    fig.savefig(tmp_path / "sweep.png")
     paths["rsm50"][1].unlink()
     with pytest.raises(FileNotFoundError, match="rsm50/paper/seed0/fold1"):
         sweep_panels(cfg, lambda m: paths[m])

@@ -118,7 +118,7 @@ def test_profile_resources_per_rule_family(tmp_path):
             fields = {k: v for k, v in fields.items() if k in ("slurm_partition", "gpu", "mem_mb", "runtime")}
             assert asked.setdefault(rule, fields) == fields, f"{rule}: jobs of one family differ"
     asked.pop("all", None)
-    assert set(asked) == {"splits", "train", "hardneg", "confounders", "table"}, asked
+    assert set(asked) == {"splits", "bag_store", "train", "hardneg", "confounders", "table"}, asked
     train = asked.pop("train")
     assert (train["slurm_partition"], train["gpu"], train["mem_mb"], train["runtime"]) == ("gpuq", "2", "7000", "90")
     for heavy in ("hardneg", "confounders"):  # CPU jobs: hardmil.mining has no CUDA path

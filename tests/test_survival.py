@@ -175,8 +175,9 @@ def test_case_bags_concatenate_slides_and_keep_coords_apart(tmp_path):
     np.testing.assert_array_equal(np.diff(x.coords[3:], axis=0), np.diff(c2, axis=0))  # its own layout kept
     assert bags[1].coords is None and len(bags[1]) == 4
     write_features(tmp_path / "x2.h5", np.ones((2, 5)))
+    lazy = load_case_bags(rows, tmp_path)  # bags are read when used: the dimension is checked then
     with pytest.raises(InputError, match=r"x2\.h5: feature dimension 5 != 4"):
-        load_case_bags(rows, tmp_path)
+        _ = lazy[0].features
 
 
 def test_simulated_times_follow_the_hazard_model(tmp_path):

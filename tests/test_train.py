@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from hardmil.data.bags import read_manifest
+from hardmil.data.bags import Bag, read_manifest
+from hardmil.data.bagset import BagSet
 from hardmil.data.splits import make_splits, write_splits
 from hardmil.models import build_model
-from hardmil.train.loop import Tensors, TrainConfig, train
+from hardmil.train.loop import TrainConfig, train
 from hardmil.train.run import RUN_FILES, run_fold
 
 from .conftest import make_cohort
@@ -20,7 +21,8 @@ def _tensors(n, seed):
     labels = torch.tensor([i % 2 for i in range(n)])
     for f, y in zip(feats, labels, strict=True):
         f[:2, 0] += 3 * y
-    return Tensors(feats, labels)
+    pairs = enumerate(zip(feats, labels, strict=True))
+    return BagSet([Bag(f"b{i}", f"b{i}", int(y), f.numpy()) for i, (f, y) in pairs])
 
 
 class Interrupt(Exception):

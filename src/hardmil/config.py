@@ -1,7 +1,15 @@
-"""Config validation outside Snakemake, with the same schema and the same default filling.
+"""The one config loader, used by the workflow (``workflow/rules/common.smk``) and by ``hardmil check-config``.
 
-Snakemake's ``validate(config, schema)`` fills defaults from the schema; this does the same with
-jsonschema (draft 2020-12) so that tests and the CLI see exactly what the workflow sees.
+:func:`check_config` is everything a config must pass before any job runs, in this order: the JSON schema
+(draft 2020-12, shipped with the package as ``hardmil/schemas/config.schema.yaml``), which also fills in its
+defaults in place as Snakemake's ``validate`` would; :func:`check_references` (names that refer to each other,
+each method's model parameters, protocols, figures, cross-source pairs); :func:`check_slide_references`
+(encoders and synthetic textures of slide datasets); :func:`check_manifests` (the small input files that
+exist already: a ``source: features`` manifest's labels against ``classes``). Every failure is a
+``ValueError`` whose message names the key (``config methods.m.teacher: ...``) or, for a bad input file,
+the file (:class:`hardmil.utils.InputError`), and the workflow and the command line print the same message.
+Relative paths in a config are read relative to the working directory, as the workflow does (run both from
+the repository root).
 """
 
 from __future__ import annotations
@@ -12,6 +20,12 @@ from pathlib import Path
 import yaml
 
 SLIDE_SOURCES = ("synthetic", "slides", "gdc", "camelyon")  # dataset sources that have slide images
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | os.PathLike | None = None) -> dict:
+    """The config schema: the packaged one unless ``path`` names another."""
+    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
 
 
 def _with_defaults(validator_class):
@@ -29,11 +43,12 @@ def _with_defaults(validator_class):
     return validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate_config(config: dict, schema: dict) -> dict:
-    """Fill defaults into ``config`` and validate it; raise ValueError naming the offending key."""
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Fill defaults into ``config`` and validate it against ``schema`` (default: the packaged schema); raise
+    ValueError naming the offending key."""
     from jsonschema import Draft202012Validator
 
-    validator = _with_defaults(Draft202012Validator)(schema)
+    validator = _with_defaults(Draft202012Validator)(load_schema() if schema is None else schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
@@ -42,13 +57,64 @@ def validate_config(config: dict, schema: dict) -> dict:
     return config
 
 
-def load_config(path: str | os.PathLike, schema_path: str | os.PathLike) -> dict:
-    config = yaml.safe_load(Path(path).read_text()) or {}
-    schema = yaml.safe_load(Path(schema_path).read_text())
+def check_config(config: dict, schema: dict | None = None) -> dict:
+    """Every check a config must pass before any job runs (see the module docstring); fills in the schema's
+    defaults in place and returns ``config``."""
+    validate_config(config, schema)
+    check_references(config)
+    check_slide_references(config)
+    check_manifests(config)
+    return config
+
+
+def load_config(path: str | os.PathLike, schema_path: str | os.PathLike | None = None) -> dict:
+    """Read a config file and run :func:`check_config` on it; errors name the file first."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: config file does not exist")
     try:
-        return validate_config(config, schema)
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return check_config(config, load_schema(schema_path))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
+
+
+def synthetic_config(config: dict, dataset: str) -> dict:
+    """The synthetic block with the dataset's own overrides (``datasets.<name>.synthetic``) on top."""
+    return {**config["synthetic"], **config["datasets"][dataset].get("synthetic", {})}
+
+
+def check_slide_references(config: dict) -> None:
+    """Slide datasets name configured encoders; synthetic cohorts name configured texture assets."""
+    datasets = config["datasets"]
+    for d, dcfg in datasets.items():
+        if dcfg["source"] in SLIDE_SOURCES:
+            for e in dcfg["encoders"]:
+                if e not in config["encoders"]:
+                    raise ValueError(f"config datasets.{d}.encoders: {e!r} is not in encoders "
+                                     f"({sorted(config['encoders'])})")
+    for d, dcfg in datasets.items():
+        if dcfg["source"] == "synthetic":
+            cfg = synthetic_config(config, d)
+            for a in cfg["normal"] + cfg["tumour"]:
+                if a not in config["assets"]:
+                    raise ValueError(f"config synthetic (dataset {d}): texture {a!r} is not in assets")
+
+
+def check_manifests(config: dict) -> None:
+    """The manifests a user brings (``source: features`` classification datasets whose manifest exists now):
+    every label is one of ``classes`` and no slide is listed twice, as the splits job would find later."""
+    from hardmil.data.bags import read_manifest
+
+    for dcfg in config["datasets"].values():
+        if dcfg["source"] != "features" or dcfg["task"] != "classification" or "simulate" in dcfg:
+            continue
+        manifest = dcfg.get("manifest")
+        if manifest and Path(manifest).is_file():
+            read_manifest(manifest, dcfg["classes"])
 
 
 def check_references(config: dict) -> None:
@@ -91,9 +157,61 @@ def check_references(config: dict) -> None:
                 raise ValueError(f"config tables.{name}.rows: method {method!r} is not in methods")
             if t["dataset"] not in methods[method].get("datasets", [t["dataset"]]):
                 raise ValueError(f"config tables.{name}.rows: method {method!r} does not run on {t['dataset']!r}")
+        check_table_baselines(name, t)
     check_protocols(config)
     check_figures(config)
     check_external(config)
+
+
+def check_table_baselines(name: str, t: dict) -> None:
+    """``tables.<t>.baseline`` and each row's ``versus`` must name another row of the same table."""
+    rows = list(t["rows"])
+    if t.get("baseline") is not None and t["baseline"] not in rows:
+        raise ValueError(f"config tables.{name}.baseline: {t['baseline']!r} is not one of the table's rows {rows}")
+    for method, row in t["rows"].items():
+        versus = row.get("versus") if isinstance(row, dict) else None
+        if versus is None:
+            continue
+        if versus not in rows:
+            raise ValueError(f"config tables.{name}.rows.{method}.versus: {versus!r} is not one of the table's rows "
+                             f"{rows}")
+        if versus == method:
+            raise ValueError(f"config tables.{name}.rows.{method}.versus: a row cannot be compared with itself")
+
+
+def table_versus(config: dict, name: str) -> dict[str, str | None]:
+    """``{method: the row it is compared with}`` for the rows of table ``name`` (None: no comparison).
+
+    In order: the row's ``versus``; none for the table's ``baseline`` itself; an MHIM method: its teacher's
+    method if that is a row, else the one row whose model is the baseline model MHIM wraps
+    (``params.baseline``); a Li et al. hard-negative method: the method its hard negatives were mined with
+    (``hardneg.<h>.from``); a method built on another (``confounders.<c>.from``, ``init_from``) when that is
+    a row; else the table's ``baseline``. A table without ``baseline`` compares only rows that name ``versus``."""
+    t = config["tables"][name]
+    methods = config["methods"]
+    rows = list(t["rows"])
+    base = t.get("baseline")
+    out: dict[str, str | None] = {}
+    for method in rows:
+        row = t["rows"][method]
+        m = methods.get(method, {})
+        candidates: list[str | None] = []
+        if isinstance(row, dict) and row.get("versus"):
+            candidates.append(row["versus"])
+        elif method == base:
+            candidates.append(None)
+        else:
+            if m.get("model") == "mhim":
+                wrapped = (m.get("params") or {}).get("baseline")
+                same = [r for r in rows if r != method and methods.get(r, {}).get("model") == wrapped]
+                candidates += [m.get("teacher"), same[0] if len(same) == 1 else None]
+            if m.get("hardneg"):
+                candidates.append(config.get("hardneg", {}).get(m["hardneg"], {}).get("from"))
+            if m.get("confounders"):
+                candidates.append(config.get("confounders", {}).get(m["confounders"], {}).get("from"))
+            candidates += [m.get("init_from"), base]
+        out[method] = next((c for c in candidates if c in rows and c != method), None)
+    return out
 
 
 def method_protocols(config: dict, method: str) -> list[str]:
@@ -135,8 +253,9 @@ def check_protocols(config: dict) -> None:
 
 
 def figure_methods(f: dict, hardneg: dict | None = None) -> list[str]:
-    """Every method a ``figures`` entry reads runs of: sweep points and baselines, ``methods``, or the
-    stage-1 method of the ``variant`` (kinds ``hardneg`` and ``patches``)."""
+    """Every method a ``figures`` entry reads runs of, in order, without repeats: sweep points and baselines,
+    ``methods``, or the stage-1 method of the ``variant`` (kinds ``hardneg`` and ``patches``; needs ``hardneg``,
+    the config's block). The one place that answers this for the checks and the workflow's figure rules."""
     if f["kind"] in ("hardneg", "patches"):
         v = (hardneg or {}).get(f.get("variant"))
         return [v["from"]] if v else []
@@ -164,19 +283,13 @@ def check_figures(config: dict) -> None:
     for name, f in config["figures"].items():
         if f["dataset"] not in config["datasets"]:
             raise ValueError(f"config figures.{name}.dataset: {f['dataset']!r} is not in datasets")
-        if f["kind"] == "sweep":
-            if "panels" not in f:
-                raise ValueError(f"config figures.{name}: a sweep needs panels")
-            methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
-            methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
-        elif f["kind"] in ("curves", "assessment", "heatmap"):
-            methods = list(f.get("methods") or [])
-            if not methods:
-                raise ValueError(f"config figures.{name}: kind {f['kind']!r} needs methods")
-        else:
-            if f.get("variant") not in config["hardneg"]:
-                raise ValueError(f"config figures.{name}.variant: {f.get('variant')!r} is not in hardneg")
-            methods = []
+        if f["kind"] == "sweep" and "panels" not in f:
+            raise ValueError(f"config figures.{name}: a sweep needs panels")
+        if f["kind"] in ("curves", "assessment", "heatmap") and not f.get("methods"):
+            raise ValueError(f"config figures.{name}: kind {f['kind']!r} needs methods")
+        if f["kind"] in ("hardneg", "patches") and f.get("variant") not in config["hardneg"]:
+            raise ValueError(f"config figures.{name}.variant: {f.get('variant')!r} is not in hardneg")
+        methods = figure_methods(f, config["hardneg"])
         for m in methods:
             if m not in config["methods"]:
                 raise ValueError(f"config figures.{name}: method {m!r} is not in methods")

@@ -150,3 +150,28 @@ def rule_log(log_file: str | os.PathLike | None) -> Iterator[None]:
                 raise
         finally:
             sys.stderr = old_stderr
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically, through an open file so the archive's internal name is fixed: identical
+    objects give identical bytes."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
+RECORDED_PACKAGES = ("torch", "numpy", "scikit-learn", "scikit-survival", "h5py", "snakemake", "openslide-python")
+
+
+def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages that shape a run's numbers (None where not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

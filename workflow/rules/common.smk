@@ -1,12 +1,14 @@
-# Config validation, wildcard constraints and target functions. Functions only, no rules.
+# What several stages share: the config check, wildcard constraints, path patterns, the per-fold job
+# description (train and efficiency), dataset and slide helpers, the final targets. Functions only, no rules;
+# a function only one stage uses lives in that stage's .smk file.
 import re
 
-from snakemake.utils import validate
-
-from hardmil.config import SLIDE_SOURCES, check_references, method_protocols, shared_encoders
+from hardmil.config import SLIDE_SOURCES, check_config, method_protocols
 
 
-validate(config, "../schemas/config.schema.yaml")
+# hardmil.config.check_config: the packaged schema (fills in its defaults), cross-references, slide references,
+# manifest labels. `hardmil check-config FILE` runs the same function and prints the same message.
+check_config(config)
 
 RUN_FILES = ["model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml"]
 RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
@@ -14,6 +16,9 @@ HARDNEG_DIR = "results/hardneg/{dataset}/{encoder}/{variant}/{protocol}/seed{see
 HARDNEG_FILES = ["bags.h5", "mined.tsv", "summary.json"]
 CONF_DIR = "results/confounders/{dataset}/{encoder}/{variant}/{protocol}/seed{seed}/fold{fold}"
 SPLITS = "results/splits/{dataset}/{protocol}/seed{seed}.tsv"
+EXTERNAL_DIR = "results/external/{pair}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
+EFFICIENCY = "results/efficiency/{dataset}/{encoder}/{method}.json"
+PATCH_REPORT = "results/patches/{dataset}/shards/{shard}-of-{n}.tsv"
 # train-block keys that configure the job, not the loop (hardmil.train.loop.TrainConfig)
 JOB_KEYS = ("standardize", "group", "threads", "mem_mb", "runtime")
 SEEDS = config["cv"]["seeds"]
@@ -53,6 +58,25 @@ def features_dir(dataset, encoder):
     return pattern.format(dataset=dataset, encoder=encoder)
 
 
+STORE_DIR = "results/stores/{dataset}/{encoder}"
+STORE_FILES = ("index.json", "features.npy", "coords.npy")
+
+
+def bag_store(dataset, encoder):
+    """The bag store's index (rule bag_store): what every stage that reads features takes as input."""
+    return f"{STORE_DIR}/index.json".format(dataset=dataset, encoder=encoder)
+
+
+def job_mem_mb(wc, input, attempt):
+    """Memory (MB) of a job that reads a bag store: ``train.mem_mb``, or with ``auto`` the measured model
+    :func:`hardmil.data.store.job_memory_mb` of the store's largest bag (doubled on a retry)."""
+    from hardmil.data.store import job_memory_mb
+
+    if config["train"]["mem_mb"] != "auto":
+        return config["train"]["mem_mb"] * attempt
+    return job_memory_mb(input.features) * attempt
+
+
 def classes(dataset):
     """Class names (classification); survival datasets have none."""
     return config["datasets"][dataset].get("classes", [])
@@ -60,12 +84,6 @@ def classes(dataset):
 
 def task(dataset):
     return config["datasets"][dataset]["task"]
-
-
-def train_config(method):
-    """The loop's config for ``method``: the train block, then the method's own overrides."""
-    merged = {**config["train"], **config["methods"][method].get("train", {})}
-    return {k: v for k, v in merged.items() if k not in JOB_KEYS}
 
 
 # --- job grouping: one fold per job ('fold') or every seed x fold of a method per job ('method') ---
@@ -80,95 +98,56 @@ def job_log(prefix, ext="log"):
     return f"{prefix}/seed{{seed}}/fold{{fold}}.{ext}" if GROUP == "fold" else f"{prefix}/all.{ext}"
 
 
-def fold_ids(wc):
-    """The (seed, fold) pairs one job covers."""
-    if hasattr(wc, "fold"):
-        return [(int(wc.seed), int(wc.fold))]
-    return [(s, f) for s in SEEDS for f in FOLDS]
+def fold_fields(wc):
+    """The wildcard values of every (seed, fold) one job covers, in order: a dict per fold with ``seed`` and
+    ``fold`` set (one fold with train.group: fold, every seed x fold with group: method)."""
+    fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")}
+    folds = [(int(wc.seed), int(wc.fold))] if hasattr(wc, "fold") else [(s, f) for s in SEEDS for f in FOLDS]
+    return [fields | {"seed": s, "fold": f} for s, f in folds]
 
 
 def job_paths(pattern, wc, **extra):
     """Concrete paths of ``pattern`` for every (seed, fold) of the job, in order, without repeats."""
-    fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | extra
-    paths = (pattern.format(**fields, seed=s, fold=f) for s, f in fold_ids(wc))
-    return list(dict.fromkeys(paths))
+    return list(dict.fromkeys(pattern.format(**(fields | extra)) for fields in fold_fields(wc)))
 
 
-def hardneg_variant(method):
-    return config["methods"][method].get("hardneg")
+def run_file(name, **wc):
+    return f"{RUN_DIR}/{name}".format(**wc)
 
 
-def hardneg_bags(wc):
-    """Generated negative bags a stage-2 method trains on (none for other methods)."""
-    variant = hardneg_variant(wc.method)
-    if not variant:
-        return []
-    return job_paths(f"{HARDNEG_DIR}/bags.h5", wc, variant=variant)
+# --- one fold's training job: the train rule runs it, the efficiency rule times it again ---
+# every input file besides splits and features that a fold's training reads, by its run_fold keyword
+FOLD_INPUTS = ("extra_bags", "confounders", "teacher", "init_from")
 
 
-def confounder_files(wc):
-    """The IBMIL confounder dictionaries a method trains with (none for other methods)."""
-    variant = config["methods"][wc.method].get("confounders")
-    if not variant:
-        return []
-    return job_paths(f"{CONF_DIR}/confounders.npy", wc, variant=variant)
-
-
-def source_models(key):
-    """Input function: the same fold's trained checkpoints of the method named by ``methods.<m>.<key>``
-    (``teacher``: an MHIM teacher; ``init_from``: the input layer), none when the key is not set."""
-
-    def models(wc):
-        source = config["methods"][wc.method].get(key)
-        return job_paths(f"{RUN_DIR}/model.pt", wc, method=source) if source else []
-
-    return models
+def fold_job(method, fields):
+    """Where one fold of ``method`` reads and writes (``fields``: the fold's wildcard values): splits, out_dir and
+    each of FOLD_INPUTS (None when the method does not use it). Both the train and the efficiency rule derive
+    their inputs and parameters from it, so the two cannot disagree."""
+    m = config["methods"][method]
+    fields = fields | {"method": method}
+    variant, conf = m.get("hardneg"), m.get("confounders")
+    return {
+        "seed": fields["seed"],
+        "fold": fields["fold"],
+        "splits": SPLITS.format(**fields),
+        "out_dir": RUN_DIR.format(**fields),
+        "extra_bags": f"{HARDNEG_DIR}/bags.h5".format(**fields, variant=variant) if variant else None,
+        "confounders": f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None,
+        "teacher": run_file("model.pt", **(fields | {"method": m["teacher"]})) if m.get("teacher") else None,
+        "init_from": run_file("model.pt", **(fields | {"method": m["init_from"]})) if m.get("init_from") else None,
+    }
 
 
 def train_jobs(wc):
-    """One dict per fold for the train script: where to read, where to write."""
-    variant = hardneg_variant(wc.method)
-    conf = config["methods"][wc.method].get("confounders")
-    teacher = config["methods"][wc.method].get("teacher")
-    init_from = config["methods"][wc.method].get("init_from")
-    jobs = []
-    for s, f in fold_ids(wc):
-        fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
-        jobs.append(
-            {
-                "seed": s,
-                "fold": f,
-                "splits": SPLITS.format(**fields),
-                "out_dir": RUN_DIR.format(**fields),
-                "extra_bags": (
-                    f"{HARDNEG_DIR}/bags.h5".format(**fields, variant=variant) if variant else None
-                ),
-                "confounders": (
-                    f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None
-                ),
-                "teacher": run_file("model.pt", **(fields | {"method": teacher})) if teacher else None,
-                "init_from": run_file("model.pt", **(fields | {"method": init_from})) if init_from else None,
-            }
-        )
-    return jobs
+    """One fold_job per fold of a train job."""
+    return [fold_job(wc.method, fields) for fields in fold_fields(wc)]
 
 
-def stage1_jobs(wc, block, out_dir):
-    """One dict per fold for a stage that reads the same fold's model of ``config[block][variant]['from']``."""
-    source = config[block][wc.variant]["from"]
-    jobs = []
-    for s, f in fold_ids(wc):
-        fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
-        jobs.append(
-            {
-                "seed": s,
-                "fold": f,
-                "splits": SPLITS.format(**fields),
-                "model": run_file("model.pt", **fields, method=source),
-                "out_dir": out_dir.format(**fields),
-            }
-        )
-    return jobs
+def train_config(method):
+    """The loop's config for ``method``: the train block, then the method's own overrides."""
+    merged = {**config["train"], **config["methods"][method].get("train", {})}
+    return {k: v for k, v in merged.items() if k not in JOB_KEYS}
 
 
 def train_params(wc):
@@ -184,22 +163,27 @@ def train_params(wc):
     }
 
 
-def run_file(name, **wc):
-    return f"{RUN_DIR}/{name}".format(**wc)
+def stage1_jobs(wc, block, out_dir):
+    """One dict per fold for a stage (hardneg, confounders) that reads the same fold's model of
+    ``config[block][variant]['from']``."""
+    source = config[block][wc.variant]["from"]
+    return [
+        {
+            "seed": fields["seed"],
+            "fold": fields["fold"],
+            "splits": SPLITS.format(**fields),
+            "model": run_file("model.pt", **(fields | {"method": source})),
+            "out_dir": out_dir.format(**fields),
+        }
+        for fields in fold_fields(wc)
+    ]
 
 
+# --- the runs a table, figure or target aggregates ---
 def method_runs(dataset, encoder, method, protocol, name="metrics.json"):
     """Every fold of every seed of one method: what one table row aggregates."""
     return [
-        run_file(
-            name,
-            dataset=dataset,
-            encoder=encoder,
-            method=method,
-            protocol=protocol,
-            seed=s,
-            fold=f,
-        )
+        run_file(name, dataset=dataset, encoder=encoder, method=method, protocol=protocol, seed=s, fold=f)
         for s in SEEDS
         for f in FOLDS
     ]
@@ -222,183 +206,22 @@ def all_runs(name="metrics.json"):
     ]
 
 
-def table_runs(wildcards):
-    t = config["tables"][wildcards.table]
-    if t.get("kind") == "efficiency":
-        return [EFFICIENCY.format(dataset=t["dataset"], encoder=t["encoder"], method=m) for m in t["rows"]]
-    if t.get("external"):
-        return [
-            path
-            for method in t["rows"]
-            for protocol in config["protocols"]
-            for path in external_runs(t["external"], t["encoder"], method, protocol)
-        ]
-    return [
-        path
-        for method in t["rows"]
-        for protocol in config["protocols"]
-        for path in method_runs(t["dataset"], t["encoder"], method, protocol)
-    ]
-
-
-def all_targets():
-    tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
-    figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
-    return tables + figures + all_runs() + all_external()
-
-
-# --- report: efficiency measurements (Table 6) and figures ---
-EFFICIENCY = "results/efficiency/{dataset}/{encoder}/{method}.json"
-
-
-def efficiency_job(wc):
-    """The fold that the efficiency job times (first seed, fold 0, first protocol), as a train_jobs entry."""
-    from snakemake.iocontainers import Wildcards
-
-    fields = dict(dataset=wc.dataset, encoder=wc.encoder, method=wc.method, protocol=config["protocols"][0],
-                  seed=SEEDS[0], fold=0)
-    return train_jobs(Wildcards(fromdict=fields))[0]
-
-
-def efficiency_inputs(wc):
-    job = efficiency_job(wc)
-    files = {"splits": job["splits"], "features": features_dir(wc.dataset, wc.encoder),
-             "model": f"{job['out_dir']}/model.pt"}
-    files.update({k: job[k] for k in ("extra_bags", "confounders", "teacher") if job[k]})
-    return files
-
-
-def figure_inputs(wc):
-    """The run files a figure reads (metrics.json stands for a finished run)."""
-    f = config["figures"][wc.figure]
-    runs = lambda m, name="metrics.json": method_runs(f["dataset"], f["encoder"], m, f["protocol"], name)
-    if f["kind"] == "sweep":
-        methods = [m for p in f["panels"].values() for s in p["series"].values() for m in s.values()]
-        methods += [p["baseline"] for p in f["panels"].values() if p.get("baseline")]
-        return [path for m in dict.fromkeys(methods) for path in runs(m)]
-    if f["kind"] == "curves":
-        return [path for m in f["methods"] for path in runs(m, "history.tsv")]
-    if f["kind"] == "assessment":
-        return [path for m in f["methods"] for path in runs(m)]
-    if f["kind"] == "heatmap":
-        return list(heatmap_inputs(wc).values())
-    return [
-        f"{HARDNEG_DIR}/mined.tsv".format(dataset=f["dataset"], encoder=f["encoder"], variant=f["variant"],
-                                          protocol=f["protocol"], seed=s, fold=k)
-        for s in SEEDS
-        for k in FOLDS
-    ]
-
-
-# --- MHIM Fig. 7 heatmaps (figure kind `heatmap`): each slide under its own test fold's models ---
-def heatmap_figures():
-    return [n for n, f in config["figures"].items() if f["kind"] == "heatmap"]
-
-
-def heatmap_seed(f):
-    return f.get("seed", SEEDS[0])
-
-
-def heatmap_models(f):
-    """{method: {fold: model.pt}} of the figure's seed (the script picks each slide's test fold)."""
-    return {
-        m: {k: run_file("model.pt", dataset=f["dataset"], encoder=f["encoder"], method=m, protocol=f["protocol"],
-                        seed=heatmap_seed(f), fold=k) for k in FOLDS}
-        for m in f["methods"]
-    }
-
-
-def heatmap_inputs(wc, methods=None):
-    """Splits of the seed, every fold model of each method, the bags (features + coords done), the slides."""
-    f = config["figures"][wc.figure]
-    if methods is not None:
-        f = {**f, "methods": methods}
-    files = {"splits": SPLITS.format(dataset=f["dataset"], protocol=f["protocol"], seed=heatmap_seed(f)),
-             "bags": manifest_path(f["dataset"]), "features": features_dir(f["dataset"], f["encoder"])}
-    from types import SimpleNamespace
-
-    files.update({f"slides{i}": p for i, p in enumerate(slide_inputs(SimpleNamespace(dataset=f["dataset"])))})
-    files.update({f"model_{m}_{k}": p for m, by in heatmap_models(f).items() for k, p in by.items()})
-    return files
-
-
-# --- Li et al. Fig. 3 on slides (figure kind `patches`): the mined hard-negative patches, read from the slides ---
-def patch_figures():
-    return [n for n, f in config["figures"].items() if f["kind"] == "patches"]
-
-
-def patch_models(f):
-    """{fold: model.pt} of the variant's stage-1 method, the figure's seed."""
-    source = config["hardneg"][f["variant"]]["from"]
-    return heatmap_models({**f, "methods": [source]})[source]
-
-
-def patches_inputs(wc):
-    """As a heatmap: splits of the seed, every fold model of the stage-1 method, the bags, the slides."""
-    return heatmap_inputs(wc, methods=[config["hardneg"][config["figures"][wc.figure]["variant"]]["from"]])
-
-
-# --- cross-source evaluation (config `external`): trained fold models tested on another dataset ---
-EXTERNAL_DIR = "results/external/{pair}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
-EXTERNAL_FILES = ["predictions.tsv", "metrics.json"]
-
-
-def external_methods(name):
-    e = config["external"][name]
-    return [m for m in e.get("methods", config["methods"]) if runs_on(m, e["train"])]
-
-
-def external_encoders(name):
-    return shared_encoders(config, name)
-
-
 def external_runs(name, encoder, method, protocol, file="metrics.json"):
     return [
-        f"{EXTERNAL_DIR}/{file}".format(
-            pair=name, encoder=encoder, method=method, protocol=protocol, seed=s, fold=f
-        )
+        f"{EXTERNAL_DIR}/{file}".format(pair=name, encoder=encoder, method=method, protocol=protocol, seed=s, fold=f)
         for s in SEEDS
         for f in FOLDS
     ]
 
 
-def all_external():
-    return [
-        path
-        for name in config["external"]
-        for encoder in external_encoders(name)
-        for method in external_methods(name)
-        for protocol in method_protocols(config, method)
-        for path in external_runs(name, encoder, method, protocol)
-    ]
+def all_targets():
+    """Every table, figure, run and cross-source run (all_external: external.smk)."""
+    tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
+    figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
+    return tables + figures + all_runs() + all_external()
 
 
-def external_jobs(wc):
-    """One dict per fold of an external job: the fold's trained model and where its results go."""
-    train = config["external"][wc.pair]["train"]
-    jobs = []
-    for s, f in fold_ids(wc):
-        fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")} | {"seed": s, "fold": f}
-        jobs.append(
-            {
-                "model": run_file("model.pt", **(fields | {"dataset": train})),
-                "out_dir": EXTERNAL_DIR.format(**fields),
-            }
-        )
-    return jobs
-
-
-def datasets_simulated():
-    return [d for d, c in config["datasets"].items() if "simulate" in c]
-
-
-# --- slides downloaded from the GDC or the CAMELYON bucket (workflow/rules/download.smk) ---
-def slide_source_config(dataset):
-    """The dataset's `gdc` or `camelyon` block (the latter may be left out: schema defaults apply)."""
-    d = config["datasets"][dataset]
-    return dict(d.get(d["source"]) or {})
-
-
+# --- slides: downloaded (gdc, camelyon), synthetic or user-provided; patched and embedded per shard ---
 def downloaded_slides(dataset=None):
     """The listing file(s) that mark a dataset's slides as downloaded and verified ([] for other sources)."""
     names = [dataset] if dataset else list(config["datasets"])
@@ -409,21 +232,12 @@ def downloaded_slides(dataset=None):
     ]
 
 
-# --- slide datasets (source synthetic | slides): slides -> patches -> features, per-cohort shard jobs ---
-PATCH_REPORT = "results/patches/{dataset}/shards/{shard}-of-{n}.tsv"
-FEATURE_REPORT = "results/features/{dataset}/{encoder}/shards/{shard}-of-{n}.tsv"
-
-
 def is_slide_dataset(dataset):
     return config["datasets"][dataset]["source"] in SLIDE_SOURCES
 
 
 def slide_datasets():
     return [d for d in config["datasets"] if is_slide_dataset(d)]
-
-
-def slide_encoders():
-    return sorted({e for d in slide_datasets() for e in config["datasets"][d]["encoders"]})
 
 
 def raw_manifest(dataset):
@@ -437,26 +251,6 @@ def slides_dir(dataset):
     return config["datasets"][dataset].get("slides_dir", f"resources/slides/{dataset}")
 
 
-def n_shards(dataset):
-    return config["datasets"][dataset]["shards"]
-
-
-def patch_reports(dataset):
-    n = n_shards(dataset)
-    return [PATCH_REPORT.format(dataset=dataset, shard=i, n=n) for i in range(n)]
-
-
-def feature_reports(dataset, encoder):
-    n = n_shards(dataset)
-    return [FEATURE_REPORT.format(dataset=dataset, encoder=encoder, shard=i, n=n) for i in range(n)]
-
-
-def asset_path(name):
-    import os.path
-
-    return f"resources/assets/{name}{os.path.splitext(config['assets'][name]['member'])[1]}"
-
-
 def slide_inputs(wc):
     """What must exist before a cohort's slides are read: the synthetic cohort's provenance, the download
     listing of a GDC / CAMELYON cohort, else nothing (user-provided slides)."""
@@ -465,37 +259,7 @@ def slide_inputs(wc):
     return downloaded_slides(wc.dataset)
 
 
-def user_weights():
-    """Configured encoder weights that no rule makes (the demo's come from fetch_asset under resources/assets)."""
-    made = {asset_path(a) for a in config["assets"]}
-    return sorted({e["weights"] for e in config["encoders"].values() if e.get("weights")} - made)
+def asset_path(name):
+    import os.path
 
-
-def synthetic_config(dataset):
-    """The synthetic block with the dataset's own overrides (``datasets.<name>.synthetic``) on top."""
-    return {**config["synthetic"], **config["datasets"][dataset].get("synthetic", {})}
-
-
-def synthetic_textures(kind):
-    """Input function: the asset files of the cohort's ``kind`` ('normal' or 'tumour') textures."""
-    return lambda wc: [asset_path(a) for a in synthetic_config(wc.dataset)[kind]]
-
-
-def encoder_weights(wc):
-    weights = config["encoders"][wc.encoder].get("weights")
-    return [weights] if weights else []
-
-
-def _validate_slide_references():
-    for d in slide_datasets():
-        for e in config["datasets"][d]["encoders"]:
-            if e not in config["encoders"]:
-                raise ValueError(f"config datasets.{d}.encoders: {e!r} is not in encoders ({sorted(config['encoders'])})")
-    for d in datasets_from("synthetic"):
-        for a in synthetic_config(d)["normal"] + synthetic_config(d)["tumour"]:
-            if a not in config["assets"]:
-                raise ValueError(f"config synthetic (dataset {d}): texture {a!r} is not in assets")
-
-
-check_references(config)  # hardmil.config: names that refer to each other, method parameters, figures, external
-_validate_slide_references()
+    return f"resources/assets/{name}{os.path.splitext(config['assets'][name]['member'])[1]}"

@@ -7,7 +7,7 @@ rule confounders:
             f"{RUN_DIR}/model.pt", wc, method=config["confounders"][wc.variant]["from"]
         ),
         splits=lambda wc: job_paths(SPLITS, wc),
-        features=lambda wc: features_dir(wc.dataset, wc.encoder),
+        features=lambda wc: bag_store(wc.dataset, wc.encoder),
     output:
         [per_job(f"{CONF_DIR}/{name}") for name in ["confounders.npy", "summary.json"]],
     log:
@@ -18,7 +18,7 @@ rule confounders:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=config["train"]["mem_mb"],
+        mem_mb=job_mem_mb,
         runtime=30,
     params:
         classes=lambda wc: classes(wc.dataset),

@@ -58,6 +58,12 @@ DOWNLOAD_CFG = config["download"]
 DOWNLOAD_NET = {k: DOWNLOAD_CFG[k] for k in ("retries", "backoff", "timeout")}
 
 
+def slide_source_config(dataset):
+    """The dataset's `gdc` or `camelyon` block (the latter may be left out: schema defaults apply)."""
+    d = config["datasets"][dataset]
+    return dict(d.get(d["source"]) or {})
+
+
 rule slide_manifest:
     output:
         manifest="results/manifests/{dataset}.tsv",

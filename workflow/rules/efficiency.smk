@@ -3,6 +3,21 @@
 # inference slides per second of the trained fold-0 model.
 
 
+def efficiency_job(wc):
+    """The fold the efficiency job times (first seed, fold 0, first protocol): the train rule's own fold_job, so
+    it reads every input that fold's training read."""
+    fields = dict(dataset=wc.dataset, encoder=wc.encoder, protocol=config["protocols"][0], seed=SEEDS[0], fold=0)
+    return fold_job(wc.method, fields)
+
+
+def efficiency_inputs(wc):
+    job = efficiency_job(wc)
+    files = {"splits": job["splits"], "features": bag_store(wc.dataset, wc.encoder),
+             "model": f"{job['out_dir']}/model.pt"}
+    files.update({k: job[k] for k in FOLD_INPUTS if job[k]})
+    return files
+
+
 rule efficiency:
     input:
         unpack(efficiency_inputs),
@@ -17,7 +32,7 @@ rule efficiency:
         "../../envs/torch.yaml"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=config["train"]["mem_mb"],
+        mem_mb=job_mem_mb,
         runtime=config["train"]["runtime"],
         gpu=1,
     params:

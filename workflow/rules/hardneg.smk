@@ -8,7 +8,7 @@ rule hardneg:
             f"{RUN_DIR}/model.pt", wc, method=config["hardneg"][wc.variant]["from"]
         ),
         splits=lambda wc: job_paths(SPLITS, wc),
-        features=lambda wc: features_dir(wc.dataset, wc.encoder),
+        features=lambda wc: bag_store(wc.dataset, wc.encoder),
     output:
         [per_job(f"{HARDNEG_DIR}/{name}") for name in HARDNEG_FILES],
     log:
@@ -19,7 +19,7 @@ rule hardneg:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=config["train"]["mem_mb"],
+        mem_mb=job_mem_mb,
         runtime=30,
     params:
         classes=lambda wc: classes(wc.dataset),

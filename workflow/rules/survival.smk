@@ -2,6 +2,10 @@
 # another manifest from a proportional-hazards model driven by tumour burden (hardmil.data.survival_sim).
 
 
+def datasets_simulated():
+    return [d for d, c in config["datasets"].items() if "simulate" in c]
+
+
 rule simulate_survival:
     input:
         manifest=lambda wc: config["datasets"][wc.dataset]["simulate"]["from"],

@@ -1,9 +1,38 @@
-# Paper-style tables from the per-fold metrics.
+# Paper-style tables from the per-fold metrics, with paired Δ (hardmil.eval.stats) against each row's baseline.
+
+from hardmil.config import table_versus
+
+
+def table_runs(wildcards):
+    t = config["tables"][wildcards.table]
+    if t.get("kind") == "efficiency":
+        return [EFFICIENCY.format(dataset=t["dataset"], encoder=t["encoder"], method=m) for m in t["rows"]]
+    if t.get("external"):
+        return [
+            path
+            for method in t["rows"]
+            for protocol in config["protocols"]
+            for path in external_runs(t["external"], t["encoder"], method, protocol)
+        ]
+    return [
+        path
+        for method in t["rows"]
+        for protocol in config["protocols"]
+        for path in method_runs(t["dataset"], t["encoder"], method, protocol)
+    ]
 
 
 rule table:
     input:
-        table_runs,
+        runs=table_runs,
+        # the paired Δ columns read each run's out-of-fold predictions (none for an efficiency table)
+        predictions=lambda wc: (
+            []
+            if config["tables"][wc.table].get("kind") == "efficiency"
+            else [
+                p.replace("metrics.json", "predictions.tsv") for p in table_runs(wc)
+            ]
+        ),
     output:
         csv=report(
             "results/tables/{table}.csv",
@@ -24,6 +53,7 @@ rule table:
         runtime=5,
     params:
         table=lambda wc: config["tables"][wc.table],
+        versus=lambda wc: table_versus(config, wc.table),
         protocols=config["protocols"],
         seeds=SEEDS,
         folds=FOLDS,

@@ -3,14 +3,19 @@
 # Stage-2 methods of Li et al. (methods.<m>.hardneg) also read their fold's generated negative bags.
 
 
+def train_inputs(key):
+    """Input function: the FOLD_INPUTS file ``key`` of every fold of a train job (none when the method has none)."""
+    return lambda wc: list(dict.fromkeys(job[key] for job in train_jobs(wc) if job[key]))
+
+
 rule train:
     input:
         splits=lambda wc: job_paths(SPLITS, wc),
-        features=lambda wc: features_dir(wc.dataset, wc.encoder),
-        extra_bags=hardneg_bags,
-        confounders=confounder_files,
-        teacher=source_models("teacher"),
-        init_from=source_models("init_from"),
+        features=lambda wc: bag_store(wc.dataset, wc.encoder),
+        extra_bags=train_inputs("extra_bags"),
+        confounders=train_inputs("confounders"),
+        teacher=train_inputs("teacher"),
+        init_from=train_inputs("init_from"),
     output:
         [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES],
     log:
@@ -21,7 +26,7 @@ rule train:
         "../../envs/torch.yaml"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=config["train"]["mem_mb"],
+        mem_mb=job_mem_mb,
         runtime=config["train"]["runtime"],
         gpu=1,
     params:

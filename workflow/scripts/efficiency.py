@@ -1,6 +1,6 @@
-"""Adapter: one method's efficiency measurement (hardmil.report.efficiency.measure_method)."""
+"""Adapter: one method's efficiency measurement (hardmil.train.efficiency.measure_method)."""
 
-from hardmil.report.efficiency import measure_method
+from hardmil.train.efficiency import measure_method
 from hardmil.utils import rule_log
 
 run = snakemake.params.run

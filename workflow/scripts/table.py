@@ -1,7 +1,7 @@
-"""Adapter: per-fold metrics.json (or per-method efficiency.json) -> results/tables/{table}.{csv,md,tex}."""
+"""Adapter: per-fold metrics.json + predictions.tsv (or per-method efficiency.json) -> results/tables/{table}.*"""
 
 from hardmil.report.published import METRICS
-from hardmil.report.tables import RunRef, aggregate, table_spec, write_table
+from hardmil.report.tables import RunRef, aggregate, runs_note, table_spec, write_table
 from hardmil.utils import rule_log
 
 p = snakemake.params
@@ -12,7 +12,7 @@ with rule_log(snakemake.log[0]):
     if t.get("kind", "runs") == "efficiency":
         from hardmil.report.efficiency import efficiency_records
 
-        records = efficiency_records(list(snakemake.input), rows, published_values)
+        records = efficiency_records(list(snakemake.input.runs), rows, published_values)
         note = ("Measured by the workflow's efficiency rule on this machine (see each row's device); the paper "
                 "measured on an RTX 3090 with CAMELYON (~8,000 patches per slide), so compare ratios between "
                 "rows, not absolute values. Parameters: trainable (an MHIM teacher is not trained). Train time: "
@@ -20,15 +20,11 @@ with rule_log(snakemake.log[0]):
                 "rise of the process's peak RSS during one timed training epoch (CPU). Inference: test "
                 "slides per second of the trained fold-0 model.")
     else:
-        runs = [RunRef.from_path(path) for path in snakemake.input]
-        records = aggregate(runs, rows, published_values, t.get("metrics") or METRICS, spread)
-        paper_spread = ("mean ± standard error as published" if spread == "se"
-                        else "mean ± std over 5 folds as published")
-        note = ("Ours: mean ± std over folds x repetitions; (se) = standard error over repetitions, each "
-                f"repetition being the mean over its folds. Paper: {paper_spread}. Δ = ours - paper. "
-                "Protocol `paper`: the test fold also picks the epoch and the Youden threshold (as the authors' "
-                "code does); `clean`: a validation split of each training fold picks both and the test fold is "
-                f"used once. {len(p.folds)} folds x {len(p.seeds)} repetitions (seeds).")
+        runs = [RunRef.from_path(path) for path in snakemake.input.runs]
+        records = aggregate(runs, rows, published_values, t.get("metrics") or METRICS, spread, versus=p.versus,
+                            delta_metrics=t.get("delta_metrics"), n_boot=t.get("n_boot", 2000),
+                            level=t.get("level", 0.95))
+        note = runs_note(records, spread, len(p.folds), len(p.seeds))
     if t.get("external"):
         note += (f" Cross-source: each fold's model trained on {t['dataset']} is evaluated, without retraining, on "
                  f"the whole external dataset of entry {t['external']!r}.")

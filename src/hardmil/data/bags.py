@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,71 @@ FEATURE_SUFFIXES = (".h5", ".pt")
 MANIFEST_COLUMNS = ("slide", "case", "label")
 
 
-@dataclass
 class Bag:
-    """One slide (or case) as the models see it: ``features [N, D]``, optional ``coords [N, 2]``."""
+    """One slide (or case) as the models see it: ``features [N, D]``, optional ``coords [N, 2]``.
 
-    slide: str
-    case: str
-    label: int
-    features: np.ndarray
-    coords: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
+    Either in memory (``Bag(slide, case, label, features, coords)``: generated bags, tests) or lazy
+    (``Bag.lazy``): ``features`` is then read from a :class:`~hardmil.data.store.BagSource` each time it is
+    asked for (a view of the store's memory map, or one file read), so a list of bags costs no feature memory.
+    A lazy bag of several slides (a survival case) concatenates them, coords side by side."""
+
+    def __init__(self, slide: str, case: str, label: int, features: np.ndarray | None = None,
+                 coords: np.ndarray | None = None, extra: dict | None = None):
+        self.slide, self.case, self.label = slide, case, label
+        self._features, self._coords = features, coords
+        self.extra = {} if extra is None else extra
+        self.source = None
+        self.slides: tuple[str, ...] = (slide,)
+
+    @classmethod
+    def lazy(cls, slide: str, case: str, label: int, source, slides: tuple[str, ...] | None = None,
+             extra: dict | None = None) -> Bag:
+        bag = cls(slide, case, label, None, None, extra)
+        bag.source, bag.slides = source, tuple(slides or (slide,))
+        return bag
+
+    @property
+    def features(self) -> np.ndarray:
+        if self.source is None:
+            return self._features
+        parts = [self.source.features(s) for s in self.slides]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @property
+    def coords(self) -> np.ndarray | None:
+        if self.source is None:
+            return self._coords
+        parts = [self.source.coords(s) for s in self.slides]
+        if any(c is None for c in parts):
+            return None
+        return parts[0] if len(parts) == 1 else place_side_by_side(parts)
+
+    @property
+    def path(self) -> Path | str:
+        """The file to name in an error about this bag."""
+        return self.source.path(self.slides[0]) if self.source is not None else self.slide
 
     def __len__(self) -> int:
-        return int(self.features.shape[0])
+        if self.source is None:
+            return int(self._features.shape[0])
+        return sum(self.source.n_rows(s) for s in self.slides)
+
+    def __repr__(self) -> str:
+        return f"Bag({self.slide!r}, case={self.case!r}, label={self.label}, slides={len(self.slides)})"
+
+
+def place_side_by_side(coords: list[np.ndarray]) -> np.ndarray:
+    """Coordinates of several slides of one case on one plane: each slide shifted along x past the previous
+    one (two patch strides apart), so models that read coordinates see separate tissue regions."""
+    out, offset = [], 0
+    for c in coords:
+        c = np.asarray(c, dtype=np.int64).copy()
+        c[:, 0] += offset - c[:, 0].min()
+        out.append(c)
+        xs = np.unique(c[:, 0])
+        stride = int(np.diff(xs).min()) if len(xs) > 1 else 1
+        offset = int(c[:, 0].max()) + 2 * stride
+    return np.concatenate(out)
 
 
 def write_features(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray | None = None,
@@ -96,6 +147,33 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None
     return feats, coords
 
 
+def read_feature_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """``(N, D)`` of a features file without reading its values (h5 metadata; a ``.pt`` file is loaded)."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        return read_features(path)[0].shape
+    if not path.exists():
+        raise InputError(path, "features file does not exist")
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if "features" not in f:
+                raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys())})")
+            shape = f["features"].shape
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(path, f"cannot read features: {type(err).__name__}: {err}") from err
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 2:
+        raise InputError(path, f"features must be 2-D [N, D], got shape {shape}")
+    if shape[0] == 0:
+        raise InputError(path, "bag has no instances")
+    return int(shape[0]), int(shape[1])
+
+
 def features_path(features_dir: str | os.PathLike, slide: str) -> Path:
     """The features file of ``slide``: ``{slide}.h5`` or, failing that, ``{slide}.pt``."""
     base = Path(features_dir)
@@ -142,12 +220,11 @@ def check_features_exist(rows: list[dict], features_dir: str | os.PathLike, mani
                                    f"{features_dir}: {', '.join(missing[:5])}")
 
 
-def load_bags(rows: list[dict], features_dir: str | os.PathLike, classes: list[str]) -> list[Bag]:
-    """Load the bags of ``rows`` (manifest or splits rows); all must share one feature dimension."""
-    bags: list[Bag] = []
-    dim = None
-    for row in rows:
-        feats, coords = read_features(features_path(features_dir, row["slide"]), expected_dim=dim)
-        dim = feats.shape[1]
-        bags.append(Bag(row["slide"], row.get("case", row["slide"]), classes.index(row["label"]), feats, coords))
-    return bags
+def load_bags(rows: list[dict], source, classes: list[str]) -> list[Bag]:
+    """Lazy bags of ``rows`` (manifest or splits rows) from ``source`` (a :class:`~hardmil.data.store.BagSource`,
+    or a features folder / store folder path). Nothing is read here."""
+    from hardmil.data.store import as_source
+
+    source = as_source(source)
+    return [Bag.lazy(row["slide"], row.get("case", row["slide"]), classes.index(row["label"]), source)
+            for row in rows]

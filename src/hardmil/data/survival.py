@@ -32,7 +32,7 @@ from collections import Counter
 
 import numpy as np
 
-from hardmil.data.bags import Bag, features_path, read_features, read_manifest_rows
+from hardmil.data.bags import Bag, read_manifest_rows
 from hardmil.utils import InputError
 
 log = logging.getLogger(__name__)
@@ -134,41 +134,26 @@ def discretise(times: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.asarray(edges, dtype=float), np.asarray(times, dtype=float), side="right")
 
 
-def _place_side_by_side(coords: list[np.ndarray]) -> np.ndarray:
-    """Concatenate per-slide coordinates, shifting each slide right of the previous one (a gap of one
-    patch stride, or 1 when the stride is unknown)."""
-    out, offset = [], 0
-    for c in coords:
-        c = np.asarray(c, dtype=np.int64).copy()
-        c[:, 0] += offset - c[:, 0].min()
-        out.append(c)
-        xs = np.unique(c[:, 0])
-        stride = int(np.diff(xs).min()) if len(xs) > 1 else 1
-        offset = int(c[:, 0].max()) + 2 * stride
-    return np.concatenate(out)
-
-
-def load_case_bags(rows: list[dict], features_dir: str | os.PathLike, expected_dim: int | None = None
-                   ) -> list[Bag]:
-    """One bag per case of ``rows`` (slide rows with ``time`` / ``event``), in order of first appearance.
+def load_case_bags(rows: list[dict], source, expected_dim: int | None = None) -> list[Bag]:
+    """One lazy bag per case of ``rows`` (slide rows with ``time`` / ``event``), in order of first appearance:
+    the case's slides concatenated, coordinates side by side (:func:`~hardmil.data.bags.place_side_by_side`).
 
     ``label`` is -1 until :func:`set_bins`; ``extra`` holds ``time``, ``event`` and the case's ``slides``.
-    """
+    ``expected_dim`` is checked against the source's dimension when the source knows it (a store)."""
+    from hardmil.data.store import as_source
+
+    source = as_source(source)
+    if expected_dim is not None and source.dim is not None and source.dim != expected_dim:
+        raise InputError(getattr(source, "root", "features"), f"feature dimension {source.dim} != {expected_dim}")
     cases: dict[str, list[dict]] = {}
     for r in rows:
         cases.setdefault(r["case"], []).append(r)
-    bags, dim = [], expected_dim
+    bags = []
     for case, slides in cases.items():
-        feats, coords = [], []
-        for r in slides:
-            f, c = read_features(features_path(features_dir, r["slide"]), expected_dim=dim)
-            dim = f.shape[1]
-            feats.append(f)
-            coords.append(c)
         time, event = float(slides[0]["time"]), int(slides[0]["event"])
-        bags.append(Bag(slides[0]["slide"], case, -1, np.concatenate(feats),
-                        None if any(c is None for c in coords) else _place_side_by_side(coords),
-                        {"time": time, "event": event, "slides": [r["slide"] for r in slides]}))
+        names = tuple(r["slide"] for r in slides)
+        bags.append(Bag.lazy(names[0], case, -1, source, names,
+                             {"time": time, "event": event, "slides": list(names)}))
     return bags
 
 

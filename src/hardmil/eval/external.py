@@ -19,11 +19,14 @@ from pathlib import Path
 
 import torch
 
+from hardmil.checkpoint import load_model
 from hardmil.data.bags import load_bags, read_manifest
+from hardmil.data.bagset import BagSet
+from hardmil.data.store import as_source
 from hardmil.data.survival import load_case_bags, read_survival_manifest, set_bins
-from hardmil.train.loop import Tensors, resolve_device
-from hardmil.train.run import evaluate, load_checkpoint, write_tsv
-from hardmil.utils import InputError, write_json
+from hardmil.eval.evaluate import evaluate
+from hardmil.infer import resolve_device
+from hardmil.utils import InputError, write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +37,7 @@ def evaluate_external(*, model_path: str | os.PathLike, manifest: str | os.PathL
     """Evaluate ``model_path`` on every bag of the external dataset (``manifest`` + ``features_dir``)."""
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, threads))
-    try:
-        net, saved = load_checkpoint(model_path)
-    except (OSError, RuntimeError, KeyError, ValueError) as err:
-        raise InputError(model_path, f"cannot load the trained model: {err}") from err
+    net, saved = load_model(model_path)
     trained_task = saved.get("task", "classification")
     if trained_task != task:
         raise InputError(manifest, f"external dataset is a {task} task but {model_path} was trained for {trained_task}")
@@ -45,20 +45,21 @@ def evaluate_external(*, model_path: str | os.PathLike, manifest: str | os.PathL
         raise InputError(manifest, f"classes {classes} differ from the training classes {saved['classes']} "
                                    f"of {model_path}")
     in_dim = saved["model_config"]["in_dim"]
+    source = as_source(features_dir)
     if task == "survival":
         rows, _ = read_survival_manifest(manifest)
-        bags = load_case_bags(rows, features_dir, expected_dim=in_dim)
+        bags = load_case_bags(rows, source)
         set_bins(bags, saved["bin_edges"])
     else:
         rows = read_manifest(manifest, saved["classes"])
-        bags = load_bags(rows, features_dir, saved["classes"])
-        if bags[0].features.shape[1] != in_dim:
-            raise InputError(features_dir, f"feature dimension {bags[0].features.shape[1]} != {in_dim} of the "
-                                           f"model trained in {model_path}")
+        bags = load_bags(rows, source, saved["classes"])
+    dim = source.dim if source.dim is not None else bags[0].features.shape[1]
+    if dim != in_dim:
+        raise InputError(features_dir, f"feature dimension {dim} != {in_dim} of the model trained in {model_path}")
+    source.dim = dim
     dev = resolve_device(device)
-    data = Tensors.from_bags(bags, saved["feature_mean"], saved["feature_std"], pin=dev.type == "cuda")
-    net.to(dev)
-    metrics, pred_rows = evaluate(net, data, bags, dev, dev.type == "cuda", classes=saved["classes"],
+    data = BagSet(bags, saved["feature_mean"], saved["feature_std"], device=dev)
+    metrics, pred_rows = evaluate(net, data, amp=dev.type == "cuda", classes=saved["classes"],
                                   threshold=saved.get("threshold"), alpha=saved.get("nll_alpha", 0.0),
                                   epoch=saved["epoch"])
     out = Path(out_dir)

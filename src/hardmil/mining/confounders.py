@@ -8,26 +8,25 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from hardmil.checkpoint import load_model
 from hardmil.data.bags import load_bags
+from hardmil.data.bagset import BagSet
 from hardmil.data.splits import read_splits
-from hardmil.train.loop import bag_tensors
-from hardmil.train.run import load_trained
+from hardmil.data.survival import load_case_bags
+from hardmil.infer import infer
 from hardmil.utils import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def bag_embeddings(model, bags, mean, std) -> np.ndarray:
+    """Bag embeddings ``[n, H]`` through the shared inference path."""
     out = []
-    for b in bags:
-        x, coords = bag_tensors(b, mean, std)
-        emb = model(x, coords=coords).embedding
-        if emb is None:
+    for r in infer(model, BagSet(bags, mean, std), keep=("embedding",)):
+        if r.embedding is None:
             raise ValueError(f"model {type(model).__name__} gives no bag embedding; it cannot build confounders")
-        out.append(emb[0].float().numpy())
+        out.append(r.embedding)
     return np.stack(out)
 
 
@@ -39,12 +38,11 @@ def build_confounders(*, model_path: str | os.PathLike, splits: str | os.PathLik
 
     rows = read_splits(splits, fold)["train"]
     if rows and "event" in rows[0]:  # survival splits: the training cases' bags
-        from hardmil.data.survival import load_case_bags
-
         train = load_case_bags(rows, features_dir)
     else:
         train = load_bags(rows, features_dir, classes)
-    model, mean, std = load_trained(model_path)
+    model, saved = load_model(model_path)
+    mean, std = saved["feature_mean"], saved["feature_std"]
     emb = bag_embeddings(model, train, mean, std)
     k = min(clusters, len(emb))
     centres = KMeans(n_clusters=k, n_init=10, random_state=seed * 1000 + fold).fit(emb).cluster_centers_

@@ -28,14 +28,13 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from hardmil.data.bags import Bag
-from hardmil.train.loop import bag_tensors
-from hardmil.utils import InputError, atomic_path
+from hardmil.data.generated import read_generated  # noqa: F401  (re-exported: the reader of write_generated)
+from hardmil.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +79,17 @@ def select_hard(weights: np.ndarray) -> np.ndarray:
     return np.flatnonzero(w >= w.mean() + w.std() - 1e-12)
 
 
-@torch.no_grad()
-def score_bags(model, bags: list[Bag], mean: np.ndarray | None, std: np.ndarray | None):
-    """(probabilities [n, C], attention weights per bag) from the model in eval mode."""
-    model.eval()
+def score_bags(model, bags: list[Bag], mean: np.ndarray | None, std: np.ndarray | None, device: str = "cpu"):
+    """(probabilities [n, C], attention weights per bag) from the model in eval mode (the shared inference path)."""
+    from hardmil.data.bagset import BagSet
+    from hardmil.infer import infer
+
     probs, weights = [], []
-    for b in bags:
-        x, coords = bag_tensors(b, mean, std)
-        out = model(x, None, coords=coords)
-        if out.attention is None:
+    for r in infer(model, BagSet(bags, mean, std, device=device), keep=("attention",)):
+        if r.attention is None:
             raise ValueError(f"model {type(model).__name__} exposes no attention; it cannot mine hard negatives")
-        probs.append(torch.softmax(out.logits.float(), -1)[0].numpy())
-        weights.append(out.attention[0].float().numpy())
+        probs.append(torch.softmax(torch.from_numpy(r.logits), -1).numpy())
+        weights.append(r.attention)
     return np.stack(probs), weights
 
 
@@ -122,12 +120,22 @@ def mine(probs: np.ndarray, weights: list[np.ndarray], bags: list[Bag], fp_thres
 
 
 def random_pool(bags: list[Bag], size: int, rng: np.random.Generator) -> Pool:
-    """``size`` instances drawn uniformly, without replacement, from all instances of the negative bags."""
-    refs = [(b, i) for b in bags if b.label == 0 for i in range(len(b))]
-    pick = rng.choice(len(refs), size=min(size, len(refs)), replace=False)
-    chosen = [refs[k] for k in sorted(pick)]
-    feats = np.stack([b.features[i] for b, i in chosen]) if chosen else np.zeros((0, bags[0].features.shape[1]))
-    return Pool(feats, [b.slide for b, _ in chosen], [i for _, i in chosen])
+    """``size`` instances drawn uniformly, without replacement, from all instances of the negative bags
+    (each bag read once)."""
+    negatives = [b for b in bags if b.label == 0]
+    counts = np.array([len(b) for b in negatives], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    pick = np.sort(rng.choice(int(starts[-1]), size=min(size, int(starts[-1])), replace=False))
+    dim = negatives[0].features.shape[1] if negatives else bags[0].features.shape[1]
+    feats, slides, indices = [np.zeros((0, dim), np.float32)], [], []
+    owner = np.searchsorted(starts, pick, side="right") - 1
+    for k in np.unique(owner):
+        local = pick[owner == k] - starts[k]
+        b = negatives[k]
+        feats.append(np.asarray(b.features[local], dtype=np.float32))
+        slides += [b.slide] * len(local)
+        indices += local.tolist()
+    return Pool(np.concatenate(feats), slides, indices)
 
 
 def bag_sizes(train_sizes: list[int], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -186,23 +194,6 @@ def write_generated(path: str | os.PathLike, pool: Pool, bags: list[np.ndarray],
             f["source_index"] = np.array([pool.indices[i] for i in idx], dtype=np.int64)
             for k, v in (attrs or {}).items():
                 f.attrs[k] = v
-
-
-def read_generated(path: str | os.PathLike, expected_dim: int | None = None) -> list[Bag]:
-    """The generated bags as negative (class 0) :class:`Bag` objects named ``gen{k}``."""
-    import h5py
-
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            feats, offsets = f["features"][()], f["offsets"][()]
-            sources = [s.decode() for s in f["source_slide"][()]]
-    except Exception as err:
-        raise InputError(path, f"cannot read generated bags: {err}") from err
-    if expected_dim is not None and len(feats) and feats.shape[1] != expected_dim:
-        raise InputError(path, f"feature dimension {feats.shape[1]} != {expected_dim}")
-    return [Bag(f"gen{k}", f"gen{k}", 0, feats[a:b], extra={"sources": sources[a:b]})
-            for k, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))]
 
 
 def write_records(path: str | os.PathLike, records: list[dict]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hardmil.checkpoint import load_model
 from hardmil.data.bags import load_bags
 from hardmil.data.splits import read_splits
 from hardmil.mining.hardneg import (
@@ -21,7 +22,6 @@ from hardmil.mining.hardneg import (
     write_generated,
     write_records,
 )
-from hardmil.train.run import load_trained
 from hardmil.utils import write_json
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ def generate_fold(*, model_path: str | os.PathLike, splits: str | os.PathLike, f
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train = load_bags(read_splits(splits, fold)["train"], features_dir, classes)
-    model, mean, std = load_trained(model_path)
+    model, saved = load_model(model_path)
+    mean, std = saved["feature_mean"], saved["feature_std"]
     probs, weights = score_bags(model, train, mean, std)
     hard, records = mine(probs, weights, train, hn.fp_threshold, hn.min_bags)
     rng = rng_for(seed, fold, variant)

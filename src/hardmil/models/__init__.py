@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from torch import nn
-
 from hardmil.models.abmil import ABMIL, GatedABMIL
-from hardmil.models.base import MILOutput, check_ranges
+from hardmil.models.base import MILModel, MILOutput, check_ranges
 from hardmil.models.clam import CLAM, CLAMMB
 from hardmil.models.dsmil import DSMIL
 from hardmil.models.dtfd import DTFD
@@ -19,7 +17,7 @@ from hardmil.models.mhim import MHIM
 from hardmil.models.r2t import R2TMIL
 from hardmil.models.transmil import TransMIL
 
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, type[MILModel]] = {
     "abmil": ABMIL,
     "gabmil": GatedABMIL,
     "li2019": Li2019,
@@ -36,7 +34,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "maxmil": MaxMIL,
 }
 
-__all__ = ["MODELS", "MILOutput", "build_model", "model_config"]
+__all__ = ["MODELS", "MILModel", "MILOutput", "build_model", "model_config"]
 
 
 def model_config(name: str, **params):
@@ -44,9 +42,7 @@ def model_config(name: str, **params):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
     cls = MODELS[name].config_class
-    translate = getattr(MODELS[name], "translate_params", None)
-    if translate is not None:
-        params = translate(params)
+    params = MODELS[name].translate_params(params)
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - valid)
     if unknown:
@@ -56,7 +52,7 @@ def model_config(name: str, **params):
     return cfg
 
 
-def build_model(name: str, **params) -> nn.Module:
+def build_model(name: str, **params) -> MILModel:
     """Build model ``name`` from its default config updated with ``params``."""
     cfg = model_config(name, **params)
     return MODELS[name](cfg)

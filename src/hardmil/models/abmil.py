@@ -16,6 +16,18 @@ Deliberate deviations:
   run one bag at a time and have no mask.
 * The gated variant uses the same 128-d attention as the plain one (MHIM's ``AttentionGated`` hard-codes
   384, commented "384 uni", and fails to build from its ``gabmil`` name).
+
+Options that reproduce the reference's other variants (tested against fixtures written from the reference code by
+``bench/parity_mhim.py``):
+* ``act``: the instance projection's activation, ``relu`` (default; the standalone module's default) or ``gelu``
+  (what the reference's shipped training config ``act: gelu`` runs, for every baseline and for MHIM).
+* ``attention_act`` / ``attention_bias``: the attention MLP. ``tanh`` with biases (default) is the standalone
+  AB-MIL; ``relu`` without biases is the MHIM reference's internal ``attn`` baseline, the AB-MIL that its MHIM-v2
+  actually wraps (``Linear(512, 128, bias=False) + ReLU + Linear(128, 1, bias=False)``). MHIM wraps this registered
+  model with these options (``baseline_params``), never a forked copy.
+
+MHIM's class-aware instance score (``instance_scores``, v2) is ``max_c softmax_c(a_i W h_i)``, without the
+classifier bias, as the reference computes it (it adds ``b_0`` to every class, which cancels under the softmax).
 """
 
 from __future__ import annotations
@@ -25,29 +37,38 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax, param
+
+ATTENTION_ACTS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": torch.nn.functional.gelu}
 
 
 @dataclass(frozen=True)
 class ABMILConfig:
-    in_dim: int = 1024  # R50-trunc / UNI features; set from the data
-    n_classes: int = 2
-    hidden_dim: int = 512  # MHIM-MIL modules/abmil.py: Linear(in, 512)
-    attn_dim: int = 128  # Ilse et al. L = 128
-    dropout: float = 0.25  # MHIM-MIL: Dropout(0.25) after the projection
+    in_dim: int = param(1024, ge=1)  # R50-trunc / UNI features; set from the data
+    n_classes: int = param(2, ge=1)
+    hidden_dim: int = param(512, ge=1)  # MHIM-MIL modules/abmil.py: Linear(in, 512)
+    attn_dim: int = param(128, ge=1)  # Ilse et al. L = 128
+    dropout: float = param(0.25, ge=0, lt=1)  # MHIM-MIL: Dropout(0.25) after the projection
     gated: bool = False  # Ilse et al. gated attention
+    act: str = "relu"  # instance projection: 'relu' or 'gelu' (the reference's training config: gelu)
+    attention_act: str = "tanh"  # 'tanh' (Ilse et al.), 'relu' (MHIM's internal attn baseline) or 'gelu'
+    attention_bias: bool = True  # False: MHIM's internal attn baseline (bias-free attention MLP)
 
 
-class ABMIL(nn.Module):
+class ABMIL(MILModel):
     config_class = ABMILConfig
 
     def __init__(self, cfg: ABMILConfig):
         super().__init__()
+        if cfg.attention_act not in ATTENTION_ACTS:
+            raise ValueError(f"attention_act must be one of {sorted(ATTENTION_ACTS)}, got {cfg.attention_act!r}")
         self.cfg = cfg
-        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
-        self.attn_v = nn.Linear(cfg.hidden_dim, cfg.attn_dim)
-        self.attn_u = nn.Linear(cfg.hidden_dim, cfg.attn_dim) if cfg.gated else None
-        self.attn_w = nn.Linear(cfg.attn_dim, 1)
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout, act=cfg.act)
+        bias = cfg.attention_bias
+        self.attn_v = nn.Linear(cfg.hidden_dim, cfg.attn_dim, bias=bias)
+        self.attn_u = nn.Linear(cfg.hidden_dim, cfg.attn_dim, bias=bias) if cfg.gated else None
+        self.attn_w = nn.Linear(cfg.attn_dim, 1, bias=bias)
+        self._attention_act = ATTENTION_ACTS[cfg.attention_act]
         self.classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
         init_xavier(self)
 
@@ -58,7 +79,7 @@ class ABMIL(nn.Module):
 
     def attention_scores(self, h: Tensor) -> Tensor:
         """Unnormalised attention ``[B, N]`` of instance embeddings ``h``."""
-        a = torch.tanh(self.attn_v(h))
+        a = self._attention_act(self.attn_v(h))
         if self.attn_u is not None:
             a = a * torch.sigmoid(self.attn_u(h))
         return self.attn_w(a).squeeze(-1)
@@ -79,13 +100,12 @@ class ABMIL(nn.Module):
 
     def instance_scores(self, h: Tensor, out: MILOutput, version: str) -> Tensor:
         """MHIM's instance assessment of one bag: attention (v1) or the class-aware instance probability
-        ``max_c softmax_c(W (a_i h_i) + b)`` (v2)."""
+        ``max_c softmax_c(W (a_i h_i))`` (v2; without the classifier bias, as the reference)."""
         a = out.attention[0]
         if version == "v1":
             return a
-        # the classifier is linear: W (a_i h_i) + b = a_i (W h_i + b - b) + b, from head's instance logits
-        b = self.classifier.bias
-        return torch.softmax(a[:, None] * (out.instance_logits[0] - b) + b, dim=-1).amax(-1)
+        # the classifier is linear: W (a_i h_i) = a_i (W h_i + b - b), from head's instance logits
+        return torch.softmax(a[:, None] * (out.instance_logits[0] - self.classifier.bias), dim=-1).amax(-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:

@@ -1,4 +1,8 @@
-"""The one forward contract every model follows (DESIGN §5)."""
+"""The model contract: the forward output every model returns (:class:`MILOutput`), the base class every
+registered model inherits (:class:`MILModel`, the training hooks with their no-op defaults) and the typed
+protocols for what the MHIM framework and the heatmaps need from a baseline (:class:`EmbedHead`,
+:class:`MaskableBaseline`, :class:`LinearHead`). docs/architecture.md, "The model contract", says how to add a
+model or a framework."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dataclasses
 import math
 import operator
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +43,81 @@ class MILOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+class MILModel(nn.Module):
+    """Base class of every registered model: the forward contract plus the hooks the training loop calls.
+
+    A model defines ``config_class`` (a frozen dataclass of its parameters, numeric fields declared with
+    :func:`param`), ``__init__(self, cfg)`` storing ``self.cfg``, and ``forward(x, mask=None, label=None,
+    coords=None) -> MILOutput``. The hooks below are called on every model; their defaults do nothing, so a
+    model overrides only the ones it needs.
+    """
+
+    config_class: ClassVar[type]
+    #: the model raises without patch coordinates; the run checks every bag has them before training
+    needs_coords: ClassVar[bool] = False
+    #: the bag embedding is this many rows of ``cfg.hidden_dim`` (MHIM's consistency loss is taken per row)
+    embedding_groups: int = 1
+    #: set by the training run before training (a ``hardmil.report.assessment.TeacherAssessment``); a model that
+    #: assesses instances during training (MHIM's teacher) adds each bag's scores to it, the others ignore it
+    assessment: Any = None
+    cfg: Any
+
+    @staticmethod
+    def translate_params(params: dict) -> dict:
+        """Map the config file's parameters to ``config_class`` fields (MHIM flattens nested groups)."""
+        return params
+
+    def set_schedule(self, total_steps: int) -> None:
+        """Called once before training with the number of optimiser steps (MHIM's per-step schedules)."""
+
+    def training_step(self, out: MILOutput, bag_loss: Tensor) -> Tensor:
+        """Backward pass of one bag; returns the loss to log. Default: bag loss plus every auxiliary loss.
+        Override for another backward order (DTFD's two tiers with separate gradient clipping)."""
+        loss = bag_loss + sum(out.aux_losses.values())
+        loss.backward()
+        return loss
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (MHIM's teacher EMA update)."""
+
+
+@runtime_checkable
+class EmbedHead(Protocol):
+    """A model split at the instance embedding: ``forward(x) == head(embed(x))``."""
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Instance embeddings ``[B, N, cfg.hidden_dim]`` of features ``x`` [B, N, D]."""
+        ...
+
+    def head(self, h: Tensor, mask: Tensor | None = None, label: Tensor | None = None) -> MILOutput:
+        """Everything after the instance embedding."""
+        ...
+
+
+@runtime_checkable
+class MaskableBaseline(EmbedHead, Protocol):
+    """What MHIM needs from the baseline it wraps (student and teacher): the split forward, the instance
+    assessment of one bag and the shape of the bag embedding."""
+
+    cfg: Any  # with hidden_dim
+    embedding_groups: int
+
+    def instance_scores(self, h: Tensor, out: MILOutput, version: str) -> Tensor:
+        """Scores ``[N]`` of one bag's instances (``h`` [1, N, H], ``out = head(h)``): v1 attention, v2 the
+        class-aware instance probability. MHIM masks the highest; the heatmaps draw them."""
+        ...
+
+
+@runtime_checkable
+class LinearHead(EmbedHead, Protocol):
+    """A baseline whose bag classifier is one linear map of the (attention-weighted) embedding: the heatmaps
+    apply it to each weighted instance (MHIM-v2's class-aware instance probability, Fig. 7)."""
+
+    def classify(self, z: Tensor) -> Tensor:
+        """Logits ``[..., C]`` of embeddings ``z`` [..., H]."""
+        ...
+
+
 def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
     """Softmax over ``dim`` that gives exactly zero weight where ``mask`` is False (padding)."""
     if mask is None:
@@ -67,9 +147,15 @@ class Dropout(nn.Dropout):
         return super().forward(x)
 
 
-def instance_projection(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
-    """``Linear(in_dim, hidden_dim) + ReLU + Dropout``: the instance embedding most MIL baselines share."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), Dropout(dropout))
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def instance_projection(in_dim: int, hidden_dim: int, dropout: float, act: str = "relu") -> nn.Sequential:
+    """``Linear(in_dim, hidden_dim) + ReLU + Dropout``: the instance embedding most MIL baselines share
+    (``act='gelu'``: GELU instead of ReLU, as the MHIM-MIL reference's training config runs it)."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), ACTIVATIONS[act](), Dropout(dropout))
 
 
 def input_layer_name(net: nn.Module, in_dim: int) -> str:
@@ -114,16 +200,24 @@ def range_text(bounds: dict) -> str:
     return " and ".join(f"{ops[k]} {v}" for k, v in bounds.items() if v is not None) or "any value"
 
 
+def in_range(value, bounds: dict) -> bool:
+    """Whether a numeric ``value`` is within ``bounds`` (a declared range); non-numbers (and bools) pass, the
+    config's own type checks handle them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    return math.isfinite(value) and all(
+        v is None or cmp(value, v)
+        for v, cmp in ((bounds["ge"], operator.ge), (bounds["gt"], operator.gt),
+                       (bounds["le"], operator.le), (bounds["lt"], operator.lt)))
+
+
 def check_ranges(cfg, where: str) -> None:
     """Raise ``ValueError`` naming ``where`` (e.g. ``model 'mhim'``) and the key if a field is out of its range."""
     for f in dataclasses.fields(cfg):
         bounds = field_range(f)
         value = getattr(cfg, f.name)
-        if bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        if bounds is None:
             continue
-        ok = math.isfinite(value) and all(
-            v is None or cmp(value, v)
-            for v, cmp in ((bounds["ge"], operator.ge), (bounds["gt"], operator.gt),
-                           (bounds["le"], operator.le), (bounds["lt"], operator.lt)))
+        ok = in_range(value, bounds)
         if not ok:
             raise ValueError(f"{where}: {f.name} = {value!r} is out of range (must be {range_text(bounds)})")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def smooth_top1_svm(logits: Tensor, target: Tensor, tau: float = 1.0, alpha: flo
     return (smooth_max - logits.gather(-1, target[:, None]).squeeze(-1)).mean()
 
 
-class CLAM(nn.Module):
+class CLAM(MILModel):
     config_class = CLAMConfig
 
     def __init__(self, cfg: CLAMConfig):

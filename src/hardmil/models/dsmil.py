@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DSMILConfig:
     max_loss_weight: float = 0.5  # dsmil-wsi: 0.5 * bag + 0.5 * max
 
 
-class DSMIL(nn.Module):
+class DSMIL(MILModel):
     config_class = DSMILConfig
 
     def __init__(self, cfg: DSMILConfig):

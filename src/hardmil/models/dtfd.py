@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier
+from hardmil.models.base import MILModel, MILOutput, init_xavier
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class GatedAttention(nn.Module):
         return torch.softmax(self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1), dim=-1)
 
 
-class DTFD(nn.Module):
+class DTFD(MILModel):
     config_class = DTFDConfig
 
     def __init__(self, cfg: DTFDConfig):

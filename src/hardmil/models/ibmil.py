@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class IBMILConfig:
     n_confounders: int = 8  # K: set from the dictionary the workflow builds
 
 
-class IBMIL(nn.Module):
+class IBMIL(MILModel):
     config_class = IBMILConfig
 
     def __init__(self, cfg: IBMILConfig):

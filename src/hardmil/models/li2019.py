@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection, masked_softmax
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection, masked_softmax
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Li2019Config:
     adaptive_at_inference: bool = True
 
 
-class Li2019(nn.Module):
+class Li2019(MILModel):
     config_class = Li2019Config
 
     def __init__(self, cfg: Li2019Config):

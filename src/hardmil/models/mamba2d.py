@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput
+from hardmil.models.base import MILModel, MILOutput
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def grid_cells(coords: Tensor) -> tuple[Tensor, Tensor, int, int]:
     return row, col, int(row.max()) + 1, int(col.max()) + 1
 
 
-class Mamba2DMIL(nn.Module):
+class Mamba2DMIL(MILModel):
     config_class = Mamba2DConfig
     needs_coords = True
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier, instance_projection
+from hardmil.models.base import MILModel, MILOutput, init_xavier, instance_projection
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MeanMaxConfig:
     pooling: str = "mean"  # 'mean' or 'max'
 
 
-class MeanMIL(nn.Module):
+class MeanMIL(MILModel):
     config_class = MeanMaxConfig
 
     def __init__(self, cfg: MeanMaxConfig):

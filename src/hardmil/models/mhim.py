@@ -2,8 +2,8 @@
 
 Papers: Tang, Zhang, Zhu, Wang, Lin, Ye. Multiple Instance Learning Framework with Masked Hard Instance
 Mining for Whole Slide Image Classification. ICCV 2023; and the journal version "MHIM-v2" (Algorithms 1-2).
-Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behaviour only); facts on how it
-really runs: ``shared/notes/mhim_reference.md``.
+Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behaviour only); parity with it is
+pinned by ``tests/test_parity_mhim.py`` (fixtures written from the reference by ``bench/parity_mhim.py``).
 
 The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
 projection + dropout), ``head(h, mask, label) -> MILOutput`` (everything after the embedding, with its own
@@ -11,13 +11,20 @@ auxiliary losses) and ``instance_scores(h, out, version)``. AB-MIL, gated AB-MIL
 them (TransMIL scores from the class token's layer-1 Nystrom attention row). DSMIL keeps
 its own semantics inside MHIM (bag-stream prediction, 0.5 / 0.5 bag and max-instance losses), so teacher and
 student are the same model as the baseline checkpoint; the reference's MHIM-internal DSMIL averages the two
-streams' logits instead. DSMIL's consistency loss is taken per class row of its [C, 512] bag embedding, as the
-reference does.
+streams' logits instead. DSMIL's consistency loss is taken per class row of its [C, 512] bag embedding and
+averaged over the C rows, as the reference does.
+
+The reference's MHIM wraps its own internal baselines, which differ from its standalone ones: ``attn`` (AB-MIL with
+a bias-free ReLU attention MLP) and ``selfattn`` (TransMIL without square padding before layer 1, PPEG padded to
+7 x 7); its training config runs the instance projection with GELU. These are options of the registered models
+(``baseline_params: {act: gelu, attention_act: relu, attention_bias: false}`` for AB-MIL, ``{act: gelu, padding:
+ppeg}`` for TransMIL); the teacher checkpoint must be the baseline trained with the same options.
 
 One training step on a bag (``forward`` with a label, in train mode):
 1. The teacher (an EMA copy of the student, initialised from the trained baseline of the same fold) scores
    every instance without gradients: raw attention (v1) or the class-aware instance probability (v2),
-   ``max_c softmax_c(W (a_i h_i) + b)`` with the teacher's own classifier.
+   ``max_c softmax_c(W (a_i h_i))`` with the teacher's own classifier weights (the reference adds only ``b_0``
+   to every class, which cancels under the softmax).
 2. Masking of instance embeddings: high-score masking of a fraction ``mask_high`` (optionally randomly-high:
    candidates are the top ``ceil(N h / r)``, a random ``ceil(|cand| r)`` of them masked, ``r = mask_high_random``;
    ``r = 0.5`` is "top 2x, random half"; optional cosine decay of ``h`` to 0 over the schedule); v1 low-score
@@ -25,9 +32,12 @@ One training step on a bag (``forward`` with a label, in train mode):
    ``rsm_ratio`` of the remaining instances is taken out and, with the Global Recycle Network, summarised
    into K tokens that are appended (without the GRN they are dropped: Table 9's "RSM" row). ``rsm_ratio`` is
    the *masked* fraction: the reference's ``merge_ratio`` is the *kept* fraction, ``rsm_ratio = 1 - merge_ratio``.
+   Of L remaining instances, ``int(L (1 - rsm_ratio))`` are kept, as the reference rounds (at least one is kept;
+   ``rsm_mode: low`` masks the ``ceil(L rsm_ratio)`` lowest-scoring, as the reference's low mode).
 3. GRN: K global queries (no gradient; updated after each training forward as an EMA of the GRN outputs,
-   momentum ``grn_momentum``) cross-attend (8 heads x 64, LayerNorm on both sides, no biases on q/kv,
-   dropout 0.1, output ``Linear(512, 512)``, no residual) to the randomly masked instances.
+   momentum ``grn_momentum``) cross-attend (8 heads x 64, one LayerNorm shared by the queries and the
+   instances, as the reference; no biases on q/kv, dropout 0.1, output ``Linear(512, 512)``, no residual) to the
+   randomly masked instances.
 4. Loss = CE(student logits) + ``alpha`` x soft-target CE between ``softmax(teacher bag embedding / 0.1)``
    and ``log_softmax(student bag embedding / 1.0)``, summed over the embedding dimensions.
 5. After the optimiser step (``after_step``), teacher <- ``m`` teacher + (1 - ``m``) student, every bag
@@ -57,6 +67,7 @@ Deliberate deviations and choices:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -64,40 +75,43 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, init_xavier
+from hardmil.models.assessment import TeacherAssessment
+from hardmil.models.base import MILModel, MILOutput, field_range, in_range, init_xavier, param, range_text
 
 
 @dataclass(frozen=True)
 class MHIMConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=1)
     baseline: str = "abmil"  # a registered model exposing embed / head / instance_scores
     baseline_params: dict = field(default_factory=dict)
     version: str = "v2"  # 'v1': raw attention scores; 'v2': class-aware instance probability
     score: str = "auto"  # 'auto' (by version), 'attention' or 'probability' (Table 8 swaps them inside v2)
-    mask_high: float = 0.01  # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
+    # masked fraction of the highest-scoring instances (v2 grid {0.01, 0.03, 0.05})
+    mask_high: float = param(0.01, ge=0, lt=1)
     # paper defaults (Table 12: MHIM-v2 uses RHSM and the decay); the reference README recipe runs 1.0 / False
-    mask_high_random: float = 0.5  # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
+    # r: fraction of the top ceil(N h / r) candidates masked (0.5 = RHSM)
+    mask_high_random: float = param(0.5, gt=0, le=1)
     mask_high_cosine: bool = True  # cosine decay of mask_high to 0 over all training steps (mrh_sche)
-    mask_low: float = 0.0  # v1: masked fraction of the lowest-scoring instances
-    mask_random: float = 0.0  # v1: masked fraction drawn at random
+    mask_low: float = param(0.0, ge=0, lt=1)  # v1: masked fraction of the lowest-scoring instances
+    mask_random: float = param(0.0, ge=0, lt=1)  # v1: masked fraction drawn at random
     # v2: random score masking, the masked fraction of the instances left after high-score masking; recycled by the
     # GRN when it is on, dropped when it is off. Paper: "70% ~ 90%" (0.8 = the reference's option default
     # merge_ratio 0.2); the README recipe's merge_ratio {0.8, 0.9} is rsm_ratio {0.2, 0.1}.
-    rsm_ratio: float = 0.8
+    rsm_ratio: float = param(0.8, ge=0, le=1)
     rsm_mode: str = "random"  # 'random' (RSM) or 'low': the lowest-scoring share instead (Table 9 "LSM+GRN")
     grn: bool = True  # v2: Global Recycle Network
-    grn_tokens: int = 1  # K (grid {1, 5, 10})
-    grn_heads: int = 8
-    grn_head_dim: int = 64
-    grn_dropout: float = 0.1
-    grn_momentum: float = 0.9999  # merge_mm (README recipe)
+    grn_tokens: int = param(1, ge=1)  # K (grid {1, 5, 10})
+    grn_heads: int = param(8, ge=1)
+    grn_head_dim: int = param(64, ge=1)
+    grn_dropout: float = param(0.1, ge=0, lt=1)
+    grn_momentum: float = param(0.9999, ge=0, le=1)  # merge_mm (README recipe)
     grn_at_inference: bool = False
     grn_embed_grad: bool = True  # False: the recycled instances' embeddings carry no gradient (cost option)
-    alpha: float = 0.5  # consistency weight (aux_alpha, README recipe)
-    temp_teacher: float = 0.1
-    temp_student: float = 1.0
-    momentum: float = 0.9997  # teacher EMA (v2 default; v1 0.9999)
+    alpha: float = param(0.5, ge=0)  # consistency weight (aux_alpha, README recipe)
+    temp_teacher: float = param(0.1, gt=0)
+    temp_student: float = param(1.0, gt=0)
+    momentum: float = param(0.9997, ge=0, le=1)  # teacher EMA (v2 default; v1 0.9999)
     momentum_cosine: bool = False  # cosine schedule of the EMA momentum towards 1 (mm_sche)
     teacher_dropout: bool = True
     # Table 10 ablations: 'baseline' = loaded from the same fold's trained baseline (a DAG edge; the default),
@@ -106,6 +120,13 @@ class MHIMConfig:
     # 'ema' = momentum teacher (default); 'student' = no separate teacher: the student scores its own bag
     teacher_update: str = "ema"
     init_student: str = "none"  # 'none' (v2) or 'fc' (v1: copy the baseline's instance projection)
+
+    def __post_init__(self):
+        h, r = self.mask_high, self.mask_high_random
+        # only when both are within their ranges (model_config then names the one out of range)
+        if isinstance(h, (int, float)) and isinstance(r, (int, float)) and 0 <= h < 1 and 0 < r <= 1 and h / r > 1:
+            raise ValueError(f"model 'mhim': mask_high / mask_high_random (mask.high_ratio / mask.high_random_fraction)"
+                             f" = {h!r} / {r!r} must be <= 1 (the candidates, the top ceil(N h / r), are at most N)")
 
 
 # Plain nested names (config: ``params: {mask: {high_ratio: 0.03}, ...}``) -> MHIMConfig fields.
@@ -123,7 +144,9 @@ NESTED_NAMES = {
 
 
 def flatten_params(params: dict) -> dict:
-    """Translate the nested plain names of :data:`NESTED_NAMES` into MHIMConfig fields (flat names pass)."""
+    """Translate the nested plain names of :data:`NESTED_NAMES` into MHIMConfig fields (flat names pass). A nested
+    value out of its field's declared range is an error naming the key as written (``mask.high_ratio``)."""
+    ranges = {f.name: field_range(f) for f in dataclasses.fields(MHIMConfig)}
     flat = {}
     for key, value in params.items():
         if key in NESTED_NAMES and isinstance(value, dict):
@@ -134,10 +157,35 @@ def flatten_params(params: dict) -> dict:
                 name = NESTED_NAMES[key][sub]
                 if name in params or name in flat:
                     raise ValueError(f"mhim: {key}.{sub} and {name} both given")
+                if ranges.get(name) and not in_range(v, ranges[name]):
+                    raise ValueError(f"model 'mhim': {key}.{sub} = {v!r} is out of range "
+                                     f"(must be {range_text(ranges[name])})")
                 flat[name] = v
         else:
             flat[key] = value
     return flat
+
+
+def rsm_count(n: int, ratio: float, mode: str = "random") -> int:
+    """How many of ``n`` remaining instances random score masking takes out, rounded as the reference: it keeps
+    ``int(n merge_ratio)`` (``merge_ratio = 1 - ratio``) in random mode and masks ``ceil(n ratio)`` in low mode;
+    at least one instance is kept. The fractions are rounded to 12 digits first, so ``1 - 0.9`` keeps 10 % of 10
+    (one instance), as the reference's ``merge_ratio`` 0.1 does."""
+    if mode == "low":
+        out = math.ceil(round(n * ratio, 9))
+    else:
+        out = n - int(n * round(1 - ratio, 12))
+    return max(0, min(n - 1, out))
+
+
+def consistency_loss(student: Tensor, teacher: Tensor, groups: int, temp_teacher: float,
+                     temp_student: float) -> Tensor:
+    """Soft-target cross-entropy between ``softmax(teacher / temp_teacher)`` and ``log_softmax(student /
+    temp_student)`` over the embedding dimensions, for bag embeddings of ``groups`` rows (DSMIL: C class rows)
+    flattened: summed over the dimensions and averaged over the rows, as the reference."""
+    t, z = teacher.reshape(groups, -1), student.reshape(groups, -1)
+    target = torch.softmax(t / temp_teacher, dim=-1)
+    return -(target * F.log_softmax(z / temp_student, dim=-1)).sum(-1).mean()
 
 
 def cosine(start: float, end: float, step: int, total: int) -> float:
@@ -151,7 +199,7 @@ class GlobalRecycleNetwork(nn.Module):
         super().__init__()
         inner = cfg.grn_heads * cfg.grn_head_dim
         self.heads, self.head_dim = cfg.grn_heads, cfg.grn_head_dim
-        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim)  # one LayerNorm for queries and instances, as the reference
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
         self.attn_drop = nn.Dropout(cfg.grn_dropout)
@@ -170,9 +218,9 @@ class GlobalRecycleNetwork(nn.Module):
         k_, dim = self.queries.shape
         heads, hd = self.heads, self.head_dim
         # a copy: the queries are updated in place right after this forward, before the backward
-        q = self.to_q(self.norm_q(self.queries.clone())).reshape(k_, heads, hd).transpose(0, 1)  # [H, K, hd]
+        q = self.to_q(self.norm(self.queries.clone())).reshape(k_, heads, hd).transpose(0, 1)  # [H, K, hd]
         w_k, w_v = self.to_kv.weight.reshape(2, heads, hd, dim).unbind(0)  # [H, hd, dim] each
-        xn = self.norm_kv(masked)  # [M, dim]
+        xn = self.norm(masked)  # [M, dim]
         q_in = (q @ w_k) * hd**-0.5  # [H, K, dim]: the queries moved into input space
         attn = self.attn_drop(torch.softmax(q_in @ xn.T, dim=-1))  # [H, K, M]
         ctx = (attn @ xn) @ w_v.transpose(1, 2)  # [H, K, dim] -> [H, K, hd]
@@ -181,15 +229,15 @@ class GlobalRecycleNetwork(nn.Module):
     def forward_explicit(self, masked: Tensor) -> Tensor:
         """The textbook form (keys and values for every instance); kept to test :meth:`forward` against."""
         k_, _ = self.queries.shape
-        q = self.to_q(self.norm_q(self.queries.clone())).reshape(k_, self.heads, self.head_dim).transpose(0, 1)
-        k, v = self.to_kv(self.norm_kv(masked)).chunk(2, dim=-1)
+        q = self.to_q(self.norm(self.queries.clone())).reshape(k_, self.heads, self.head_dim).transpose(0, 1)
+        k, v = self.to_kv(self.norm(masked)).chunk(2, dim=-1)
         k = k.reshape(-1, self.heads, self.head_dim).transpose(0, 1)
         v = v.reshape(-1, self.heads, self.head_dim).transpose(0, 1)
         attn = self.attn_drop(torch.softmax(q @ k.transpose(-1, -2) * self.head_dim**-0.5, dim=-1))
         return self.out((attn @ v).transpose(0, 1).reshape(k_, -1))
 
 
-class MHIM(nn.Module):
+class MHIM(MILModel):
     config_class = MHIMConfig
     translate_params = staticmethod(flatten_params)
 
@@ -220,7 +268,7 @@ class MHIM(nn.Module):
         # with teacher_init 'none' the teacher is the untrained student's copy from the start (asked for)
         self.register_buffer("has_teacher", torch.tensor(cfg.teacher_init == "none"))
         self.total_steps = 1
-        self.assessment = None  # optional hardmil.report.assessment.TeacherAssessment, set by the caller
+        self.assessment = TeacherAssessment()  # per-epoch teacher statistics (teacher_assessment.tsv)
 
     # --- set-up -------------------------------------------------------------------------------------
     def init_teacher(self, saved: dict) -> None:
@@ -267,7 +315,8 @@ class MHIM(nn.Module):
         masked = torch.zeros(n, dtype=torch.bool, device=score.device)
         h, r = self.high_ratio(), self.cfg.mask_high_random
         if h > 0:
-            cand = score.topk(min(n, math.ceil(n * h / r))).indices if h / r <= 1 else torch.arange(n)
+            # ceil(N (h / r)) in the reference's order of operations (n * h / r can round up to one more)
+            cand = score.topk(min(n, math.ceil(n * (h / r)))).indices if h / r <= 1 else torch.arange(n)
             if r < 1 and h / r <= 1:
                 cand = cand[torch.randperm(len(cand), device=score.device)[: math.ceil(len(cand) * r)]]
             masked[cand] = True
@@ -280,7 +329,7 @@ class MHIM(nn.Module):
         remaining = (~masked).nonzero().squeeze(1)
         recycled = remaining[:0]
         if self.cfg.version == "v2" and self.cfg.rsm_ratio > 0 and len(remaining) > 1:
-            n_rec = min(len(remaining) - 1, int(len(remaining) * self.cfg.rsm_ratio))
+            n_rec = rsm_count(len(remaining), self.cfg.rsm_ratio, self.cfg.rsm_mode)
             if self.cfg.rsm_mode == "low":
                 pick = score[remaining].topk(n_rec, largest=False).indices
             else:
@@ -329,11 +378,8 @@ class MHIM(nn.Module):
                 self.grn.queries.mul_(m).add_((1 - m) * summary.detach())
         out = s.head(tokens[None], label=label)
         if self.cfg.alpha > 0:
-            groups = getattr(s, "embedding_groups", 1)
-            t = z_teacher.reshape(groups, -1)
-            z = out.embedding[0].reshape(groups, -1)
-            target = torch.softmax(t / self.cfg.temp_teacher, dim=-1)
-            cons = -(target * F.log_softmax(z / self.cfg.temp_student, dim=-1)).sum()
+            cons = consistency_loss(out.embedding[0], z_teacher, getattr(s, "embedding_groups", 1),
+                                    self.cfg.temp_teacher, self.cfg.temp_student)
             out.aux_losses["consistency"] = self.cfg.alpha * cons
         attn = out.attention if out.attention is not None else torch.zeros(1, len(tokens), device=x.device)
         out.attention = torch.zeros_like(score)[None].scatter(1, kept[None], attn[:, : len(kept)])

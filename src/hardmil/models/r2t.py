@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hardmil.models.base import MILOutput, instance_projection
+from hardmil.models.base import MILModel, MILOutput, instance_projection
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class CRMSA(nn.Module):
         return from_regions(out, self.region_num, side, n)
 
 
-class R2TMIL(nn.Module):
+class R2TMIL(MILModel):
     config_class = R2TConfig
 
     def __init__(self, cfg: R2TConfig):

@@ -25,6 +25,25 @@ over the real instances (heatmaps, hard-negative mining). MHIM's teacher scores 
 (``out.extras``, so the layer is not run twice); v1 averages it over heads (the reference fuses heads by a top-k
 vote). Without autograd, for large bags, the Nystrom layers run one head at a time (same output, an eighth of the
 transient memory).
+
+As the reference (tested against fixtures written from its code by ``bench/parity_mhim.py``): the Moore-Penrose
+iteration starts from ``x^T / (max column sum * max row sum)`` with one maximum over all heads of a bag (the
+reference takes it over the whole tensor; it runs one bag at a time); MHIM's class-aware score (v2) applies the
+classifier without its bias (the reference adds ``b_0`` to every class, which cancels under the softmax).
+
+Initialisation as the reference (MHIM-MIL's ``modules/transmil.py`` and its MHIM-internal ``selfattn``): every
+Linear Xavier-normal with zero bias; with ``padding: input`` (the standalone model) also every convolution
+Xavier-normal (zero bias) and the class token N(0, 1e-6); with ``padding: ppeg`` (``selfattn``) the convolutions keep
+PyTorch's default and the class token N(0, 1).
+
+Options that reproduce the reference's other variants:
+* ``act``: the instance projection's activation, ``relu`` (default) or ``gelu`` (the reference's shipped training
+  config ``act: gelu``, for every baseline and for MHIM).
+* ``padding``: ``input`` (default) is the standalone TransMIL above; ``ppeg`` is the MHIM reference's internal
+  ``selfattn`` baseline, the TransMIL its MHIM-v2 actually wraps: no square padding before layer 1 (the class
+  token and the N instances only); PPEG pads the N instances to the next square by repeating the first ones, then
+  with zeros to at least 7 x 7, convolves and keeps the first N. MHIM wraps this registered model with these
+  options (``baseline_params``), never a forked copy.
 """
 
 from __future__ import annotations
@@ -36,26 +55,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardmil.models.base import Dropout, MILOutput, instance_projection
+from hardmil.models.base import Dropout, MILModel, MILOutput, init_xavier, instance_projection, param
+
+PADDINGS = ("input", "ppeg")
 
 
 @dataclass(frozen=True)
 class TransMILConfig:
-    in_dim: int = 1024
-    n_classes: int = 2
-    hidden_dim: int = 512
-    heads: int = 8  # TransMIL TransLayer: heads=8, dim_head=dim//8
-    landmarks: int = 256  # num_landmarks = dim // 2
-    pinv_iterations: int = 6
-    residual_kernel: int = 33
-    attn_dropout: float = 0.1
-    dropout: float = 0.25  # embedding dropout (MHIM benchmark)
+    in_dim: int = param(1024, ge=1)
+    n_classes: int = param(2, ge=1)
+    hidden_dim: int = param(512, ge=1)
+    heads: int = param(8, ge=1)  # TransMIL TransLayer: heads=8, dim_head=dim//8
+    landmarks: int = param(256, ge=1)  # num_landmarks = dim // 2
+    pinv_iterations: int = param(6, ge=1)
+    residual_kernel: int = param(33, ge=1)
+    attn_dropout: float = param(0.1, ge=0, lt=1)
+    dropout: float = param(0.25, ge=0, lt=1)  # embedding dropout (MHIM benchmark)
+    act: str = "relu"  # instance projection: 'relu' or 'gelu' (the reference's training config: gelu)
+    padding: str = "input"  # 'input': standalone TransMIL; 'ppeg': MHIM's internal selfattn baseline
 
 
 def pinv_iterative(x: Tensor, iters: int) -> Tensor:
-    """Moore-Penrose pseudo-inverse by the iterative scheme of the Nystromformer paper."""
+    """Moore-Penrose pseudo-inverse by the iterative scheme of the Nystromformer paper, for x [B, ..., m, m]. The
+    start ``x^T / (max column sum * max row sum)`` takes one maximum over all matrices of a batch element (all
+    heads), as the reference."""
     abs_x = x.abs()
-    z = x.transpose(-1, -2) / (abs_x.sum(-1).amax(-1) * abs_x.sum(-2).amax(-1))[..., None, None]
+    lead = (x.shape[0],) + (1,) * (x.dim() - 1)
+    col = abs_x.sum(-1).reshape(x.shape[0], -1).amax(-1).reshape(lead)
+    row = abs_x.sum(-2).reshape(x.shape[0], -1).amax(-1).reshape(lead)
+    z = x.transpose(-1, -2) / (col * row)
     eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
     for _ in range(iters):
         xz = x @ z
@@ -83,16 +111,21 @@ class NystromAttention(nn.Module):
         q, k, v = (t.reshape(b, -1, self.heads, self.dim_head).transpose(1, 2) for t in self.to_qkv(x).chunk(3, -1))
         return q * self.dim_head**-0.5, k, v, pad
 
-    def _approximation(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(a1, pinv(a2), a3) of the Nystrom approximation of softmax(q k^T), for the heads given."""
+    def _landmarks(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Landmark queries and keys (segment means) and pinv(a2), for all heads (the pseudo-inverse's start
+        takes one maximum over the heads)."""
         b, h, n, _ = q.shape
         m = self.landmarks
-        q_l = q.reshape(b, h, m, n // m, -1).mean(3)  # landmarks: segment means
+        q_l = q.reshape(b, h, m, n // m, -1).mean(3)
         k_l = k.reshape(b, h, m, n // m, -1).mean(3)
+        return q_l, k_l, pinv_iterative(torch.softmax(q_l @ k_l.transpose(-1, -2), -1), self.iters)
+
+    def _approximation(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(a1, pinv(a2), a3) of the Nystrom approximation of softmax(q k^T)."""
+        q_l, k_l, a2_inv = self._landmarks(q, k)
         a1 = torch.softmax(q @ k_l.transpose(-1, -2), -1)
-        a2 = torch.softmax(q_l @ k_l.transpose(-1, -2), -1)
         a3 = torch.softmax(q_l @ k.transpose(-1, -2), -1)
-        return a1, pinv_iterative(a2, self.iters), a3
+        return a1, a2_inv, a3
 
     def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
         """(a1, pinv(a2), a3, v, front padding) of the Nystrom approximation of softmax(q k^T) v."""
@@ -111,8 +144,11 @@ class NystromAttention(nn.Module):
         big = q.shape[2] * self.landmarks * self.heads > self.split_heads_above
         groups = [slice(i, i + 1) for i in range(self.heads)] if big and not torch.is_grad_enabled() else [slice(None)]
         outs, rows = [], []
+        q_l, k_l, a2_all = self._landmarks(q, k)
         for g in groups:
-            a1, a2_inv, a3 = self._approximation(q[:, g], k[:, g])
+            a1 = torch.softmax(q[:, g] @ k_l[:, g].transpose(-1, -2), -1)
+            a3 = torch.softmax(q_l[:, g] @ k[:, g].transpose(-1, -2), -1)
+            a2_inv = a2_all[:, g]
             conv = F.conv2d(v[:, g], self.res_conv.weight[g], padding=self.res_conv.padding, groups=a1.shape[1])
             outs.append(a1 @ (a2_inv @ (a3 @ v[:, g])) + conv)  # right to left: no [n, landmarks] product
             if row is not None:
@@ -145,15 +181,32 @@ class PPEG(nn.Module):
         grid = grid + sum(conv(grid) for conv in self.convs)
         return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
 
+    def forward_padded(self, x: Tensor) -> Tensor:
+        """MHIM's selfattn PPEG on class token + N instances: the N instances padded to the next square by
+        repeating the first ones, then with zeros to at least 7 x 7; convolved; the first N kept."""
+        cls, feats = x[:, :1], x[:, 1:]
+        b, n, d = feats.shape
+        side = math.ceil(math.sqrt(n))
+        grid = torch.cat([feats, feats[:, : side * side - n]], dim=1)
+        if side < 7:
+            grid = F.pad(grid, (0, 0, 0, 49 - side * side))
+            side = 7
+        grid = grid.transpose(1, 2).reshape(b, d, side, side)
+        grid = grid + sum(conv(grid) for conv in self.convs)
+        return torch.cat([cls, grid.flatten(2).transpose(1, 2)[:, :n]], dim=1)
 
-class TransMIL(nn.Module):
+
+class TransMIL(MILModel):
     config_class = TransMILConfig
 
     def __init__(self, cfg: TransMILConfig):
         super().__init__()
+        if cfg.padding not in PADDINGS or cfg.hidden_dim % cfg.heads:
+            raise ValueError(f"transmil: padding must be one of {PADDINGS} (got {cfg.padding!r}) and hidden_dim "
+                             f"({cfg.hidden_dim}) a multiple of heads ({cfg.heads})")
         self.cfg = cfg
         d = cfg.hidden_dim
-        self.feature = instance_projection(cfg.in_dim, d, cfg.dropout)
+        self.feature = instance_projection(cfg.in_dim, d, cfg.dropout, act=cfg.act)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d))
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
         self.layers = nn.ModuleList(
@@ -162,6 +215,14 @@ class TransMIL(nn.Module):
         self.ppeg = PPEG(d)
         self.norm = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.n_classes)
+        init_xavier(self)
+        if cfg.padding == "input":  # the standalone reference also initialises the convolutions and the token
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_normal_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+            nn.init.normal_(self.cls_token, std=1e-6)
 
     def _tokens(self, h: Tensor) -> tuple[Tensor, int]:
         """Class token + instances padded to a square by repeating the first instances; the square's side."""
@@ -174,9 +235,14 @@ class TransMIL(nn.Module):
         """Bag embedding [B, dim]; the class token's layer-1 attention over the N instances [B, heads, N] (no
         gradient) and the layer-1 values of the N instances [B, heads, N, d]."""
         n = h.shape[1]
-        x, side = self._tokens(h)
-        y, attn, v = self.layers[0](self.norms[0](x), row=0)
-        x = self.ppeg(x + y, side)
+        if self.cfg.padding == "input":
+            x, side = self._tokens(h)
+            y, attn, v = self.layers[0](self.norms[0](x), row=0)
+            x = self.ppeg(x + y, side)
+        else:  # MHIM's selfattn: no padding before layer 1, PPEG pads for its convolution only
+            x = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
+            y, attn, v = self.layers[0](self.norms[0](x), row=0)
+            x = self.ppeg.forward_padded(x + y)
         x = x + self.layers[1](self.norms[1](x))
         return self.norm(x)[:, 0], attn[:, :, 1 : n + 1], v[:, :, 1 : n + 1]
 
@@ -187,14 +253,16 @@ class TransMIL(nn.Module):
         """MHIM's instance assessment of one bag h [1, N, H] from the class token's layer-1 attention, as
         ``head`` left it in ``out.extras`` (the teacher's forward is not repeated): v1 its mean over heads; v2
         the class-aware probability of the per-head attention-weighted values, concatenated over heads, through
-        the layer's output projection and the classifier (max over classes)."""
+        the layer's output projection and the classifier without its bias (max over classes)."""
         if "cls_attention" not in out.extras:
             raise ValueError("TransMIL.instance_scores needs the output of head() on the same bag, without a mask")
         attn, v = out.extras["cls_attention"], out.extras["cls_values"]
         if version == "v1":
             return attn[0].mean(0)
         f = (attn[..., None] * v).transpose(1, 2).reshape(1, h.shape[1], -1)
-        return torch.softmax(self.classifier(self.layers[0].to_out(f)), dim=-1)[0].amax(-1)
+        # the classifier without its bias, as the reference (its b_0 on every class cancels under the softmax)
+        logits = F.linear(self.layers[0].to_out(f), self.classifier.weight)
+        return torch.softmax(logits, dim=-1)[0].amax(-1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, label: Tensor | None = None,
                 coords: Tensor | None = None) -> MILOutput:

@@ -2,12 +2,13 @@
 
 * :func:`sweep_figure` -- Tang et al. (MHIM-v2) Fig. 5 (random-score masking alone vs the full framework
   across mask ratios) and Fig. 6 (sensitivity to a hyperparameter): a metric's mean ± std over folds
-  against a swept value, one line per series, the un-swept baseline as a dashed band.
+  against a swept value, one line per series, the un-swept baseline as a dashed band; below, each point's
+  paired Δ against the baseline on the same test bags with its 95 % interval (:mod:`hardmil.eval.stats`).
 * :func:`heatmap_figure` -- Fig. 7: instance scores (attention or instance probability) drawn over a slide
   thumbnail, optionally with the ground-truth tumour outline and a localisation score
   (:func:`localisation_auc`: instance-level ROC AUC of the scores against mask-derived patch labels).
 * :func:`assessment_figure` -- Fig. 8: the MHIM teacher's assessment over training
-  (``teacher_assessment.tsv``, :mod:`hardmil.report.assessment`).
+  (``teacher_assessment.tsv``, :mod:`hardmil.models.assessment`).
 * :func:`curves_figure` -- training curves of every fold of a method (``history.tsv``).
 * :func:`mined_figure` and :func:`patch_grid` -- Li et al. Fig. 3: the mined hard negatives
   (``mined.tsv``), and a grid of patch images when slides exist.
@@ -60,17 +61,24 @@ def read_tsv(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[di
 # --- Fig. 5 / Fig. 6: sweeps -----------------------------------------------------------------------------
 def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "", footnote: str = ""):
     """One panel per entry of ``panels``: ``{panel: {"xlabel": str, "series": {label: {x: [values]}},
-    "baseline": (label, [values]) | None}}``; x values are numbers (plotted in the order given, equally
-    spaced, labelled with their value). Each point is the mean over folds with a ±1 std error bar, its value
-    written beside it; the legend sits under each panel so it never hides a point."""
+    "baseline": (label, [values]) | None, "deltas": {label: {x: paired_delta result}} (optional)}}``; x values
+    are numbers (plotted in the order given, equally spaced, labelled with their value). Each point is the mean
+    over folds with a ±1 std error bar, its value written beside it; the legend sits under each panel so it
+    never hides a point. When a panel has ``deltas`` a second row shows each point's paired Δ against the
+    baseline (method - baseline on the same test bags) with its confidence interval: a filled marker when the
+    interval excludes 0 (resolved), an open one when it does not."""
     import textwrap
 
     if not panels:
         raise ValueError("sweep_figure: no panels")
+    with_delta = any(p.get("deltas") for p in panels.values())
     width = 6.4 if len(panels) == 1 else 5.4
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 5.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(2 if with_delta else 1, len(panels), squeeze=False, sharey="row",
+                             figsize=(width * len(panels), 8.4 if with_delta else 5.4),
+                             gridspec_kw={"height_ratios": [3, 2]} if with_delta else None)
     ylabel = f"test {METRIC_LABELS.get(metric, metric)} (mean ± std over folds)"
-    for ax, (name, panel) in zip(axes[0], panels.items(), strict=True):
+    for col, (name, panel) in enumerate(panels.items()):
+        ax = axes[0][col]
         xs_all = sorted({float(x) for s in panel["series"].values() for x in s})
         pos = {x: i for i, x in enumerate(xs_all)}
         n_series = len(panel["series"])
@@ -85,19 +93,26 @@ def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "
                 ax.annotate(f"{m:.3f}", (x, m), xytext=(7, 7) if k % 2 == 0 else (7, -7), textcoords="offset points",
                             ha="left", va="bottom" if k % 2 == 0 else "top", fontsize=8, color=f"C{k}",
                             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+        base_label = None
         if panel.get("baseline"):
-            label, values = panel["baseline"]
+            base_label, values = panel["baseline"]
             m, s = np.nanmean(values), (np.nanstd(values, ddof=1) if len(values) > 1 else 0.0)
-            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label} (no masking): {m:.3f}, band ± 1 std")
+            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{base_label} (no masking): {m:.3f}, band ± 1 std")
             ax.axhspan(m - s, m + s, color="0.5", alpha=0.15, lw=0)
-        ax.set_xticks(range(len(xs_all)), [f"{x:g}" for x in xs_all])
-        ax.set_xlim(-0.5, len(xs_all) - 0.5)
-        ax.set_xlabel("\n".join(textwrap.wrap(panel.get("xlabel", "swept value"), 48)))
+        bottom = axes[1][col] if with_delta else ax
+        if with_delta:
+            _draw_deltas(bottom, panel.get("deltas") or {}, panel["series"], pos, metric, base_label)
+        for a in axes[:, col]:
+            a.set_xticks(range(len(xs_all)), [f"{x:g}" for x in xs_all])
+            a.set_xlim(-0.5, len(xs_all) - 0.5)
+            a.grid(alpha=0.3)
+            a.yaxis.set_tick_params(labelleft=True)
+        bottom.set_xlabel("\n".join(textwrap.wrap(panel.get("xlabel", "swept value"), 48)))
         ax.set_ylabel(ylabel)
-        ax.yaxis.set_tick_params(labelleft=True)
         ax.set_title(name, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        handles, labels = ax.get_legend_handles_labels()
+        bottom.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25 if with_delta
+                                                                                      else -0.2), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -106,6 +121,26 @@ def sweep_figure(panels: dict[str, dict], *, metric: str = "auc", title: str = "
         fig.text(0.01, 0.0, "\n".join(textwrap.wrap(" ".join(footnote.split()), chars)), fontsize=7.5,
                  ha="left", va="top")
     return fig
+
+
+def _draw_deltas(ax, deltas: dict, series: dict, pos: dict, metric: str, base_label: str | None) -> None:
+    """Each point's paired Δ against the baseline with its interval; filled = resolved (interval excludes 0)."""
+    ax.axhline(0, color="0.3", ls="--", lw=1)
+    n_series = len(series)
+    level = None
+    for k, label in enumerate(series):
+        shift = 0.14 * (k - (n_series - 1) / 2)
+        for x, r in sorted((deltas.get(label) or {}).items()):
+            if not np.isfinite(r["delta"]):
+                continue
+            level = r.get("level", 0.95)
+            lo, hi = (r["lo"], r["hi"]) if np.isfinite(r["lo"]) else (r["delta"], r["delta"])
+            ax.errorbar([pos[float(x)] + shift], [r["delta"]], yerr=[[r["delta"] - lo], [hi - r["delta"]]],
+                        marker="os^Dv"[k % 5], capsize=3, color=f"C{k}",
+                        mfc=f"C{k}" if r["excludes_zero"] else "white")
+    against = base_label or "baseline"
+    ax.set_ylabel(f"Δ {METRIC_LABELS.get(metric, metric)} vs {against}\n(paired, {100 * (level or 0.95):g} % CI;"
+                  "\nfilled: excludes 0)", fontsize=9)
 
 
 # --- Fig. 7: heatmaps --------------------------------------------------------------------------------------
@@ -376,9 +411,14 @@ def fold_values(paths: list[str | os.PathLike], metric: str) -> list[float]:
     return out
 
 
-def sweep_panels(fig_cfg: dict, runs_of) -> dict:
+def sweep_panels(fig_cfg: dict, runs_of, *, n_boot: int = 2000, level: float = 0.95) -> dict:
     """Panels for :func:`sweep_figure` from a ``figures`` entry of kind ``sweep``; ``runs_of(method)`` gives
-    the method's metrics.json paths."""
+    the method's metrics.json paths. With a panel ``baseline`` and a metric that has a paired procedure
+    (AUC, balanced accuracy, C-index) each point also gets its paired Δ against the baseline, from the runs'
+    ``predictions.tsv`` on identical test bags (:func:`hardmil.report.tables.paired_deltas`)."""
+    from hardmil.eval.stats import METRICS as PAIRED
+    from hardmil.report.tables import RunRef, paired_deltas
+
     metric = fig_cfg.get("metric", "auc")
     panels = {}
     for name, p in fig_cfg["panels"].items():
@@ -386,5 +426,16 @@ def sweep_panels(fig_cfg: dict, runs_of) -> dict:
                   for label, points in p["series"].items()}
         base = p.get("baseline")
         baseline = (p.get("baseline_label", base), fold_values(runs_of(base), metric)) if base else None
-        panels[name] = {"xlabel": p.get("xlabel", "swept value"), "series": series, "baseline": baseline}
+        deltas: dict[str, dict[float, dict]] = {}
+        if base and metric in PAIRED:
+            base_runs = [RunRef.from_path(q) for q in runs_of(base)]
+            for label, points in p["series"].items():
+                for x, m in points.items():
+                    if m == base:
+                        continue
+                    res = paired_deltas([RunRef.from_path(q) for q in runs_of(m)] + base_runs, {m: base}, [metric],
+                                        n_boot=n_boot, level=level)
+                    deltas.setdefault(label, {})[float(x)] = next(iter(res.values()))[metric]
+        panels[name] = {"xlabel": p.get("xlabel", "swept value"), "series": series, "baseline": baseline,
+                        "deltas": deltas}
     return panels

@@ -36,27 +36,35 @@ TSV_COLUMNS = ("slide", "label", "fold", "seed", "method", "label_method", "map"
                "tumour_patches", "slide_probability")
 
 
-def instance_maps(net, features: np.ndarray, mean: np.ndarray, std: np.ndarray, positive: int = 1
+def instance_maps(net, features: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None, positive: int = 1
                   ) -> tuple[dict[str, np.ndarray], float]:
     """``({"attention": [N], "probability": [N]}, bag probability of class ``positive``)`` of one bag under a
-    trained model in eval mode (features standardised as in training). Maps a model lacks are left out."""
+    trained model in eval mode (features standardised as in training). Maps a model lacks are left out.
+    The forward pass is the shared one (:func:`hardmil.infer.infer`); the probability map reuses its input."""
     import torch
 
-    x = torch.from_numpy(((features - mean) / std).astype(np.float32))[None]
-    base = getattr(net, "student", net)  # MHIM: the student is what inference runs
+    from hardmil.data.bags import Bag
+    from hardmil.data.bagset import BagSet
+    from hardmil.infer import infer
+    from hardmil.models.base import EmbedHead, LinearHead, MaskableBaseline
+    from hardmil.models.mhim import MHIM
+
+    bags = BagSet([Bag("slide", "slide", 0, features)], mean, std)
+    res = next(infer(net, bags, keep=("attention", "output")))
+    x = res.x
+    base = net.student if isinstance(net, MHIM) else net  # MHIM: the student is what inference runs
     maps: dict[str, np.ndarray] = {}
+    bag_prob = float(torch.softmax(torch.from_numpy(res.logits), -1)[positive])
+    if res.attention is not None:
+        maps["attention"] = res.attention
     with torch.no_grad():
-        out = net(x)
-        bag_prob = float(torch.softmax(out.logits.float(), -1)[0, positive])
-        if out.attention is not None:
-            maps["attention"] = out.attention[0].float().numpy()
-        if hasattr(base, "embed") and hasattr(base, "head"):
+        if isinstance(base, EmbedHead):
             h = base.embed(x)
             head = base.head(h)
-            if hasattr(base, "classify") and head.attention is not None:
+            if isinstance(base, LinearHead) and head.attention is not None:
                 weighted = head.attention[0][:, None] * h[0]
                 maps["probability"] = torch.softmax(base.classify(weighted).float(), -1)[:, positive].numpy()
-            elif hasattr(base, "instance_scores"):
+            elif isinstance(base, MaskableBaseline):
                 maps["probability (max over classes)"] = base.instance_scores(h, head, "v2").float().numpy()
     return maps, bag_prob
 
@@ -103,43 +111,56 @@ def slide_thumbnail(slide_path: str | os.PathLike, shape: tuple[int, int] | None
 
 def heatmap_rows(slides: list[str], folds: dict[str, dict], models: dict[str, dict[int, str]],
                  labels: dict[str, str], *, features_dir: str | os.PathLike, coords_dir: str | os.PathLike,
-                 slides_dir: str | os.PathLike, classes: list[str], seed: int = 0) -> tuple[list[dict], list[dict]]:
+                 slides_dir: str | os.PathLike, classes: list[str], seed: int = 0,
+                 annotations_dir: str | os.PathLike | None = None) -> tuple[list[dict], list[dict]]:
     """Compute every map. ``models``: ``{method: {fold: model.pt}}``; ``labels``: method -> display name.
+    Patch labels for the localisation AUC: a synthetic slide's ``{slide}.mask.png``, else a CAMELYON16 ASAP
+    annotation ``{slide}.xml`` in ``annotations_dir`` (default: beside the slides; a patch is tumour when
+    >= 50 % of its area lies in a tumour polygon and outside the exclusion polygons, as for the masks).
     Returns (per-slide drawing inputs, TSV rows)."""
-    from hardmil.data.bags import features_path, read_features
-    from hardmil.report.figures import localisation_auc, patch_labels
-    from hardmil.train.run import load_trained
+    from hardmil.checkpoint import load_model
+    from hardmil.data.store import open_bags
+    from hardmil.report.figures import patch_labels
+    from hardmil.wsi.annotations import annotation_mask, annotation_patch_labels, find_annotation, read_asap_xml
     from hardmil.wsi.patching import read_coords
     from hardmil.wsi.slide import find_slide
     from hardmil.wsi.synthetic import read_truth
 
     positive = len(classes) - 1
     drawn, rows = [], []
+    source = open_bags(features_dir)
     for slide in slides:
         fold = folds[slide]["fold"]
-        fpath = features_path(features_dir, slide)
-        feats, fcoords = read_features(fpath)
+        fpath = source.path(slide)
+        feats, fcoords = source.features(slide), source.coords(slide)
         coords, attrs = read_coords(Path(coords_dir) / f"{slide}.h5")
         if fcoords is not None and not np.array_equal(fcoords, coords):
             raise InputError(fpath, f"coords differ from {Path(coords_dir) / f'{slide}.h5'}")
         if len(coords) != len(feats):
             raise InputError(fpath, f"{len(feats)} feature rows but {len(coords)} patch coords")
-        mask, ds = None, 16
+        mask, ds, annotation = None, 16, None
         if (Path(slides_dir) / f"{slide}.mask.png").exists():
             mask, ds = read_truth(slides_dir, slide)
+        elif (xml := find_annotation(annotations_dir or slides_dir, slide)) is not None:
+            annotation = read_asap_xml(xml)  # CAMELYON16: tumour polygons of a real slide
         patch = int(attrs["patch_size_level0"])
         thumb = slide_thumbnail(find_slide(slides_dir, slide), None if mask is None else mask.shape, ds)
-        truth = patch_labels(coords, patch, ds, mask) if mask is not None else None
+        if annotation is not None:
+            mask = annotation_mask(annotation, thumb.shape[:2], ds)  # the outline drawn over the thumbnail
+            truth = annotation_patch_labels(annotation, coords, patch, rule="fraction", min_fraction=0.5)
+        else:
+            truth = patch_labels(coords, patch, ds, mask) if mask is not None else None
         panels = {}
         for method, by_fold in models.items():
             if fold not in by_fold:
                 raise InputError(slide, f"no trained {method} model for fold {fold} (its test fold)")
-            net, mean, std = load_trained(by_fold[fold])
+            net, saved = load_model(by_fold[fold])
+            mean, std = saved["feature_mean"], saved["feature_std"]
             maps, bag_prob = instance_maps(net, feats, mean, std, positive)
             if not maps:
                 raise InputError(by_fold[fold], f"{method}: the model gives neither attention nor instance scores")
             for name, scores in maps.items():
-                auc = localisation_auc(coords, scores, patch, ds, mask) if mask is not None else float("nan")
+                auc = _labels_auc(truth, scores) if truth is not None else float("nan")
                 panels[f"{labels[method]}: {name}"] = scores
                 rows.append({"slide": slide, "label": folds[slide]["label"], "fold": fold, "seed": seed,
                              "method": method, "label_method": labels[method], "map": name,
@@ -152,6 +173,13 @@ def heatmap_rows(slides: list[str], folds: dict[str, dict], models: dict[str, di
                       "coords": coords, "patch_size": patch, "downsample": ds, "mask": mask, "panels": panels,
                       "tumour_patches": None if truth is None else int(truth.sum())})
     return drawn, rows
+
+
+def _labels_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Instance-level ROC AUC of ``scores`` against 0/1 patch labels (NaN when one class is absent)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float("nan") if truth.size == 0 or truth.min() == truth.max() else float(roc_auc_score(truth, scores))
 
 
 def write_auc_tsv(path: str | os.PathLike, rows: list[dict]) -> None:

@@ -42,20 +42,23 @@ def mined_instances(models: dict[int, str | os.PathLike], splits: str | os.PathL
     """``(hard negatives, positive contrast)``: one dict per instance (slide, fold, index, attention, the bag's
     P(not negative) and why it was mined), hard negatives ranked by attention (highest first, each patch once),
     contrast = the top-attention instance of every positive training bag, ranked likewise."""
+    from hardmil.checkpoint import load_model
     from hardmil.data.bags import load_bags
     from hardmil.data.splits import read_splits
+    from hardmil.data.store import open_bags
     from hardmil.mining.hardneg import mine, score_bags
-    from hardmil.train.run import load_trained
 
     if not Path(splits).exists():
         raise InputError(splits, "splits file does not exist")
+    source = open_bags(features_dir)
     hard: dict[tuple[str, int], dict] = {}
     contrast: dict[str, dict] = {}
     for fold, model_path in sorted(models.items()):
         if not Path(model_path).exists():
             raise InputError(model_path, f"missing trained model of fold {fold} (has its training run finished?)")
-        train = load_bags(read_splits(splits, fold)["train"], features_dir, classes)
-        net, mean, std = load_trained(model_path)
+        train = load_bags(read_splits(splits, fold)["train"], source, classes)
+        net, saved = load_model(model_path)
+        mean, std = saved["feature_mean"], saved["feature_std"]
         probs, weights = score_bags(net, train, mean, std)
         _, records = mine(probs, weights, train, fp_threshold, min_bags)
         by_slide = {b.slide: (b, p, w) for b, p, w in zip(train, probs, weights, strict=True)}

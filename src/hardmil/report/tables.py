@@ -3,7 +3,14 @@
 Every cell is traceable: the CSV holds, per protocol and method, the number of fold runs, the mean and
 standard deviation over all folds x repetitions, the standard error over repetitions (each repetition's
 value is the mean over its folds; Li et al. report "the average of five experiments with its standard
-error"), the published value and our difference from it.
+error"), the published value and our difference from it, and -- when the table names a ``baseline`` --
+each row's paired difference from the row it is compared with (``{metric}_delta`` with its interval
+``{metric}_delta_lo`` / ``{metric}_delta_hi`` and ``{metric}_delta_resolved``), computed from the runs'
+``predictions.tsv`` on identical test bags by :func:`hardmil.eval.stats.paired_delta`.
+
+Rendering: Markdown shows each row's label (Method) and method key (Key), ours as mean ± std (se) and the
+paper's value only where one is published; LaTeX (booktabs) escapes every character and shows the paper's
+value in parentheses only where there is one. Metric columns that no record fills are left out.
 """
 
 from __future__ import annotations
@@ -20,11 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from hardmil.report.published import METRICS
-from hardmil.utils import atomic_path, write_text
+from hardmil.utils import InputError, atomic_path, write_text
 
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F-score", "auc": "AUC",
           "fpr": "FPR", "c_index": "C-index", "nll": "NLL", "balanced_accuracy": "Balanced accuracy",
-          "macro_f1": "Macro-F1"}
+          "macro_f1": "Macro-F1", "accuracy_argmax": "Accuracy (argmax)", "n_cases": "Cases", "n_events": "Events",
+          "parameters": "Parameters (M)", "train_seconds_per_epoch": "Training time (s/epoch)",
+          "peak_memory": "Peak memory (GB)", "inference_slides_per_second": "Inference (slides/s)"}
+
+
+def metric_label(metric: str) -> str:
+    """The human name of a metrics.json key (an unknown key: its words, capitalised)."""
+    return LABELS.get(metric) or metric.replace("_", " ").capitalize()
 
 
 RUN_PATH = re.compile(r"(?P<method>[^/]+)/(?P<protocol>[^/]+)/seed(?P<seed>\d+)/fold(?P<fold>\d+)/metrics\.json$")
@@ -62,11 +76,14 @@ def _stats(per_run: list[tuple[int, float]]) -> dict[str, float]:
 
 
 def aggregate(runs: list[RunRef], rows: dict[str, str], published: dict[str, dict],
-              metrics: tuple[str, ...] | list[str] = METRICS, spread: str = "se") -> list[dict]:
+              metrics: tuple[str, ...] | list[str] = METRICS, spread: str = "se", *,
+              versus: dict[str, str | None] | None = None, delta_metrics: list[str] | None = None,
+              n_boot: int = 2000, level: float = 0.95) -> list[dict]:
     """One record per (protocol, method): our mean/std/se per metric beside the published row.
 
     ``spread`` names the published +- value: ``se`` (Li et al.: standard error) or ``std`` (MHIM: std over
-    folds); it becomes the ``{metric}_published_{spread}`` column."""
+    folds); it becomes the ``{metric}_published_{spread}`` column. ``versus`` (``{method: the row it is
+    compared with}``, :func:`hardmil.config.table_versus`) adds the paired Δ columns of :func:`paired_deltas`."""
     missing = [r.path for r in runs if not Path(r.path).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} run(s) missing, e.g. {missing[0]}")
@@ -78,26 +95,174 @@ def aggregate(runs: list[RunRef], rows: dict[str, str], published: dict[str, dic
             if all(m not in d for _, d in items):
                 raise ValueError(f"{items[0][0].path}: no metric {m!r} in any run of {method!r} "
                                  f"(metrics.json has {sorted(k for k in items[0][1] if k not in ('timing',))})")
+    deltas = paired_deltas(runs, versus, delta_metrics, n_boot=n_boot, level=level) if versus else {}
     records = []
     for (protocol, method), items in grouped.items():
         paper_row = rows.get(method, "")
         pub = published.get(paper_row, {})
-        rec = {"protocol": protocol, "method": method, "paper_row": paper_row, "n_runs": len(items),
-               "n_repetitions": len({r.seed for r, _ in items})}
+        rec = {"protocol": protocol, "method": method, "label": paper_row or method, "paper_row": paper_row,
+               "n_runs": len(items), "n_repetitions": len({r.seed for r, _ in items})}
         for m in metrics:
             s = _stats([(r.seed, float(d.get(m, float("nan")))) for r, d in items])
             p = pub.get(m)
             rec.update({f"{m}_mean": s["mean"], f"{m}_std": s["std"], f"{m}_se": s["se"],
                         f"{m}_published": p, f"{m}_published_{spread}": pub.get(f"{m}_{spread}"),
                         f"{m}_diff": (s["mean"] - p) if p is not None else None})
+        if versus:
+            other = versus.get(method)
+            rec.update({"versus": other or "", "versus_label": (rows.get(other) or other) if other else ""})
+            d = deltas.get((protocol, method), {})
+            for m in _delta_metric_names(deltas):
+                res = d.get(m)
+                rec.update({f"{m}_delta": res["delta"] if res else None, f"{m}_delta_lo": res["lo"] if res else None,
+                            f"{m}_delta_hi": res["hi"] if res else None,
+                            f"{m}_delta_resolved": res["excludes_zero"] if res else None})
+            first = next(iter(d.values()), None)
+            rec.update({"delta_bags": first["n"] if first else None,
+                        "delta_pairs": first["n_groups"] if first else None, "delta_level": level,
+                        "delta_n_boot": n_boot})
         records.append(rec)
     return records
 
 
+# --- paired Δ from each run's predictions.tsv ---------------------------------------------------------------
+def predictions_path(metrics_path: str | os.PathLike) -> Path:
+    """A run's ``predictions.tsv`` (beside its ``metrics.json``)."""
+    return Path(metrics_path).with_name("predictions.tsv")
+
+
+def read_predictions(path: str | os.PathLike) -> dict:
+    """One run's out-of-fold predictions: ``{"kind", "ids", ...}``.
+
+    Classification (``prob_<class>`` columns): ``kind="classification"``, ``ids`` (slide), ``y`` (label index),
+    ``scores [n, C]``. Survival (``risk`` column): ``kind="survival"``, ``ids`` (case), ``time``, ``event``,
+    ``scores`` (risk)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "predictions file does not exist (has the run finished?)")
+    with open(p, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows:
+        raise InputError(p, "no predictions")
+    cols = list(rows[0])
+    try:
+        if "risk" in cols:
+            need = [c for c in ("case", "time", "event", "risk") if c not in cols]
+            if need:
+                raise InputError(p, f"survival predictions lack column(s) {need}")
+            return {"kind": "survival", "ids": [r["case"] for r in rows],
+                    "time": np.array([float(r["time"]) for r in rows]),
+                    "event": np.array([int(float(r["event"])) for r in rows]).astype(bool),
+                    "scores": np.array([float(r["risk"]) for r in rows])}
+        probs = [c for c in cols if c.startswith("prob_")]
+        id_col = "slide" if "slide" in cols else "case"
+        if len(probs) < 2 or "label_index" not in cols or id_col not in cols:
+            raise InputError(p, f"needs a slide (or case) column, label_index and prob_<class> columns; has {cols}")
+        return {"kind": "classification", "ids": [r[id_col] for r in rows],
+                "y": np.array([int(r["label_index"]) for r in rows]),
+                "scores": np.array([[float(r[c]) for c in probs] for r in rows])}
+    except ValueError as err:
+        raise InputError(p, f"unreadable value: {err}") from None
+
+
+DEFAULT_DELTA_METRICS = {"classification": ["auc", "balanced_accuracy"], "survival": ["c_index"]}
+
+
+def _delta_metric_names(deltas: dict) -> list[str]:
+    names: list[str] = []
+    for d in deltas.values():
+        names += [m for m in d if m not in names]
+    return names
+
+
+def _paired_rows(mine: dict[tuple[int, int], RunRef], base: dict[tuple[int, int], RunRef], cache: dict) -> dict:
+    """Stack the two methods' predictions of every shared (seed, fold), aligned bag by bag."""
+    def load(run: RunRef) -> dict:
+        path = predictions_path(run.path)
+        if path not in cache:
+            cache[path] = read_predictions(path)
+        return cache[path]
+
+    out: dict[str, list] = defaultdict(list)
+    kind = None
+    for key in sorted(set(mine) & set(base)):
+        a, b = load(mine[key]), load(base[key])
+        pa, pb = predictions_path(mine[key].path), predictions_path(base[key].path)
+        if a["kind"] != b["kind"] or a["scores"].shape[1:] != b["scores"].shape[1:]:
+            raise InputError(pa, f"predictions are not of the same kind / classes as {pb}")
+        kind = a["kind"]
+        index_b = {i: k for k, i in enumerate(b["ids"])}
+        if len(index_b) != len(b["ids"]) or set(index_b) != set(a["ids"]) or len(a["ids"]) != len(b["ids"]):
+            only_a, only_b = sorted(set(a["ids"]) - set(index_b)), sorted(set(index_b) - set(a["ids"]))
+            raise InputError(pa, f"test bags differ from {pb} (only here: {only_a[:3]}, only there: {only_b[:3]}"
+                                 f"{', or a bag listed twice' if not (only_a or only_b) else ''}); a paired Δ needs "
+                                 "identical splits")
+        order = np.array([index_b[i] for i in a["ids"]])
+        if kind == "survival":
+            if not (np.allclose(a["time"], b["time"][order]) and np.array_equal(a["event"], b["event"][order])):
+                raise InputError(pa, f"survival times / events differ from {pb} for the same cases")
+            out["time"].append(a["time"])
+            out["event"].append(a["event"])
+        elif not np.array_equal(a["y"], b["y"][order]):
+            raise InputError(pa, f"labels differ from {pb} for the same slides")
+        else:
+            out["y"].append(a["y"])
+        out["method"].append(a["scores"])
+        out["base"].append(b["scores"][order])
+        out["groups"] += [f"seed{key[0]}/fold{key[1]}"] * len(a["ids"])
+        out["clusters"] += list(a["ids"])
+    out["kind"] = kind
+    return out
+
+
+def paired_deltas(runs: list[RunRef], versus: dict[str, str | None], delta_metrics: list[str] | None = None, *,
+                  n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[tuple[str, str], dict]:
+    """``{(protocol, method): {metric: paired_delta result}}`` for every row with a comparison.
+
+    Each row is paired with the row it is compared with on the (seed, fold) runs both have, bag by bag (slide
+    or case id), from each run's ``predictions.tsv``; the Δ and its interval come from
+    :func:`hardmil.eval.stats.paired_delta` (groups: seed x fold; resampling unit: the bag)."""
+    from hardmil.eval.stats import paired_delta
+
+    by: dict[tuple[str, str], dict[tuple[int, int], RunRef]] = defaultdict(dict)
+    for r in runs:
+        by[(r.protocol, r.method)][(r.seed, r.fold)] = r
+    cache: dict = {}
+    out: dict[tuple[str, str], dict] = {}
+    for (protocol, method), mine in by.items():
+        other = versus.get(method)
+        if not other:
+            continue
+        if (protocol, other) not in by:
+            raise ValueError(f"row {method!r} is compared with {other!r}, which has no runs under protocol "
+                             f"{protocol!r} in this table")
+        paired = _paired_rows(mine, by[(protocol, other)], cache)
+        if paired["kind"] is None:
+            raise ValueError(f"rows {method!r} and {other!r} share no (seed, fold) run under protocol {protocol!r}")
+        wanted = delta_metrics or DEFAULT_DELTA_METRICS[paired["kind"]]
+        res = {}
+        for metric in wanted:
+            if (metric == "c_index") != (paired["kind"] == "survival"):
+                raise ValueError(f"delta metric {metric!r} does not apply to {paired['kind']} predictions "
+                                 f"(row {method!r})")
+            y = ({"time": np.concatenate(paired["time"]), "event": np.concatenate(paired["event"])}
+                 if paired["kind"] == "survival" else np.concatenate(paired["y"]))
+            res[metric] = paired_delta(y, np.concatenate(paired["method"]), np.concatenate(paired["base"]), metric,
+                                       groups=paired["groups"], clusters=paired["clusters"], n_boot=n_boot,
+                                       level=level, seed=seed)
+        out[(protocol, method)] = res
+    return out
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
 def _fmt(x: float | None, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "NA"
     return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
 def record_metrics(rec: dict) -> list[str]:
@@ -105,68 +270,190 @@ def record_metrics(rec: dict) -> list[str]:
     return [k[: -len("_mean")] for k in rec if k.endswith("_mean")]
 
 
+def shown_metrics(records: list[dict]) -> list[str]:
+    """The metric columns worth printing: those with a value (ours or published) in at least one record."""
+    return [m for m in record_metrics(records[0])
+            if any(_finite(r.get(f"{m}_mean")) or r.get(f"{m}_published") is not None for r in records)]
+
+
+def record_delta_metrics(records: list[dict]) -> list[str]:
+    """The metrics with a paired Δ column (every ``{metric}_delta`` key), in their order."""
+    return [k[: -len("_delta")] for k in records[0] if k.endswith("_delta")] if records else []
+
+
 def _spread_key(rec: dict, m: str) -> str | None:
     return next((k for k in (f"{m}_published_se", f"{m}_published_std") if k in rec), None)
 
 
+def _ours(r: dict, m: str) -> str:
+    text = _fmt(r[f"{m}_mean"])
+    if _finite(r.get(f"{m}_std")):
+        text += f" ± {_fmt(r[f'{m}_std'])}"
+    if _finite(r.get(f"{m}_se")):
+        text += f" (se {_fmt(r[f'{m}_se'])})"
+    return text
+
+
 def _paper_cell(r: dict, m: str) -> str:
     pub = r[f"{m}_published"]
-    if pub is None:
-        return "paper NA"
     key = _spread_key(r, m)
-    spread = f" ± {_fmt(r[key])}" if key and r[key] is not None else ""
-    return f"paper {_fmt(pub)}{spread}, Δ {_fmt(r[f'{m}_diff'], True)}"
+    spread = f" ± {_fmt(r[key])}" if key and _finite(r[key]) else ""
+    return f"paper {_fmt(pub)}{spread}, diff. {_fmt(r[f'{m}_diff'], True)}"
+
+
+def _delta_text(r: dict, m: str) -> str:
+    """``+0.031 [-0.012, +0.075] not resolved``; ``baseline`` for the row the others compare with."""
+    if not r.get("versus"):
+        return "—"
+    if not _finite(r.get(f"{m}_delta")):
+        return "NA"
+    if not _finite(r.get(f"{m}_delta_lo")):
+        return f"{_fmt(r[f'{m}_delta'], True)} (no interval)"
+    word = "resolved" if r[f"{m}_delta_resolved"] else "not resolved"
+    return f"{_fmt(r[f'{m}_delta'], True)} [{_fmt(r[f'{m}_delta_lo'], True)}, {_fmt(r[f'{m}_delta_hi'], True)}] {word}"
 
 
 def _protocols(records: list[dict]) -> list[str]:
     return sorted({r["protocol"] for r in records}, key=lambda p: (p != "paper", p))
 
 
+def _has_published(records: list[dict], m: str) -> bool:
+    return any(r.get(f"{m}_published") is not None for r in records)
+
+
+def _label(r: dict) -> str:
+    return r.get("label") or r.get("paper_row") or r["method"]
+
+
 def to_markdown(records: list[dict], title: str, note: str = "") -> str:
+    """Per protocol: Method (label), Key (method key), Runs, each metric (ours, and the paper's value where one
+    is published), then, when the table compares rows, the compared row and a Δ column per metric."""
     out = [f"# {title}", ""]
     if note:
         out += [note, ""]
-    metrics = record_metrics(records[0])
+    metrics = shown_metrics(records)
+    dmetrics = record_delta_metrics(records)
+    compare = any(r.get("versus") for r in records)
+    targets = {r["versus"] for r in records if r.get("versus")}
     for protocol in _protocols(records):
-        out += [f"## Protocol `{protocol}`", "",
-                "| Method | Paper row | Runs | " + " | ".join(LABELS.get(m, m) for m in metrics) + " |",
-                "|---|---|---|" + "---|" * len(metrics)]
-        for r in (r for r in records if r["protocol"] == protocol):
-            cells = []
+        rows = [r for r in records if r["protocol"] == protocol]
+        head = ["Method", "Key", "Runs"] + [metric_label(m) for m in metrics]
+        if compare:
+            head += ["Compared with"] + [f"Δ {metric_label(m)} [{_level_text(records)} CI]" for m in dmetrics]
+        out += [f"## Protocol `{protocol}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [_label(r).replace("|", "\\|"), f"`{r['method']}`", str(r["n_runs"])]
             for m in metrics:
-                ours = f"{_fmt(r[f'{m}_mean'])} ± {_fmt(r[f'{m}_std'])} (se {_fmt(r[f'{m}_se'])})"
-                cells.append(f"{ours}<br>{_paper_cell(r, m)}")
-            out.append(f"| {r['method']} | {r['paper_row'] or '—'} | {r['n_runs']} | " + " | ".join(cells) + " |")
+                paper = f"<br>{_paper_cell(r, m)}" if r.get(f"{m}_published") is not None else ""
+                cells.append(_ours(r, m) + paper)
+            if compare:
+                if r.get("versus"):
+                    cells.append((r.get("versus_label") or r["versus"]).replace("|", "\\|"))
+                else:
+                    cells.append("baseline" if r["method"] in targets else "—")
+                cells += [_delta_text(r, m) for m in dmetrics]
+            out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
 
-def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("{", r"\{"), ("}", r"\}")):
-        text = text.replace(a, b)
-    return text
+def _level_text(records: list[dict]) -> str:
+    level = next((r.get("delta_level") for r in records if r.get("delta_level")), 0.95)
+    return f"{100 * level:g} %"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+        "Δ": r"$\Delta$", "±": r"$\pm$", "×": r"$\times$", "→": r"$\rightarrow$", "←": r"$\leftarrow$",
+        "≥": r"$\geq$", "≤": r"$\leq$", "–": "--", "—": "---", "−": "-", "’": "'", "‘": "`", "“": "``", "”": "''",
+        "…": r"\ldots{}", "µ": r"$\mu$", "μ": r"$\mu$", "·": r"$\cdot$", "°": r"$^{\circ}$", "\u00a0": "~"}
+
+
+def tex_escape(text: str) -> str:
+    """``text`` as LaTeX that compiles with pdflatex's default fonts: specials escaped, common symbols as math,
+    accented letters without their accent, any other non-ASCII character as ``?``."""
+    import unicodedata
+
+    out = []
+    for ch in str(text):
+        if ch in _TEX:
+            out.append(_TEX[ch])
+        elif ord(ch) < 128:
+            out.append(ch)
+        else:
+            plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+            out.append(plain if plain and all(ord(c) < 128 for c in plain) and plain not in _TEX else "?")
+    return "".join(out)
+
+
+def _tex_num(x: float | None, signed: bool = False) -> str:
+    return "NA" if not _finite(x) else f"${_fmt(x, signed)}$"
 
 
 def to_latex(records: list[dict], title: str) -> str:
-    """A booktabs table per protocol: ours mean ± std, then the paper's value in parentheses."""
-    metrics = record_metrics(records[0])
-    out = [f"% {_tex_escape(title)} -- generated by hardmil; needs \\usepackage{{booktabs}}"]
+    """A booktabs table per protocol: ours mean ± std (the published value in parentheses where there is one),
+    then, when the table compares rows, the compared row and the paired Δ with its interval."""
+    metrics = shown_metrics(records)
+    dmetrics = record_delta_metrics(records)
+    compare = any(r.get("versus") for r in records)
+    published = any(_has_published(records, m) for m in metrics)
+    out = [f"% {tex_escape(title)} -- generated by hardmil; needs \\usepackage{{booktabs}}"]
     for protocol in _protocols(records):
-        out += [r"\begin{table}[t]", r"\centering",
-                rf"\caption{{{_tex_escape(title)} (protocol \texttt{{{protocol}}}). Ours: mean $\pm$ std over "
-                r"folds; paper value in parentheses.}",
-                r"\begin{tabular}{l" + "c" * len(metrics) + "}", r"\toprule",
-                "Method & " + " & ".join(LABELS.get(m, m) for m in metrics) + r" \\", r"\midrule"]
+        caption = (f"{tex_escape(title)} (protocol \\texttt{{{tex_escape(protocol)}}}). Mean $\\pm$ std over folds "
+                   "and repetitions" + ("; the published value in parentheses" if published else ""))
+        if compare:
+            caption += (f"; $\\Delta$: the row minus the row it is compared with (vs.) on the same test bags, with "
+                        f"its {tex_escape(_level_text(records))} paired bootstrap interval; $^{{*}}$: the interval "
+                        "excludes 0")
+        cols = "l" + "c" * len(metrics) + ("l" + "c" * len(dmetrics) if compare else "")
+        head = ["Method"] + [tex_escape(metric_label(m)) for m in metrics]
+        if compare:
+            head += ["vs."] + [f"$\\Delta$ {tex_escape(metric_label(m))}" for m in dmetrics]
+        out += [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}.}}", rf"\begin{{tabular}}{{{cols}}}",
+                r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
         for r in (r for r in records if r["protocol"] == protocol):
-            cells = []
+            cells = [tex_escape(_label(r))]
             for m in metrics:
-                pub = r[f"{m}_published"]
-                cells.append(f"{_fmt(r[f'{m}_mean'])} $\\pm$ {_fmt(r[f'{m}_std'])}"
-                             + (f" ({_fmt(pub)})" if pub is not None else ""))
-            out.append(_tex_escape(r["paper_row"] or r["method"]) + " & " + " & ".join(cells) + r" \\")
+                cell = _tex_num(r[f"{m}_mean"])
+                if _finite(r.get(f"{m}_std")) and _finite(r[f"{m}_mean"]):
+                    cell = f"${_fmt(r[f'{m}_mean'])} \\pm {_fmt(r[f'{m}_std'])}$"
+                if r.get(f"{m}_published") is not None:
+                    cell += f" ({_fmt(r[f'{m}_published'])})"
+                cells.append(cell)
+            if compare:
+                cells.append(tex_escape(r.get("versus_label") or "") if r.get("versus") else "---")
+                for m in dmetrics:
+                    if not r.get("versus") or not _finite(r.get(f"{m}_delta")):
+                        cells.append("---")
+                        continue
+                    cell = _tex_num(r[f"{m}_delta"], True)
+                    if _finite(r.get(f"{m}_delta_lo")):
+                        cell += f" [{_tex_num(r[f'{m}_delta_lo'], True)}, {_tex_num(r[f'{m}_delta_hi'], True)}]"
+                        cell += "$^{*}$" if r[f"{m}_delta_resolved"] else ""
+                    cells.append(cell)
+            out.append(" & ".join(cells) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(out)
+
+
+def runs_note(records: list[dict], spread: str, n_folds: int, n_seeds: int) -> str:
+    """The paragraph under a runs table's title: what each number is."""
+    note = "Ours: mean ± std over folds x repetitions; (se) = standard error over repetitions, each repetition " \
+           "being the mean over its folds."
+    if any(_has_published(records, m) for m in record_metrics(records[0])):
+        paper = "mean ± standard error as published" if spread == "se" else "mean ± std over 5 folds as published"
+        note += f" Paper: {paper}; diff. = ours - paper."
+    if any(r.get("versus") for r in records):
+        n_boot = next((r.get("delta_n_boot") for r in records if r.get("delta_n_boot")), 2000)
+        note += (" Δ: the row minus the row in 'Compared with' (the method it wraps or extends, else the table's "
+                 "baseline), on identical test bags (same seeds, folds and splits); in brackets its "
+                 f"{_level_text(records)} interval from a paired bootstrap over test bags, stratified by class "
+                 f"({n_boot} replicates; hardmil.eval.stats). 'resolved': the interval excludes 0; 'not resolved': "
+                 "these test bags cannot tell the two rows apart.")
+    note += (" Protocol `paper`: the test fold also picks the epoch and the Youden threshold (as the authors' code "
+             "does); `clean`: a validation split of each training fold picks both and the test fold is used once. "
+             f"{n_folds} folds x {n_seeds} repetitions (seeds).")
+    return note
 
 
 def write_csv(records: list[dict], csv_path: str | os.PathLike) -> None:

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from hardmil.checkpoint import load, save
+from hardmil.data.bagset import BagSet
 from hardmil.eval.metrics import auc
 from hardmil.eval.survival import c_index, nll_survival_loss, risk_scores
-from hardmil.utils import atomic_path
+from hardmil.infer import autocast, predict_logits, predict_proba, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -45,55 +47,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
     seed: int = 0
     nll_alpha: float = 0.0  # survival: weight of the uncensored term in the discrete-time NLL (MHIM-MIL: 0)
-
-
-def bag_tensors(bag, mean: np.ndarray | None = None, std: np.ndarray | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One :class:`~hardmil.data.bags.Bag` as model input: (features [1, N, D], coords [1, N, 2] | None)."""
-    f = bag.features if mean is None else (bag.features - mean) / std
-    x = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))[None]
-    c = None if bag.coords is None else torch.from_numpy(np.asarray(bag.coords, dtype=np.int64))[None]
-    return x, c
-
-
-@dataclass
-class Tensors:
-    """Bags ready for the loop: features on CPU (pinned when training on CUDA) and integer labels.
-
-    Survival bags (``extra`` holding ``time`` and ``event``) also carry ``times`` and ``events``; their
-    ``labels`` are the time bins."""
-
-    features: list[torch.Tensor]
-    labels: torch.Tensor
-    ids: list[str] = field(default_factory=list)
-    coords: list[torch.Tensor | None] = field(default_factory=list)
-    times: torch.Tensor | None = None
-    events: torch.Tensor | None = None
-
-    @property
-    def survival(self) -> bool:
-        return self.events is not None
-
-    @classmethod
-    def from_bags(cls, bags, mean: np.ndarray | None = None, std: np.ndarray | None = None,
-                  pin: bool = False) -> Tensors:
-        feats, coords = [], []
-        for b in bags:
-            x, c = bag_tensors(b, mean, std)
-            feats.append(x[0].pin_memory() if pin else x[0])
-            coords.append(None if c is None else c[0])
-        times = events = None
-        if bags and "event" in bags[0].extra:
-            times = torch.tensor([b.extra["time"] for b in bags], dtype=torch.float64)
-            events = torch.tensor([b.extra["event"] for b in bags], dtype=torch.long)
-        return cls(feats, torch.tensor([b.label for b in bags], dtype=torch.long), [b.slide for b in bags], coords,
-                   times, events)
-
-    def batch(self, i: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Bag ``i`` as a batch of one: (features [1, N, D], coords [1, N, 2] or None) on ``device``."""
-        c = self.coords[i] if self.coords else None
-        x = self.features[i].to(device, non_blocking=True)[None]
-        return x, (None if c is None else c.to(device)[None])
+    placement: str = "auto"  # where bags live: 'auto' | 'stream' | 'resident' (hardmil.data.bagset)
+    memory_share: float = 0.5  # CUDA: the share of free device memory a resident fold may take
 
 
 @dataclass
@@ -102,12 +57,7 @@ class TrainResult:
     best_epoch: int
     history: list[dict]
     seconds_per_epoch: float
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    first_step_at: float | None = None  # time.perf_counter() when this process finished its first training step
 
 
 def make_adam(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
@@ -118,29 +68,12 @@ def make_adam(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+def predict(model: nn.Module, data: BagSet, device=None, amp: bool = False) -> np.ndarray:
+    """Class probabilities ``[n_bags, C]`` (the shared inference path, :func:`hardmil.infer.predict_proba`)."""
+    return predict_proba(model, data, amp)
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, data: Tensors, device: torch.device, amp: bool = False) -> np.ndarray:
-    """Logits ``[n_bags, C]`` (float32) with the model in eval mode."""
-    model.eval()
-    out = []
-    for i in range(len(data.features)):
-        x, coords = data.batch(i, device)
-        with _autocast(device, amp):
-            logits = model(x, None, coords=coords).logits
-        out.append(logits.float()[0].cpu())
-    return torch.stack(out).numpy()
-
-
-def predict(model: nn.Module, data: Tensors, device: torch.device, amp: bool = False) -> np.ndarray:
-    """Class probabilities ``[n_bags, C]`` with the model in eval mode."""
-    return torch.softmax(torch.from_numpy(predict_logits(model, data, device, amp)), dim=-1).numpy()
-
-
-def bag_loss(logits: Tensor, data: Tensors, index: slice, alpha: float = 0.0) -> Tensor:
+def bag_loss(logits: Tensor, data: BagSet, index: slice, alpha: float = 0.0) -> Tensor:
     """The bag loss of ``data``'s bags ``index``: cross-entropy, or the discrete-time NLL for survival."""
     y = data.labels[index].to(logits.device)
     if data.survival:
@@ -148,13 +81,13 @@ def bag_loss(logits: Tensor, data: Tensors, index: slice, alpha: float = 0.0) ->
     return F.cross_entropy(logits.float(), y)
 
 
-def score_name(data: Tensors) -> str:
+def score_name(data: BagSet) -> str:
     return "c_index" if data.survival else "auc"
 
 
-def _score(model, data: Tensors, device, amp, alpha: float = 0.0) -> tuple[float, float]:
+def _score(model, data: BagSet, device, amp, alpha: float = 0.0) -> tuple[float, float]:
     """(loss, primary score) on ``data``: (cross-entropy, AUC) or, for survival, (NLL, C-index)."""
-    logits = predict_logits(model, data, device, amp)
+    logits = predict_logits(model, data, amp)
     loss = bag_loss(torch.from_numpy(logits), data, slice(None), alpha).item()
     if data.survival:
         return loss, c_index(data.times.numpy(), data.events.numpy(), risk_scores(logits))
@@ -175,13 +108,16 @@ def config_digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: TrainConfig,
+def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainConfig,
           checkpoint: str | os.PathLike | None = None, digest: str = "",
-          on_epoch_end: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
+          on_epoch_end: Callable[[int], None] | None = None, progress: bool = True,
+          extra_state=None) -> TrainResult:
     """Train ``model`` and return the best epoch's weights (chosen on ``select_data``) and the history.
 
     If ``checkpoint`` exists and carries the same ``digest`` (a hash of everything that defines the
-    run), training resumes from it; otherwise it starts fresh.
+    run), training resumes from it; otherwise it starts fresh. ``extra_state`` (an object with
+    ``close_epoch(epoch)``, ``state_dict()`` and ``load_state_dict()``, e.g. MHIM's teacher assessment) is closed
+    after every epoch and travels in the checkpoint.
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -190,7 +126,7 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
     state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_epochs": 0, "seconds": 0.0}
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = load(ckpt, "training checkpoint")
         if saved.get("digest") == digest:
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
@@ -199,13 +135,15 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
             if saved.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(saved["cuda_rng"])
             state = saved["loop"]
+            if extra_state is not None and saved.get("extra") is not None:
+                extra_state.load_state_dict(saved["extra"])
             log.info("resumed from %s at epoch %d", ckpt, state["epoch"])
         else:
             log.warning("%s belongs to another configuration; starting fresh", ckpt)
 
-    n = len(train_data.features)
-    if hasattr(model, "set_schedule"):  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
-        model.set_schedule(cfg.epochs * n)
+    n = len(train_data)
+    first_step_at = None
+    model.set_schedule(cfg.epochs * n)  # per-iteration schedules (MHIM's mask ratio and EMA momentum)
     epochs = range(state["epoch"], cfg.epochs)
     bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress, initial=state["epoch"], total=cfg.epochs)
     for epoch in bar:
@@ -215,25 +153,21 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         total = 0.0
-        for i in order.tolist():
-            x, coords = train_data.batch(i, device)
+        for i, x, coords in train_data.iterate(order.tolist()):
             y = train_data.labels[i : i + 1].to(device)
             opt.zero_grad(set_to_none=True)
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.amp):
                 out = model(x, None, label=y, coords=coords)
                 main_loss = out.bag_loss_weight * bag_loss(out.logits, train_data, slice(i, i + 1), cfg.nll_alpha)
-            if hasattr(model, "training_step"):  # a model with its own backward order (DTFD's two tiers)
-                loss = model.training_step(out, main_loss)
-            else:
-                loss = main_loss + sum(out.aux_losses.values())
-                loss.backward()
+            loss = model.training_step(out, main_loss)  # backward (DTFD: its own order of two tiers)
             opt.step()
-            if hasattr(model, "after_step"):  # e.g. MHIM's teacher EMA update
-                model.after_step()
-            total += loss.item()
+            model.after_step()  # e.g. MHIM's teacher EMA update
+            total += float(loss.item())
+            if first_step_at is None:
+                first_step_at = time.perf_counter()
         sched.step()
         state["seconds"] += time.perf_counter() - start
-        sel_loss, sel_auc = _score(model, select_data, device, cfg.amp, cfg.nll_alpha)
+        sel_loss, sel_auc = (float(v) for v in _score(model, select_data, device, cfg.amp, cfg.nll_alpha))
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": total / n,
                "select_loss": sel_loss, f"select_{score_name(select_data)}": sel_auc}
         if _better(cfg, sel_loss, sel_auc, state["best"]):
@@ -245,23 +179,26 @@ def train(model: nn.Module, train_data: Tensors, select_data: Tensors, cfg: Trai
         state["history"].append(row)
         state["epoch"] = epoch + 1
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", sel_score=f"{sel_auc:.3f}", best=state["best"]["epoch"])
+        if extra_state is not None:
+            extra_state.close_epoch(epoch)
         if ckpt is not None:
-            _save_checkpoint(ckpt, model, opt, sched, state, digest)
+            _save_checkpoint(ckpt, model, opt, sched, state, digest,
+                             None if extra_state is None else extra_state.state_dict())
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
     done = max(len(state["history"]), 1)
-    return TrainResult(state["best_state"], state["best"]["epoch"], state["history"], state["seconds"] / done)
+    return TrainResult(state["best_state"], state["best"]["epoch"], state["history"], state["seconds"] / done,
+                       first_step_at)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, state: dict, digest: str) -> None:
+def _save_checkpoint(path: Path, model, opt, sched, state: dict, digest: str, extra: dict | None = None) -> None:
     payload = {
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "loop": state, "digest": digest,
+        "loop": state, "digest": digest, "extra": extra,
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    save(path, payload)
 
 

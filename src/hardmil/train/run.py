@@ -1,7 +1,10 @@
 """Train and evaluate one fold: the body of the workflow's ``train`` rule.
 
-Writes the run folder of DESIGN §3: ``model.pt`` (best epoch's weights, the feature standardisation and
-the model config), ``history.tsv``, ``predictions.tsv``, ``metrics.json`` and ``config.yaml``.
+Writes the run folder (:mod:`hardmil.checkpoint`): ``model.pt`` (best epoch's weights, the feature
+standardisation and the model config), ``history.tsv``, ``predictions.tsv``, ``metrics.json`` and ``config.yaml``.
+
+Bags are read lazily from the dataset's bag store (or a features folder) and reach the model one at a time
+(:class:`~hardmil.data.bagset.BagSet`); the standardisation statistics are streamed from the training bags.
 
 Tasks: ``classification`` (one bag per slide, any number of classes) and ``survival`` (one bag per case,
 ``time_bins`` logits = discrete hazards, :mod:`hardmil.data.survival` and :mod:`hardmil.eval.survival`).
@@ -10,101 +13,66 @@ What is reported for C > 2 classes: see :mod:`hardmil.eval.metrics`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hardmil import __version__
-from hardmil.data.bags import features_path, load_bags
+from hardmil.checkpoint import RUN_FILES, load_model_file, save
+from hardmil.data.bags import load_bags
+from hardmil.data.bagset import BagSet, feature_stats
+from hardmil.data.generated import read_generated
 from hardmil.data.splits import read_splits
+from hardmil.data.store import BagStore, as_source
 from hardmil.data.survival import bin_edges, load_case_bags, set_bins
-from hardmil.eval.metrics import classification_metrics, youden_threshold
-from hardmil.eval.survival import hazards_and_survival, survival_metrics
+from hardmil.eval.evaluate import evaluate
+from hardmil.eval.metrics import youden_threshold
+from hardmil.infer import predict_proba, resolve_device
 from hardmil.models import build_model
 from hardmil.models.base import init_input_layer
-from hardmil.train.loop import Tensors, TrainConfig, config_digest, predict, predict_logits, resolve_device, train
-from hardmil.utils import InputError, atomic_path, git_commit, seed_everything, write_json, write_yaml
+from hardmil.train.loop import TrainConfig, config_digest, train
+from hardmil.utils import InputError, git_commit, package_versions, seed_everything, write_json, write_tsv, write_yaml
+
+__all__ = ["RUN_FILES", "FoldJob", "run_fold", "training_bags"]
 
 log = logging.getLogger(__name__)
-
-RUN_FILES = ("model.pt", "history.tsv", "predictions.tsv", "metrics.json", "config.yaml")
 TASKS = ("classification", "survival")
 
 
-def standardisation(bags) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std over all training instances (std 0 -> 1)."""
-    x = np.concatenate([b.features for b in bags]).astype(np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
+@dataclass(frozen=True)
+class FoldJob:
+    """Where one fold reads and writes: built once by the workflow (``train_jobs``) and handed unchanged to
+    every stage that reruns the fold (training, the efficiency measurement), so no input can be forgotten."""
+
+    splits: str
+    fold: int
+    seed: int
+    out_dir: str
+    extra_bags: str | None = None
+    confounders: str | None = None
+    teacher: str | None = None
+    init_from: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FoldJob:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def inputs(self) -> dict:
+        """The keyword arguments of :func:`run_fold` this job fixes (all but ``out_dir``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "out_dir"}
 
 
-def write_tsv(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-
-
-def load_checkpoint(path: str | os.PathLike):
-    """(model in eval mode, the whole saved dict) from a run's ``model.pt``."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_model(saved["model"], **saved["model_config"])
-    net.load_state_dict(saved["state_dict"])
-    return net.eval(), saved
-
-
-def load_trained(path: str | os.PathLike):
-    """(model in eval mode, feature mean, feature std) from a run's ``model.pt``."""
-    net, saved = load_checkpoint(path)
-    return net, saved["feature_mean"], saved["feature_std"]
-
-
-def evaluate(net, data: Tensors, bags: list, device, amp: bool, *, classes: list[str] | None,
-             threshold: float | None = None, alpha: float = 0.0, fold: int | None = None,
-             epoch: int | None = None) -> tuple[dict, list[dict]]:
-    """(metrics, predictions.tsv rows) of ``net`` on ``bags`` (already as ``data``).
-
-    Classification: one row per slide with per-class probabilities. Survival: one row per case with
-    time, event, time bin, risk and the per-bin hazards and survival."""
-    rows = []
-    if data.survival:
-        logits = predict_logits(net, data, device, amp)
-        times, events, bins = data.times.numpy(), data.events.numpy(), data.labels.numpy()
-        metrics = survival_metrics(times, events, bins, logits, alpha)
-        hazards, surv = hazards_and_survival(logits)
-        risk = -surv.sum(axis=1)
-        for i, b in enumerate(bags):
-            rows.append({"case": b.case, "slides": ";".join(b.extra["slides"]), "time": b.extra["time"],
-                         "event": b.extra["event"], "time_bin": int(bins[i]), "risk": float(risk[i]),
-                         **{f"hazard_{k}": float(h) for k, h in enumerate(hazards[i])},
-                         **{f"survival_{k}": float(v) for k, v in enumerate(surv[i])}, "fold": fold, "epoch": epoch})
-        return metrics, rows
-    probs = predict(net, data, device, amp)
-    metrics = classification_metrics(data.labels.numpy(), probs, threshold)
-    for i, b in enumerate(bags):
-        rows.append({"slide": b.slide, "case": b.case, "label": classes[b.label], "label_index": int(b.label),
-                     **{f"prob_{c}": float(probs[i, k]) for k, c in enumerate(classes)},
-                     "fold": fold, "epoch": epoch})
-    return metrics, rows
-
-
-def _survival_bags(roles: dict[str, list[dict]], features_dir, time_bins: int, source) -> tuple[dict, np.ndarray]:
-    """Case bags per role, labelled with time bins from the training cases' uncensored times."""
-    bags: dict[str, list] = {}
-    dim = None
-    for role, rows in roles.items():
-        if rows:
-            bags[role] = load_case_bags(rows, features_dir, expected_dim=dim)
-            dim = bags[role][0].features.shape[1]
+def _survival_bags(roles: dict[str, list[dict]], bag_source, time_bins: int, source) -> tuple[dict, np.ndarray]:
+    """Lazy case bags per role, labelled with time bins from the training cases' uncensored times."""
+    bags = {role: load_case_bags(rows, bag_source) for role, rows in roles.items() if rows}
     train = bags["train"]
     try:
         edges = bin_edges([b.extra["time"] for b in train], [b.extra["event"] for b in train], time_bins)
@@ -121,6 +89,12 @@ def training_bags(bags: dict[str, list], generated: list) -> list:
     return list(bags["train"]) + list(generated)
 
 
+
+
+def _fold_bags(roles: dict[str, list[dict]], source, classes: list[str]) -> dict[str, list]:
+    return {role: load_bags(rows, source, classes) for role, rows in roles.items()}
+
+
 def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, classes: list[str], fold: int,
              protocol: str, seed: int, model: str, model_params: dict, train_cfg: dict, out_dir: str | os.PathLike,
              standardize: bool = True, threads: int = 1, progress: bool = True, on_epoch_end=None,
@@ -130,6 +104,7 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
              task: str = "classification", time_bins: int = 4) -> dict:
     """Train on the fold's training bags (plus ``extra_bags``, generated negative bags in an h5 written by
     :mod:`hardmil.mining.hardneg`), select on its selection set, evaluate once on its test bags.
+    ``features_dir``: the dataset's bag store (:mod:`hardmil.data.store`) or a features folder.
     ``task='survival'``: case bags, ``time_bins`` discrete hazards, the splits carry time / event.
     ``confounders``: the fold's IBMIL dictionary (``.npy``, :mod:`hardmil.mining.confounders`);
     ``teacher``: the same fold's trained baseline ``model.pt`` that initialises an MHIM teacher;
@@ -144,56 +119,56 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         raise ValueError(f"{splits}: fold {fold} has no {select_role} bags for protocol {protocol!r}")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
+    source = as_source(features_dir)
+    if isinstance(source, BagStore):
+        source.check_fresh([r["slide"] for rows in roles.values() for r in rows])
     edges = None
     if task == "survival":
         if extra_bags:
             raise ValueError("generated (hard-negative) bags are a classification method; not for survival")
-        bags, edges = _survival_bags(roles, features_dir, time_bins, splits)
+        bags, edges = _survival_bags(roles, source, time_bins, splits)
         n_outputs = time_bins
     else:
-        # one pass over all bags so that every file is checked against the same feature dimension
-        ordered = [(role, row) for role, rows in roles.items() for row in rows]
-        loaded = load_bags([row for _, row in ordered], features_dir, classes)
-        bags = {}
-        for (role, _), bag in zip(ordered, loaded, strict=True):
-            bags.setdefault(role, []).append(bag)
+        bags = _fold_bags(roles, source, classes)
         n_outputs = len(classes)
-    generated = []
-    if extra_bags:
-        from hardmil.mining.hardneg import read_generated
-
-        generated = read_generated(extra_bags, expected_dim=bags["train"][0].features.shape[1])
-    mean, std = standardisation(bags["train"]) if standardize else (None, None)
+    if source.dim is None:  # a features folder: the first training bag fixes the dimension every other must have
+        source.dim = bags["train"][0].features.shape[1]
+    in_dim = int(source.dim)
+    generated = read_generated(extra_bags, expected_dim=in_dim) if extra_bags else []
+    mean, std = feature_stats(bags["train"]) if standardize else (None, None)
     cfg = TrainConfig(**{**train_cfg, "seed": seed * 1000 + fold})
-    pin = resolve_device(cfg.device).type == "cuda"
-    data = {role: Tensors.from_bags(b, mean, std, pin=pin) for role, b in bags.items() if role != "train"}
-    data["train"] = Tensors.from_bags(training_bags(bags, generated), mean, std, pin=pin)
+    device = resolve_device(cfg.device)
+    place = {"device": device, "placement": cfg.placement, "memory_share": cfg.memory_share}
+    data = {role: BagSet(b, mean, std, **place) for role, b in bags.items() if role != "train"}
+    data["train"] = BagSet(training_bags(bags, generated), mean, std, **place)
+    log.info("fold %d: %d training bags (%d instances, %s), placement %s on %s", fold, len(data["train"]),
+             sum(data["train"].sizes), type(source).__name__, data["train"].placement, device)
 
     seed_everything(cfg.seed)
-    in_dim = data["train"].features[0].shape[1]
     params = {**model_params, "in_dim": in_dim, "n_classes": n_outputs}
     centres = None
     if confounders:
-        centres = np.load(confounders)
+        centres = np.load(confounders, allow_pickle=False)
         params["n_confounders"] = len(centres)
     net = build_model(model, **params)
-    if getattr(net, "needs_coords", False):
-        missing = [bag.slide for role_bags in bags.values() for bag in role_bags if bag.coords is None]
+    if net.needs_coords:
+        missing = [bag for role_bags in bags.values() for bag in role_bags if bag.coords is None]
         if missing:
-            raise InputError(features_path(features_dir, missing[0]),
-                             f"model {model!r} needs patch coordinates ('coords' dataset); {len(missing)} bag(s) "
-                             "of this fold have none")
+            raise InputError(missing[0].path, f"model {model!r} needs patch coordinates ('coords' dataset); "
+                                              f"{len(missing)} bag(s) of this fold have none")
     if centres is not None:
         net.set_confounders(centres)
     if teacher:
+        saved_teacher = load_model_file(teacher, "MHIM teacher")
         try:
-            net.init_teacher(torch.load(teacher, map_location="cpu", weights_only=False))
-        except (ValueError, RuntimeError, OSError) as err:
+            net.init_teacher(saved_teacher)
+        except (ValueError, RuntimeError) as err:
             raise InputError(teacher, f"cannot initialise the MHIM teacher: {err}") from err
     if init_from:
+        saved_init = load_model_file(init_from, "init_from model")
         try:
-            init_input_layer(net, torch.load(init_from, map_location="cpu", weights_only=False), model, in_dim)
-        except (ValueError, RuntimeError, OSError, KeyError) as err:
+            init_input_layer(net, saved_init, model, in_dim)
+        except (ValueError, RuntimeError, KeyError) as err:
             raise InputError(init_from, f"cannot initialise the input layer: {err}") from err
     resolved = {"model": model, "model_config": dataclasses.asdict(net.cfg), "train": dataclasses.asdict(cfg),
                 "protocol": protocol, "fold": fold, "seed": seed, "classes": list(classes), "task": task,
@@ -204,38 +179,28 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
                 "teacher": str(teacher) if teacher else None}
     if init_from:  # only when set, so the digests of existing runs stay as they were
         resolved["init_from"] = str(init_from)
-    digest = config_digest(resolved, data["train"].ids, [len(f) for f in data["train"].features])
-    if hasattr(net, "assessment"):  # MHIM: per-epoch stats of the teacher's scores (teacher_assessment.tsv)
-        from hardmil.report.assessment import TeacherAssessment
-
-        net.assessment = TeacherAssessment()
-
-    def epoch_end(epoch: int) -> None:
-        if getattr(net, "assessment", None) is not None:
-            net.assessment.close_epoch(epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-
+    digest = config_digest(resolved, data["train"].ids, data["train"].sizes)
+    assessment = net.assessment  # MHIM: the teacher's per-epoch statistics
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
-                   on_epoch_end=epoch_end, progress=progress)
-    if getattr(net, "assessment", None) is not None and net.assessment.rows:
-        write_tsv(out / "teacher_assessment.tsv", net.assessment.rows)
+                   on_epoch_end=on_epoch_end, progress=progress, extra_state=assessment)
+    if assessment is not None and assessment.rows:
+        write_tsv(out / "teacher_assessment.tsv", assessment.rows)
     net.load_state_dict(result.best_state)
-    device = resolve_device(cfg.device)
 
     threshold = None
     if task == "classification" and len(classes) == 2:
-        threshold = youden_threshold(data[select_role].labels.numpy(),
-                                     predict(net, data[select_role], device, cfg.amp)[:, 1])
-    ev = dict(classes=classes, threshold=threshold, alpha=cfg.nll_alpha, fold=fold, epoch=result.best_epoch)
-    metrics, pred_rows = evaluate(net, data["test"], bags["test"], device, cfg.amp, **ev)
-    select_metrics, _ = evaluate(net, data[select_role], bags[select_role], device, cfg.amp, **ev)
+        threshold = float(youden_threshold(data[select_role].labels.numpy(),
+                                           predict_proba(net, data[select_role], cfg.amp)[:, 1]))
+    ev = dict(amp=cfg.amp, classes=classes, threshold=threshold, alpha=cfg.nll_alpha, fold=fold,
+              epoch=result.best_epoch)
+    metrics, pred_rows = evaluate(net, data["test"], **ev)
+    select_metrics, _ = evaluate(net, data[select_role], **ev)
     selection_keys = ("c_index", "nll") if task == "survival" else ("auc", "balanced_accuracy")
 
-    with atomic_path(out / "model.pt", suffix=".pt") as tmp:
-        torch.save({"model": model, "model_config": dataclasses.asdict(net.cfg), "state_dict": result.best_state,
-                    "feature_mean": mean, "feature_std": std, "classes": list(classes), "epoch": result.best_epoch,
-                    "threshold": threshold, "task": task, "bin_edges": edges, "nll_alpha": cfg.nll_alpha}, tmp)
+    save(out / "model.pt", {"model": model, "model_config": dataclasses.asdict(net.cfg),
+                            "state_dict": result.best_state, "feature_mean": mean, "feature_std": std,
+                            "classes": list(classes), "epoch": result.best_epoch, "threshold": threshold,
+                            "task": task, "bin_edges": edges, "nll_alpha": cfg.nll_alpha})
     write_tsv(out / "history.tsv", result.history)
     write_tsv(out / "predictions.tsv", pred_rows)
     summary = {
@@ -248,12 +213,14 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
         "n_test": len(bags["test"]),
         "n_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),  # trainable only
         # the only fields that differ between two runs of the same seed
-        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0},
+        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "wall_seconds": time.perf_counter() - t0,
+                   "seconds_to_first_step": None if result.first_step_at is None else result.first_step_at - t0},
     }
     write_json(out / "metrics.json", summary)
     write_yaml(out / "config.yaml", {**resolved, "hardmil_version": __version__, "git_commit": git_commit(),
                                      "torch": torch.__version__, "python": platform.python_version(),
-                                     "device": str(device), "provenance": provenance or {}})
+                                     "packages": package_versions(), "device": str(device),
+                                     "placement": data["train"].placement, "provenance": provenance or {}})
     (out / "checkpoint.pt").unlink(missing_ok=True)
     if task == "survival":
         log.info("fold %d: C-index %.3f at epoch %d", fold, metrics["c_index"], result.best_epoch)

@@ -10,8 +10,9 @@ epoch and bag label, numbers that express exactly that:
 * ``attention_overlap``: |top 10 % by the score ∩ top 10 % by the teacher's attention| / |top 10 %|
   (1 for v1, where the score is the attention; how far v2's probability departs from attention).
 
-Written by :func:`hardmil.train.run.run_fold` as ``teacher_assessment.tsv`` in an MHIM run's folder. Epochs
-trained before a resume are not in the file (the log lives in memory).
+An MHIM model owns one (``model.assessment``); :func:`hardmil.train.run.run_fold` writes its rows as
+``teacher_assessment.tsv`` in the run folder. The rows travel in the training checkpoint
+(:meth:`TeacherAssessment.state_dict`), so a resumed run writes every epoch.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class TeacherAssessment:
             a = attention.detach().float().flatten()[:n]
             overlap = len(set(top_s.tolist()) & set(a.topk(k).indices.tolist())) / k
         self._bags[int(label)].append((entropy, mass, overlap))
+
+    def state_dict(self) -> dict:
+        """The closed epochs' rows (plain data, checkpoint-safe); an epoch in progress is not resumable."""
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = [dict(r) for r in state["rows"]]
+        self._bags.clear()
 
     def close_epoch(self, epoch: int) -> None:
         for label in sorted(self._bags):

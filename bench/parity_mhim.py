@@ -1,0 +1,229 @@
+"""Write the MHIM-MIL parity fixtures of tests/test_parity_mhim.py from the authors' reference code.
+
+Not part of CI: the reference repository (DearCaat/MHIM-MIL) has no licence, so none of its code ships here. This
+script imports its modules from a checkout whose path you pass, builds them with small sizes, draws random weights
+(every parameter, biases included, so that a bias term that should cancel really would show), maps their state
+dicts to this project's names, feeds identical small bags and writes, per case, a plain dict of tensors (our state
+dict, the inputs, the reference outputs) that ``torch.load(..., weights_only=True)`` reads. Needs ``einops``
+importable besides torch (``pip install --target DIR einops`` and ``--deps DIR``); torchvision is not needed.
+
+    .venv/bin/python bench/parity_mhim.py --reference /path/to/MHIM-MIL --out tests/data/parity [--deps DIR]
+
+Cases (the reference code each compares with, and the setting of ours that must reproduce it):
+* ``abmil_standalone``: ``modules/abmil.py:DAttention`` (act gelu, 3 classes) = abmil ``{act: gelu}``.
+* ``abmil_attn``: MHIM's internal ``attn`` baseline (``MHIM(baseline='attn', da_act='relu', act='gelu')``):
+  logits, bag embedding and the class-aware instance score (``forward_teacher`` with ``attn2score``) = abmil
+  ``{act: gelu, attention_act: relu, attention_bias: false}``; 2 and 3 classes.
+* ``transmil_standalone``: ``modules/transmil.py:TransMIL`` (3 classes) = transmil defaults.
+* ``transmil_selfattn``: MHIM's internal ``selfattn`` baseline: logits, bag embedding and instance score = transmil
+  ``{act: gelu, padding: ppeg}``; bags of 30 (PPEG zero-padded to 7 x 7), 64 and 70 instances.
+* ``masks``: ``select_mask_fn`` on fixed score vectors: high-score masking (r = 1) and RHSM (r = 0.5, the same
+  seed before each call: the reference's randperm over the sorted top-k candidates) for several N and h;
+  ``Merge.masking``'s kept count (random score masking) for N = 1..300 and merge_ratio in {0.1, 0.2, 0.7, 0.8, 0.9}.
+* ``grn``: ``Merge`` (K = 3 queries, dropout 0): its eval output on a bag and one training-mode merge with the EMA
+  of the queries (momentum 0.9).
+* ``consistency``: ``SoftTargetCrossEntropy(0.1, 1.0)`` on a bag embedding [1, 32] and on DSMIL's [1, C, 32].
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+
+def import_reference(root: Path, deps: Path | None):
+    """The reference's modules, without running ``modules/__init__.py`` (it imports every model and mamba)."""
+    if deps is not None:
+        sys.path.insert(0, str(deps))
+    sys.path.insert(0, str(root))
+    pkg = types.ModuleType("modules")
+    pkg.__path__ = [str(root / "modules")]
+    sys.modules["modules"] = pkg
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:  # only its Resnet class uses torchvision.models
+        tv = types.ModuleType("torchvision")
+        tv.models = types.ModuleType("torchvision.models")
+        sys.modules["torchvision"], sys.modules["torchvision.models"] = tv, tv.models
+    import importlib
+
+    return types.SimpleNamespace(
+        abmil=importlib.import_module("modules.abmil"),
+        transmil=importlib.import_module("modules.transmil"),
+        mhim=importlib.import_module("modules.mhim"),
+        masking=importlib.import_module("modules.mhim_modules.masking"),
+        merge=importlib.import_module("modules.mhim_modules.merge"),
+        losses=importlib.import_module("modules.mhim_modules.losses"),
+    )
+
+
+def redraw(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
+    """Every parameter redrawn (biases non-zero), LayerNorm weights near 1; eval mode (dropout off)."""
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(scale * noise)
+    return model.eval()
+
+
+def rename(sd: dict, table: list[tuple[str, str]]) -> dict:
+    """Reference state dict -> ours by prefix substitution (first match); unmatched keys are an error."""
+    out = {}
+    for k, v in sd.items():
+        for a, b in table:
+            if k.startswith(a):
+                out[b + k[len(a):]] = v.clone()
+                break
+        else:
+            raise KeyError(f"no mapping for reference key {k}")
+    return out
+
+
+ABMIL_ATTN_MAP = [("feature.", "feature."), ("online_encoder.attention.attention.0.", "attn_v."),
+                  ("online_encoder.attention.attention.2.", "attn_w."), ("predictor.", "classifier.")]
+
+
+def transmil_map(prefix: str, layer1: str, layer2: str, ppeg: str, norm: str, cls: str, head: str) -> list:
+    table = [(f"{prefix}feature.", "feature."), (f"{prefix}{cls}", "cls_token"), (head, "classifier.")]
+    for i, layer in enumerate((layer1, layer2)):
+        table += [(f"{prefix}{layer}.norm.", f"norms.{i}."), (f"{prefix}{layer}.attn.", f"layers.{i}.")]
+    table += [(f"{prefix}{ppeg}.proj.", "ppeg.convs.0."), (f"{prefix}{ppeg}.proj1.", "ppeg.convs.1."),
+              (f"{prefix}{ppeg}.proj2.", "ppeg.convs.2."), (f"{prefix}{norm}.", "norm.")]
+    return table
+
+
+@torch.no_grad()
+def abmil_cases(ref, d: int, hidden: int) -> dict:
+    torch.manual_seed(0)
+    out = {}
+    m = redraw(ref.abmil.DAttention(input_dim=d, n_classes=3, dropout=True, act="gelu", inner_dim=hidden))
+    x = torch.randn(1, 57, d)
+    logits, attn = m(x, return_attn=True)
+    out["abmil_standalone"] = {
+        "config": {"in_dim": d, "n_classes": 3, "hidden_dim": hidden, "act": "gelu"},
+        "state_dict": rename(m.state_dict(), [("feature.", "feature."), ("attention.0.", "attn_v."),
+                                              ("attention.2.", "attn_w."), ("classifier.", "classifier.")]),
+        "x": x, "logits": logits, "attention": attn}
+    cases = {}
+    for c, n in ((2, 120), (3, 83)):
+        m = redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=c, act="gelu", baseline="attn",
+                                 da_act="relu", attn2score=True, merge_enable=False))
+        x = torch.randn(1, n, d)
+        emb, score = m.forward_teacher(x)
+        cases[f"c{c}"] = {"x": x, "logits": m.forward_test(x), "embedding": emb, "score": score[0],
+                          "state_dict": rename({k: v for k, v in m.state_dict().items()
+                                                if not k.startswith("merge.")}, ABMIL_ATTN_MAP),
+                          "config": {"in_dim": d, "n_classes": c, "hidden_dim": hidden, "act": "gelu",
+                                     "attention_act": "relu", "attention_bias": False}}
+    out["abmil_attn"] = cases
+    return out
+
+
+@torch.no_grad()
+def transmil_cases(ref, d: int, hidden: int) -> dict:
+    torch.manual_seed(1)
+    out = {}
+    m = redraw(ref.transmil.TransMIL(input_dim=d, n_classes=3, dropout=True, act="relu", inner_dim=hidden,
+                                     n_heads=8))
+    cfg = {"in_dim": d, "n_classes": 3, "hidden_dim": hidden, "heads": 8, "landmarks": hidden // 2}
+    table = transmil_map("", "layer1", "layer2", "pos_layer", "norm", "cls_token", "classifier.")
+    bags = {f"n{n}": torch.randn(1, n, d) for n in (45, 70)}
+    out["transmil_standalone"] = {"config": cfg, "state_dict": rename(m.state_dict(), table),
+                                  "bags": {k: {"x": x, "logits": m(x)} for k, x in bags.items()}}
+    cases = {}
+    for c in (2, 3):
+        m = redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=c, act="gelu", baseline="selfattn",
+                                 head=8, attn2score=True, merge_enable=False))
+        table = transmil_map("online_encoder.", "layer1", "layer2", "pos_embedding", "norm", "cls_token",
+                             "predictor.")
+        table[0] = ("feature.", "feature.")
+        sd = rename({k: v for k, v in m.state_dict().items() if not k.startswith("merge.")}, table)
+        bags = {}
+        for n in (30, 64, 70):
+            x = torch.randn(1, n, d)
+            emb, score = m.forward_teacher(x)
+            bags[f"n{n}"] = {"x": x, "logits": m.forward_test(x), "embedding": emb, "score": score[0]}
+        cases[f"c{c}"] = {"config": {**cfg, "n_classes": c, "act": "gelu", "padding": "ppeg"}, "state_dict": sd,
+                          "bags": bags}
+    out["transmil_selfattn"] = cases
+    return out
+
+
+def mask_cases(ref) -> dict:
+    g = torch.Generator().manual_seed(7)
+    high = []
+    for n in (50, 97, 100, 258, 300):
+        score = torch.rand(n, generator=g)
+        for h in (0.01, 0.03, 0.05, 0.1, 0.3):
+            for r in (1.0, 0.5):
+                for seed in range(3 if r < 1 else 1):
+                    torch.manual_seed(seed)
+                    len_keep, ids = ref.masking.select_mask_fn(n, score[None], True, h, len_keep_other=n,
+                                                               random_ratio=r)
+                    masked = torch.zeros(n, dtype=torch.bool)
+                    masked[ids[0, len_keep:]] = True
+                    high.append({"score": score, "mask_high": h, "mask_high_random": r, "seed": seed,
+                                 "masked": masked})
+    keep = {}
+    for mr in (0.1, 0.2, 0.7, 0.8, 0.9):
+        merge = ref.merge.Merge(4, heads=1, merge_h_dim=4, k=1, g_q_mm=0.9, merge_ratio=mr).train()
+        keep[str(mr)] = torch.tensor([merge.masking(torch.zeros(1, n, 4), None)[0].shape[1] for n in range(1, 301)])
+    return {"high": high, "rsm_keep": keep}
+
+
+@torch.no_grad()
+def grn_case(ref, hidden: int) -> dict:
+    torch.manual_seed(3)
+    merge = redraw(ref.merge.Merge(hidden, heads=4, merge_h_dim=8, dropout=0.0, k=3, g_q_mm=0.9, merge_ratio=0.8))
+    q0 = merge.global_q_mm.detach().clone()
+    x = torch.randn(1, 40, hidden)
+    z_eval = merge(x)[0, 40:]
+    merge.train()
+    masked = torch.randn(1, 25, hidden)
+    z_train = merge.merge(masked)[0]
+    sd = rename({k: v for k, v in merge.state_dict().items() if not k.startswith("global_q")},
+                [("norm.", "norm."), ("attn.to_q.", "to_q."), ("attn.to_kv.", "to_kv."),
+                 ("attn.to_out.0.", "out.0.")])
+    return {"state_dict": sd, "queries": q0[0], "heads": 4, "head_dim": 8, "momentum": 0.9, "x": x[0],
+            "z_eval": z_eval, "masked": masked[0], "z_train": z_train, "queries_after": merge.global_q_mm[0].clone()}
+
+
+def consistency_case(ref) -> dict:
+    g = torch.Generator().manual_seed(11)
+    loss = ref.losses.SoftTargetCrossEntropy(0.1, 1.0)
+    s, t = torch.randn(1, 32, generator=g), torch.randn(1, 32, generator=g)
+    s3, t3 = torch.randn(1, 3, 32, generator=g), torch.randn(1, 3, 32, generator=g)
+    return {"student": s[0], "teacher": t[0], "loss": loss(s, t), "dsmil_student": s3[0], "dsmil_teacher": t3[0],
+            "dsmil_loss": loss(s3, t3), "temp_teacher": 0.1, "temp_student": 1.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reference", type=Path, required=True, help="a checkout of DearCaat/MHIM-MIL")
+    ap.add_argument("--out", type=Path, default=Path("tests/data/parity"))
+    ap.add_argument("--deps", type=Path, help="a folder with einops (pip install --target)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ref = import_reference(args.reference.resolve(), args.deps)
+    d, hidden = 16, 32
+    fixtures = {**abmil_cases(ref, d, hidden), **transmil_cases(ref, d, hidden), "masks": mask_cases(ref),
+                "grn": grn_case(ref, hidden), "consistency": consistency_case(ref)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, data in fixtures.items():
+        path = args.out / f"mhim_{name}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(data, tmp)
+        tmp.replace(path)
+        print(f"{path}: {path.stat().st_size / 1024:.1f} KiB")
+
+
+if __name__ == "__main__":
+    main()

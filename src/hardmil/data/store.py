@@ -1,0 +1,310 @@
+"""The bag store: every stage reads bags through this module, lazily, one bag at a time.
+
+Two sources with one interface (:class:`BagSource`):
+
+* :class:`BagStore`, the packed store of one dataset/encoder, built once by the workflow's ``bag_store`` rule
+  (:func:`build_store`): ``features.npy`` (one contiguous ``[rows, D]`` array, float32 or float16),
+  ``coords.npy`` (``[rows, 2]`` int64, ``-1`` where a source has no coords) and ``index.json`` (slide ->
+  first row, row count, source file with its size and mtime). Both arrays are opened memory-mapped, so a
+  job touches only the pages of the bags it reads, and concurrent jobs on one node share the operating
+  system's page cache instead of each holding a private copy of the cohort.
+* :class:`FileBags`, the per-file fallback: a features folder (TRIDENT / CLAM h5, or ``.pt``) read one file
+  per request, for features that were never packed (external evaluation folders, ad-hoc use).
+
+Validation (dimension, NaN/Inf, empty bags, coords shape) happens once, when the store is built, with errors
+naming the source file; a store whose sources changed after it was built is refused with a message that names
+the changed file (:meth:`BagStore.check_fresh`).
+
+Memory: a bag read from a store is a view of the memory map (no copy until it is converted for the model);
+:class:`~hardmil.data.bagset.BagSet` converts and standardises one bag per step. Building streams one source
+file at a time: peak memory is one bag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from hardmil.data.bags import features_path, read_feature_shape, read_features
+from hardmil.utils import InputError
+
+STORE_VERSION = 1
+STORE_DTYPES = ("float32", "float16")
+INDEX = "index.json"
+FEATURES = "features.npy"
+COORDS = "coords.npy"
+STORE_FILES = (INDEX, FEATURES, COORDS)
+
+
+class BagSource:
+    """What every stage needs from bags: ``features(slide)`` ``[N, D]``, ``coords(slide)`` ``[N, 2] | None``,
+    ``dim`` and ``dtype``. ``reads`` counts ``features`` calls (tests check that bags are read lazily)."""
+
+    dim: int
+    dtype: np.dtype
+    reads: int = 0
+
+    def features(self, slide: str) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def coords(self, slide: str) -> np.ndarray | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def n_rows(self, slide: str) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def path(self, slide: str) -> Path:  # pragma: no cover - interface
+        """The file to name in an error about ``slide``."""
+        raise NotImplementedError
+
+
+def _fingerprint(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class BagStore(BagSource):
+    """A packed store opened memory-mapped (read only)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        index_path = self.root / INDEX
+        if not index_path.exists():
+            raise InputError(index_path, "bag store index does not exist (build it with the bag_store rule)")
+        try:
+            self.index = json.loads(index_path.read_text())
+            self._features = np.load(self.root / FEATURES, mmap_mode="r")
+            self._coords = np.load(self.root / COORDS, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise InputError(self.root, f"cannot open bag store: {type(err).__name__}: {err}") from err
+        if self.index.get("version") != STORE_VERSION:
+            raise InputError(index_path, f"bag store version {self.index.get('version')} != {STORE_VERSION}; "
+                                         "rebuild it")
+        if self._features.shape != (self.index["rows"], self.index["dim"]):
+            raise InputError(self.root / FEATURES, f"shape {self._features.shape} does not match its index "
+                                                   f"({self.index['rows']}, {self.index['dim']}); rebuild it")
+        self.slides: dict[str, dict] = self.index["slides"]
+        self.dim = int(self.index["dim"])
+        self.dtype = self._features.dtype
+        self.reads = 0
+
+    def _entry(self, slide: str) -> dict:
+        try:
+            return self.slides[slide]
+        except KeyError:
+            raise InputError(self.root / INDEX, f"slide {slide!r} is not in this bag store "
+                                                f"({len(self.slides)} slides)") from None
+
+    def features(self, slide: str) -> np.ndarray:
+        e = self._entry(slide)
+        self.reads += 1
+        return self._features[e["start"]: e["start"] + e["count"]]
+
+    def coords(self, slide: str) -> np.ndarray | None:
+        e = self._entry(slide)
+        return np.array(self._coords[e["start"]: e["start"] + e["count"]]) if e["has_coords"] else None
+
+    def n_rows(self, slide: str) -> int:
+        return int(self._entry(slide)["count"])
+
+    def path(self, slide: str) -> Path:
+        return Path(self._entry(slide)["source"])
+
+    def check_fresh(self, slides=None) -> None:
+        """Refuse the store if a source file of ``slides`` (default: all) changed since it was built."""
+        for slide in self.slides if slides is None else slides:
+            e = self._entry(slide)
+            src = Path(e["source"])
+            if not src.exists() or _fingerprint(src) != e["fingerprint"]:
+                raise InputError(src, f"changed or removed since the bag store {self.root} was built; rebuild "
+                                      "the store (snakemake reruns the bag_store rule when its inputs change; "
+                                      "force it with -R bag_store)")
+
+
+class FileBags(BagSource):
+    """One features file per slide in ``features_dir``, read on request (the fallback for unpacked features)."""
+
+    def __init__(self, features_dir: str | os.PathLike, dim: int | None = None):
+        self.root = Path(features_dir)
+        self.dim = dim
+        self.dtype = np.dtype(np.float32)
+        self.reads = 0
+        self._coords: dict[str, np.ndarray | None] = {}
+        self._rows: dict[str, int] = {}
+
+    def path(self, slide: str) -> Path:
+        return features_path(self.root, slide)
+
+    def _read(self, slide: str) -> tuple[np.ndarray, np.ndarray | None]:
+        feats, coords = read_features(self.path(slide), expected_dim=self.dim)
+        self.dim = feats.shape[1]
+        self._rows[slide] = len(feats)
+        return feats, coords
+
+    def features(self, slide: str) -> np.ndarray:
+        self.reads += 1
+        feats, coords = self._read(slide)
+        self._coords[slide] = coords
+        return feats
+
+    def coords(self, slide: str) -> np.ndarray | None:
+        if slide not in self._coords:
+            self._coords[slide] = self._read(slide)[1]
+        return self._coords[slide]
+
+    def n_rows(self, slide: str) -> int:
+        if slide not in self._rows:
+            self._rows[slide] = read_feature_shape(self.path(slide))[0]
+        return self._rows[slide]
+
+
+def open_bags(path: str | os.PathLike) -> BagSource:
+    """A :class:`BagStore` if ``path`` is a store folder (holds ``index.json``) or its ``index.json``, else
+    :class:`FileBags` of the features folder ``path``."""
+    path = Path(path)
+    if path.name == INDEX:
+        return BagStore(path.parent)
+    if (path / INDEX).exists():
+        return BagStore(path)
+    return FileBags(path)
+
+
+def as_source(source) -> BagSource:
+    """``source`` itself if it is a :class:`BagSource`, else :func:`open_bags` of the path."""
+    return source if isinstance(source, BagSource) else open_bags(source)
+
+
+def manifest_slides(manifest: str | os.PathLike, task: str = "classification", classes: list[str] | None = None
+                    ) -> list[str]:
+    """The slides a dataset's store holds: every slide of its manifest (classification: labels checked against
+    ``classes``; survival: the slides with a usable time and event)."""
+    from hardmil.data.bags import read_manifest
+    from hardmil.data.survival import read_survival_manifest
+
+    if task == "survival":
+        rows = read_survival_manifest(manifest)[0]
+    else:
+        rows = read_manifest(manifest, list(classes or []))
+    return [r["slide"] for r in rows]
+
+
+# The per-job memory model (bench/scale.py measured it; README "Memory and scale"): a job's private memory is
+# the interpreter with torch and the model (JOB_BASE_MB) plus a multiple of its largest bag in float32
+# (the bag copy, its standardised values and the activations of one step).
+JOB_BASE_MB = 1000
+JOB_BAG_FACTOR = 8
+JOB_DEFAULT_MB = 4000  # when the store does not exist yet (a dry run)
+
+
+def job_memory_mb(index: str | os.PathLike) -> int:
+    """Memory to request (MB) for a job reading the store whose ``index.json`` is ``index``."""
+    try:
+        meta = json.loads(Path(index).read_text())
+    except (OSError, ValueError):
+        return JOB_DEFAULT_MB
+    bag_mb = meta["max_bag"] * meta["dim"] * 4 / 1e6
+    return int(JOB_BASE_MB + JOB_BAG_FACTOR * bag_mb)
+
+
+def _check_dimensions(shapes: dict[str, tuple[int, int]], paths: dict[str, Path]) -> int:
+    """The feature dimension most sources share; an error listing the files that differ, if any do."""
+    counts = Counter(s[1] for s in shapes.values())
+    dim, n = counts.most_common(1)[0]
+    odd = [s for s, shape in shapes.items() if shape[1] != dim]
+    if odd:
+        listed = ", ".join(f"{paths[s].name} ({shapes[s][1]})" for s in odd[:10])
+        raise InputError(paths[odd[0]], f"feature dimension {shapes[odd[0]][1]} != {dim}, the dimension of "
+                                        f"{n} of {len(shapes)} bags; {len(odd)} file(s) differ: {listed}")
+    return dim
+
+
+def store_is_current(out_dir: str | os.PathLike, slides: list[str], features_dir: str | os.PathLike,
+                     dtype: str) -> bool:
+    """True if ``out_dir`` holds a complete store of exactly ``slides`` whose sources are unchanged."""
+    out = Path(out_dir)
+    if not all((out / f).exists() for f in STORE_FILES):
+        return False
+    try:
+        index = json.loads((out / INDEX).read_text())
+    except (OSError, ValueError):
+        return False
+    if index.get("version") != STORE_VERSION or index.get("dtype") != dtype or list(index["slides"]) != slides:
+        return False
+    for slide in slides:
+        src = features_path(features_dir, slide)
+        e = index["slides"][slide]
+        if str(src) != e["source"] or not src.exists() or _fingerprint(src) != e["fingerprint"]:
+            return False
+    return True
+
+
+def build_store(slides: list[str], features_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                dtype: str = "float32", progress: bool = False, force: bool = False) -> dict:
+    """Pack the features files of ``slides`` into a store in ``out_dir``; returns its index.
+
+    Kept as it is (not rewritten) when it already holds exactly these slides from unchanged sources, unless
+    ``force``. Two streaming passes: shapes first (h5 metadata), then one file at a time into the memory map.
+    Written into a temporary folder beside ``out_dir`` and moved into place file by file, ``index.json`` last,
+    so an interrupted build never leaves an index that points at a partial array."""
+    from tqdm import tqdm
+
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
+    if not slides:
+        raise ValueError("a bag store needs at least one slide")
+    out = Path(out_dir)
+    if not force and store_is_current(out, slides, features_dir, dtype):
+        return json.loads((out / INDEX).read_text())
+    paths = {s: features_path(features_dir, s) for s in slides}
+    missing = [s for s, p in paths.items() if not p.exists()]
+    if missing:
+        raise InputError(paths[missing[0]], f"features file does not exist ({len(missing)} slide(s) have none: "
+                                            f"{', '.join(missing[:5])})")
+    shapes = {s: read_feature_shape(p) for s, p in paths.items()}
+    dim = _check_dimensions(shapes, paths)
+    rows = sum(n for n, _ in shapes.values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{out}.building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        feats_mm = np.lib.format.open_memmap(tmp / FEATURES, mode="w+", dtype=np.dtype(dtype), shape=(rows, dim))
+        coords_mm = np.lib.format.open_memmap(tmp / COORDS, mode="w+", dtype=np.int64, shape=(rows, 2))
+        entries, start = {}, 0
+        for slide in tqdm(slides, desc="bag store", unit="bag", disable=not progress):
+            src = paths[slide]
+            feats, coords = read_features(src, expected_dim=dim)
+            n = len(feats)
+            if dtype == "float16" and np.abs(feats).max() > np.finfo(np.float16).max:
+                raise InputError(src, "features exceed the float16 range (65504); use store dtype float32")
+            feats_mm[start: start + n] = feats
+            coords_mm[start: start + n] = -1 if coords is None else coords
+            entries[slide] = {"start": start, "count": n, "has_coords": coords is not None, "source": str(src),
+                              "fingerprint": _fingerprint(src)}
+            start += n
+        feats_mm.flush()
+        coords_mm.flush()
+        del feats_mm, coords_mm
+        index = {"version": STORE_VERSION, "dim": dim, "dtype": dtype, "rows": rows, "slides": entries,
+                 "features_dir": str(features_dir), "max_bag": max(n for n, _ in shapes.values())}
+        (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INDEX).unlink(missing_ok=True)  # no index while the arrays are swapped
+        for name in (FEATURES, COORDS, INDEX):
+            mode = 0o666 & ~_umask()
+            os.chmod(tmp / name, mode)
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return index
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

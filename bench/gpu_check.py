@@ -1,7 +1,7 @@
 """The prepared GPU check: everything the CUDA path needs verified and measured, in one run of under 8 minutes.
 
     bash bench/gpu_check.sh                     # from the repository root on a one-GPU machine (sets up Python)
-    python bench/gpu_check.py [--out DIR] [--steps env pytest demo models scale packing] [--budget 470]
+    python bench/gpu_check.py [--out DIR] [--steps env pytest demo models packing scale] [--budget 470]
 
 Steps, each in its own process group with its own timeout (a hang costs that step only; a failed or timed-out
 step is recorded and the next one runs):
@@ -14,10 +14,11 @@ step is recorded and the next one runs):
 4. ``models``: ``bench/models.py --device cuda`` at 8,000 / 20,000 / 50,000 instances for AB-MIL, TransMIL and
    MHIM-v2 over each: step time, ``torch.cuda.max_memory_allocated``, MHIM-v2 / baseline ratios beside the
    paper's Table 6 ratios.
-5. ``scale``: ``bench/scale.py --device cuda`` when that file exists.
-6. ``packing``: k = 1, 2, 4 concurrent training processes on the one GPU (each takes a slot from
+5. ``packing``: k = 1, 2, 4 concurrent training processes on the one GPU (each takes a slot from
    ``hardmil.gpu`` with ``jobs_per_gpu = k``): aggregate bag steps per second, the speed-up over k = 1, and the
    GPU-hour estimate for config/paper.yaml at each k.
+6. ``scale``: ``bench/scale.py --device cuda`` (40 bags of 8,000 x 1024: store build, AB-MIL and MHIM-v2 folds,
+   resident against streamed bags, two jobs at once) when that file exists.
 
 Everything printed also goes to ``results/gpu_check/<UTC date-time>/``: ``summary.json``, ``summary.md``,
 ``check.log`` (this script's own output), one ``<step>.log`` per step and the steps' own JSON files.
@@ -38,9 +39,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("env", "pytest", "demo", "models", "scale", "packing")
+STEPS = ("env", "pytest", "demo", "models", "packing", "scale")  # packing before scale: the GPU-hours need it
 # per-step wall-clock limits (seconds); the sum stays under the 8-minute budget together with the set-up
-TIMEOUTS = {"env": 30, "pytest": 120, "demo": 120, "models": 100, "scale": 60, "packing": 100}
+TIMEOUTS = {"env": 30, "pytest": 120, "demo": 120, "models": 100, "packing": 100, "scale": 90}
 # MHIM-MIL Table 6 (CAMELYON-16, RTX 3090): seconds per epoch and GPU memory
 PAPER_TABLE6 = {"abmil": {"baseline_s": 3.1, "mhim_s": 4.3},
                 "transmil": {"baseline_s": 13.2, "mhim_s": 10.5, "baseline_gb": 10.6, "mhim_gb": 5.6}}
@@ -437,6 +438,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--demo-bags", type=int, nargs=2, default=[48, 1280], metavar=("BAGS", "DIM"),
                     help="size of the feature-level stand-in when the demo's features are absent")
     ap.add_argument("--mhim-baselines", nargs="+", default=["abmil", "transmil"], help="models step: baselines")
+    ap.add_argument("--scale-sizes", type=int, nargs="+", default=[40], help="bench/scale.py cohort sizes (bags)")
+    ap.add_argument("--scale-bag-size", type=int, default=8000, help="bench/scale.py instances per bag")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4], help="concurrent jobs per GPU to measure")
     ap.add_argument("--pack-seconds", type=float, default=10.0, help="measured window per k")
     ap.add_argument("--pack-sizes", type=int, nargs="+", default=[3000, 6000, 9000, 14000],
@@ -491,10 +494,8 @@ def step_command(step: str, args: argparse.Namespace) -> list[list[str]] | None:
         scale = ROOT / "bench/scale.py"
         if not scale.exists():
             return None
-        cmd = [py, str(scale), "--device", args.device]
-        if "--json" in subprocess.run([py, str(scale), "--help"], capture_output=True, text=True, cwd=ROOT).stdout:
-            cmd += ["--json", str(out / "scale.json")]
-        return [cmd]
+        return [[py, str(scale), "--device", args.device, "--sizes", *map(str, args.scale_sizes), "--compare-at",
+                 str(args.scale_sizes[0]), "--bag-size", str(args.scale_bag_size), "--json", str(out / "scale.json")]]
     if step == "packing":
         return [[py, me, "--worker", "packing", "--worker-args", str(out / "packing.json"),
                  ",".join(map(str, args.pack)), str(args.pack_seconds), "abmil", ",".join(map(str, args.pack_sizes)),
@@ -549,30 +550,34 @@ def _run_check(args: argparse.Namespace, out: Path) -> dict:
             "tail": "\n".join(r.get("tail", "") for r in recs if r["status"] != "ok")}
         summary["steps"][step] = merged
         collect(step, summary, args)
+        if step == "packing" and "packing" in summary["results"]:
+            estimate_gpu_hours(summary, args, out, args.budget - (time.monotonic() - t0))
         summary["seconds"] = round(time.monotonic() - t0, 1)
         write_summary(out, summary)  # after every step: a later hang still leaves what was measured
-    if "packing" in summary["results"]:
-        left = args.budget - (time.monotonic() - t0)
-        if args.paper_jobs:
-            jobs, how = args.paper_jobs, "--paper-jobs"
-        elif left > 20:
-            jobs, how = paper_train_jobs(out, min(60.0, left))
-        else:
-            jobs, how = PAPER_TRAIN_JOBS, "recorded count (no time left to count)"
-        ms = [r["ms"] for r in summary["results"].get("models", {}).get("rows", []) if r["n"] == min(args.sizes)]
-        step_ms = sum(ms) / len(ms) if ms else None
-        source = f"mean per-bag step of the bench/models.py rows at {min(args.sizes)} instances"
-        one = summary["results"]["packing"].get("1", {}).get("steps_per_s")
-        if step_ms is None and one:  # models step missing: AB-MIL's step in the packing run at k = 1
-            step_ms, source = 1000 / one, "AB-MIL step of the packing run at k = 1 (models step missing)"
-        summary["results"]["gpu_hours_assumptions"] = {
-            "train_jobs": jobs, "train_jobs_source": how, "bags_per_epoch": args.bags_per_epoch,
-            "epochs": list(args.epochs), "step_ms": step_ms, "step_ms_source": source}
-        summary["results"]["gpu_hours"] = gpu_hours(summary["results"]["packing"], step_ms, jobs,
-                                                     args.bags_per_epoch, tuple(args.epochs))
     summary["seconds"] = round(time.monotonic() - t0, 1)
     write_summary(out, summary)
     return summary
+
+
+def estimate_gpu_hours(summary: dict, args: argparse.Namespace, out: Path, left: float) -> None:
+    """GPU-hours of config/paper.yaml's train jobs at each measured k (right after the packing step)."""
+    if args.paper_jobs:
+        jobs, how = args.paper_jobs, "--paper-jobs"
+    elif left > 20:
+        jobs, how = paper_train_jobs(out, min(45.0, left))
+    else:
+        jobs, how = PAPER_TRAIN_JOBS, "recorded count (no time left to count)"
+    ms = [r["ms"] for r in summary["results"].get("models", {}).get("rows", []) if r["n"] == min(args.sizes)]
+    step_ms = sum(ms) / len(ms) if ms else None
+    source = f"mean per-bag step of the bench/models.py rows at {min(args.sizes)} instances"
+    one = summary["results"]["packing"].get("1", {}).get("steps_per_s")
+    if step_ms is None and one:  # models step missing: AB-MIL's step in the packing run at k = 1
+        step_ms, source = 1000 / one, "AB-MIL step of the packing run at k = 1 (models step missing)"
+    summary["results"]["gpu_hours_assumptions"] = {
+        "train_jobs": jobs, "train_jobs_source": how, "bags_per_epoch": args.bags_per_epoch,
+        "epochs": list(args.epochs), "step_ms": step_ms, "step_ms_source": source}
+    summary["results"]["gpu_hours"] = gpu_hours(summary["results"]["packing"], step_ms, jobs,
+                                                 args.bags_per_epoch, tuple(args.epochs))
 
 
 def collect(step: str, summary: dict, args: argparse.Namespace) -> None:

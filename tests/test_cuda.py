@@ -24,9 +24,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hardmil.data.bags import Bag
+from hardmil.data.bagset import BagSet
 from hardmil.models import MODELS, build_model
 from hardmil.models.mhim import MHIM
-from hardmil.train.loop import Tensors, TrainConfig, train
+from hardmil.train.loop import TrainConfig, train
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: deterministic cuBLAS
 
@@ -177,13 +179,14 @@ class Interrupt(Exception):
     pass
 
 
-def _tensors(n, seed, dim=8):
+def _bags(n, seed, device, dim=8):
     g = torch.Generator().manual_seed(seed)
     feats = [torch.randn(int(torch.randint(20, 40, (1,), generator=g)), dim, generator=g) for _ in range(n)]
-    labels = torch.tensor([i % 2 for i in range(n)])
+    labels = [i % 2 for i in range(n)]
     for f, lab in zip(feats, labels, strict=True):
         f[:3, 0] += 2 * lab
-    return Tensors(feats, labels)
+    return BagSet([Bag(f"b{i}", f"b{i}", lab, f.numpy()) for i, (f, lab) in enumerate(zip(feats, labels, strict=True))],
+                  device=device)
 
 
 SMALL_ABMIL = {"hidden_dim": 64, "attn_dim": 32}
@@ -208,7 +211,7 @@ def test_resumed_run_is_identical(tmp_path, case, device):
     AB-MIL's CPU resume is tests/test_train.py's."""
     need(device)
     cfg = TrainConfig(epochs=4, patience=100, seed=5, lr=1e-3, device=device, amp=True)
-    tr, sel = _tensors(8, 0), _tensors(4, 1)
+    tr, sel = _bags(8, 0, device), _bags(4, 1, device)
     ref = train(_fresh(case), tr, sel, cfg, progress=False)
 
     def stop(epoch):
@@ -239,11 +242,11 @@ def test_training_step_uses_only_deterministic_ops(case, device):
     if hasattr(model, "set_schedule"):
         model.set_schedule(10)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = _tensors(2, 0)
+    data = _bags(2, 0, device)
     torch.use_deterministic_algorithms(True)
     try:
         for i in range(2):
-            x, _ = data.batch(i, torch.device(device))
+            x, _ = data.batch(i)
             y = data.labels[i : i + 1].to(device)
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):  # as the loop
                 out = model(x, label=y)

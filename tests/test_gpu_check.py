@@ -76,6 +76,24 @@ def test_step_runner_timeout_kills_the_whole_process_group(tmp_path):
         pytest.fail(f"grandchild {grandchild} survived the step's timeout")
 
 
+def test_step_commands(tmp_path):
+    a = gc.parse_args(["--out", str(tmp_path), "--scale-sizes", "8", "--scale-bag-size", "100"])
+    a.work = tmp_path / "work"
+    assert gc.step_command("models", a) == [[sys.executable, "bench/models.py", "--device", "cuda", "--sizes", "8000",
+                                             "20000", "50000", "--repeats", "3", "--mhim", "abmil", "transmil",
+                                             "--no-interleaved", "--json", str(tmp_path / "models.json")]]
+    demo = gc.step_command("demo", a)
+    assert [c[c.index("--worker-args") + 1] for c in demo] == ["cuda", "cpu"]  # the CPU run beside the CUDA one
+    scale = gc.step_command("scale", a)
+    if (REPO / "bench/scale.py").exists():
+        assert scale[0][2:] == ["--device", "cuda", "--sizes", "8", "--compare-at", "8", "--bag-size", "100",
+                                "--json", str(tmp_path / "scale.json")]
+    else:
+        assert scale is None  # recorded as skipped
+    pytest_cmd = gc.step_command("pytest", a)[0]
+    assert pytest_cmd[1:6] == ["-m", "pytest", "-m", "cuda", "tests/test_cuda.py"]
+
+
 def test_pytest_counts():
     assert gc.pytest_counts("...\n=== 3 passed, 2 skipped, 1 failed in 4.2s ===\n") == {
         "passed": 3, "skipped": 2, "failed": 1}
@@ -150,7 +168,7 @@ def test_dry_run_on_the_cpu(tmp_path):
     the folder; the pytest step runs only skips here (no CUDA), which is recorded, not counted as passing."""
     out = tmp_path / "check"
     res = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--out", str(out),
-                          "--steps", "env", "demo", "models", "scale", "packing", "--sizes", "16",
+                          "--steps", "env", "demo", "models", "packing", "--sizes", "16",
                           "--mhim-baselines", "abmil", "--demo-epochs", "2", "--demo-bags", "16", "32",
                           "--pack", "1", "2", "--pack-seconds", "1", "--pack-sizes", "50", "--paper-jobs", "100",
                           "--budget", "300", "--copy-to", str(tmp_path / "back")], capture_output=True, text=True,
@@ -158,8 +176,7 @@ def test_dry_run_on_the_cpu(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert res.returncode == 0, (res.stdout[-3000:], summary["steps"])
     assert {k: v["status"] for k, v in summary["steps"].items()} == {
-        "env": "ok", "demo": "ok", "models": "ok", "packing": "ok",
-        "scale": "ok" if (REPO / "bench/scale.py").exists() else "skipped"}
+        "env": "ok", "demo": "ok", "models": "ok", "packing": "ok"}
     r = summary["results"]
     assert {(d["method"], d["device"]) for d in r["demo"]} == {("abmil", "cpu"), ("mhim_v2_abmil", "cpu")}
     assert all(0 <= d["auc"] <= 1 and d["epochs_run"] == 2 for d in r["demo"])

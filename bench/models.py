@@ -2,6 +2,7 @@
 
     python bench/models.py [--sizes 500 2000 8000 20000] [--dim 1024] [--repeats 3] [--device cpu|cuda]
     python bench/models.py --mhim abmil transmil    # MHIM-v2 over each baseline against the baseline alone
+    python bench/models.py --device cuda --sizes 8000 20000 50000 --mhim abmil transmil --json out.json
 
 A model is a registry name or ``mhim:<baseline>[:field=json,...]`` (MHIM-v2 with its defaults over that
 baseline: h = 0.01, RSM 0.8 with the GRN). ``--mhim`` prints, per baseline, both rows and the MHIM / baseline
@@ -12,6 +13,7 @@ memory <= 0.5x), then the time ratios again from interleaved steps, with the MHI
 Each model runs in its own process, sizes in increasing order, so the peak RSS growth over the process's
 baseline after each size is that size's peak (CPU). On CUDA the figure is torch.cuda.max_memory_allocated.
 Times are the median of ``--repeats`` steps after one warm-up step, with 1 CPU thread unless --threads.
+``--json PATH`` also writes every row, ratio and interleaved time (and the device's name) to PATH.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", nargs="+", help="only these models (default: every registry name)")
     ap.add_argument("--mhim", nargs="+", metavar="BASELINE", help="compare MHIM-v2 over these baselines with them")
+    ap.add_argument("--no-interleaved", action="store_true", help="with --mhim: skip the interleaved pass")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -147,30 +151,51 @@ def main() -> int:
     width = max(16, *map(len, names))
     print(f"{'model':{width}s} " + " ".join(f"{f'N={n}':>20s}" for n in args.sizes))
     print(f"{'':{width}s} " + " ".join(f"{'ms / peak MB':>20s}" for _ in args.sizes))
-    results = {}
+    results, failed, ratios, inter = {}, {}, {}, {}
     for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--sizes", *map(str, args.sizes), "--dim", str(args.dim),
                "--repeats", str(args.repeats), "--device", args.device, "--threads", str(args.threads)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
-            print(f"{name:{width}s} failed: {res.stderr.strip().splitlines()[-1]}")
+            failed[name] = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+            print(f"{name:{width}s} failed: {failed[name]}")
             continue
         rows = results[name] = json.loads(res.stdout)
         print(f"{name:{width}s} " + " ".join(f"{r['ms']:9.1f} / {r['peak_mb']:7.0f}" + " " * 1 for r in rows))
     for base in args.mhim or []:
         if base in results and f"mhim:{base}" in results:
-            ratios = [f"{m['ms'] / b['ms']:9.2f}x / {m['peak_mb'] / max(b['peak_mb'], 1):5.2f}x"
-                      for b, m in zip(results[base], results[f"mhim:{base}"], strict=True)]
-            print(f"{'ratio ' + base:{width}s} " + " ".join(ratios))
-    if args.mhim:  # time ratios again with the steps interleaved in one process (robust to a busy machine)
+            ratios[base] = [{"n": b["n"], "time": m["ms"] / b["ms"], "memory": m["peak_mb"] / max(b["peak_mb"], 1)}
+                            for b, m in zip(results[base], results[f"mhim:{base}"], strict=True)]
+            cells = [f"{r['time']:9.2f}x / {r['memory']:5.2f}x" for r in ratios[base]]
+            print(f"{'ratio ' + base:{width}s} " + " ".join(cells))
+    if args.mhim and not args.no_interleaved:  # time ratios again, steps interleaved in one process
         print("\ninterleaved steps, ms (ratio to the baseline)")
         for base in args.mhim:
             pair = [base, f"mhim:{base}"] + [m for m in args.models or [] if m.startswith(f"mhim:{base}:")]
             ms = interleaved(pair, args.sizes, args.dim, args.repeats, args.device, args.threads)
+            inter.update(ms)
             for name in ms:
                 cells = [f"{t:9.1f} ({t / b:4.2f}x)" for t, b in zip(ms[name], ms[base], strict=True)]
                 print(f"{name:{width}s} " + " ".join(f"{c:>20s}" for c in cells))
+    if args.json:
+        write_report(args, results, failed, ratios, inter)
     return 0
+
+
+def write_report(args, results: dict, failed: dict, ratios: dict, interleaved_ms: dict) -> None:
+    import platform
+
+    import torch
+
+    from hardmil.utils import write_json
+
+    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available()
+                   else platform.processor() or platform.machine())
+    write_json(args.json, {"device": args.device, "device_name": device_name, "torch": torch.__version__,
+                           "sizes": args.sizes, "dim": args.dim, "repeats": args.repeats, "threads": args.threads,
+                           "peak": "torch.cuda.max_memory_allocated" if args.device.startswith("cuda")
+                           else "RSS growth", "rows": results, "failed": failed, "ratios": ratios,
+                           "interleaved_ms": interleaved_ms})
 
 
 if __name__ == "__main__":

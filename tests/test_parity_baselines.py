@@ -196,12 +196,12 @@ def test_survival_loop_marks_survival_task_and_scores_aux_logits_with_the_surviv
     MHIM) is marked (the reference's [bin, censorship] turns CLAM's instance loss and DTFD's tier 1 off), the
     time bin is still passed as the label, and ``aux_logits`` (DSMIL's instance stream) are scored with the
     censored survival NLL and added with their weight."""
-    from hardmil.models.base import MILOutput
-    from hardmil.train.loop import Tensors, TrainConfig, train
+    from hardmil.data.bags import Bag
+    from hardmil.data.bagset import BagSet
+    from hardmil.models.base import MILModel, MILOutput
+    from hardmil.train.loop import TrainConfig, train
 
-    class Spy(torch.nn.Module):
-        survival_task = False
-
+    class Spy(MILModel):
         def __init__(self):
             super().__init__()
             self.lin = torch.nn.Linear(3, 4)
@@ -218,8 +218,8 @@ def test_survival_loop_marks_survival_task_and_scores_aux_logits_with_the_surviv
 
     torch.manual_seed(0)
     feats = [torch.randn(5, 3) for _ in range(4)]
-    data = Tensors(feats, torch.tensor([0, 1, 2, 3]), times=torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64),
-                   events=torch.tensor([1, 0, 1, 0]))
+    data = BagSet([Bag(f"b{i}", f"b{i}", i, f.numpy(), extra={"time": float(i + 1), "event": 1 - i % 2})
+                   for i, f in enumerate(feats)])
     m = Spy()
     with torch.no_grad():
         want = np.mean([0.5 * nll_survival_loss(m.lin(f.mean(0, keepdim=True)), data.labels[i:i + 1],

@@ -192,8 +192,6 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
                              None if extra_state is None else extra_state.state_dict())
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, model, opt, sched, state, digest, extra_state[0]() if extra_state else None)
     bar.close()
     done = max(len(state["history"]), 1)
     return TrainResult(state["best_state"], state["best"]["epoch"], state["history"], state["seconds"] / done,

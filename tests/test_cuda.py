@@ -154,10 +154,7 @@ def test_float32_check_catches_a_perturbed_weight(case, device):
     assert close_f32(outputs(bad, x, coords, y, device), ref)
 
 
-BF16_BROKEN = {  # known failures under bf16 autocast, strict: an unexpected pass fails, so a fix is noticed
-    "mamba2d": "Mamba2DMIL._bag writes bf16 embeddings into a float32 grid (grid[row, col] = h): index_put dtype "
-               "mismatch under autocast; the grid should take h's dtype",
-}
+BF16_BROKEN: dict[str, str] = {}  # known failures under bf16 autocast (strict xfail: a fix is noticed); none now
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -187,7 +187,7 @@ class Mamba2DMIL(MILModel):
         if hh * ww > self.cfg.max_grid_cells:
             raise ValueError(f"patch grid of {hh} x {ww} cells exceeds max_grid_cells={self.cfg.max_grid_cells} "
                              f"({len(coords)} patches): are the coords a regular patch grid?")
-        grid = self.pad_token.expand(hh, ww, -1).clone()
+        grid = self.pad_token.to(h.dtype).expand(hh, ww, -1).clone()  # h's dtype: bf16 under CUDA autocast
         grid[row, col] = h  # a duplicate cell keeps the last patch, as the reference
         for norm, mixer in zip(self.block_norms, self.mixers, strict=True):
             grid = grid + mixer(norm(grid))

@@ -382,7 +382,7 @@ class MHIM(MILModel):
                                     self.cfg.temp_teacher, self.cfg.temp_student)
             out.aux_losses["consistency"] = self.cfg.alpha * cons
         attn = out.attention if out.attention is not None else torch.zeros(1, len(tokens), device=x.device)
-        out.attention = torch.zeros_like(score)[None].scatter(1, kept[None], attn[:, : len(kept)])
+        out.attention = torch.zeros_like(score)[None].scatter(1, kept[None], attn[:, : len(kept)].to(score.dtype))
         out.instance_logits = None
         return out
 

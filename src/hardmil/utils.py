@@ -110,6 +110,26 @@ def write_tsv(path: str | os.PathLike, rows: list[dict], columns: list[str] | No
         w.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
 
 
+def read_tsv(path: str | os.PathLike, what: str = "table", columns: tuple[str, ...] | list[str] = (),
+             allow_empty: bool = False) -> list[dict]:
+    """The rows of a tab-separated file with a header; a missing file, no rows (unless ``allow_empty``) or a
+    missing column among ``columns`` is an :class:`InputError` naming the file and saying what it is."""
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"{what} does not exist")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        rows = list(reader)
+    if not rows and not allow_empty:
+        raise InputError(path, f"{what} has no rows")
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(path, f"{what} lacks column(s) {missing}")
+    return rows
+
+
 def write_yaml(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, yaml.safe_dump(_plain(obj), sort_keys=False))
 

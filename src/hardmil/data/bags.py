@@ -7,7 +7,6 @@ Every problem raises :class:`~hardmil.utils.InputError` naming the file.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hardmil import __version__
-from hardmil.utils import InputError, atomic_path
+from hardmil.utils import InputError, atomic_path, read_tsv
 
 FEATURE_SUFFIXES = (".h5", ".pt")
 MANIFEST_COLUMNS = ("slide", "case", "label")
@@ -209,16 +208,7 @@ def features_path(features_dir: str | os.PathLike, slide: str) -> Path:
 
 def read_manifest_rows(path: str | os.PathLike, columns: tuple[str, ...] = MANIFEST_COLUMNS) -> list[dict]:
     """The rows of a manifest TSV that must exist, have rows and have ``columns``."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "manifest does not exist")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if not rows:
-        raise InputError(path, "manifest has no rows")
-    missing = [c for c in columns if c not in rows[0]]
-    if missing:
-        raise InputError(path, f"manifest lacks column(s) {missing}")
+    rows = read_tsv(path, "manifest", columns)
     check_names(rows, path)
     return rows
 

@@ -137,18 +137,10 @@ def fetch_slides(items: list[SlideFile], slides_dir: str | os.PathLike, listing:
 
 def read_rows(path: str | os.PathLike, required: list[str]) -> list[dict]:
     """Rows of a manifest TSV; a missing file or column is an error naming the file."""
-    from hardmil.utils import InputError
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "manifest does not exist")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        rows = list(reader)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise InputError(path, f"manifest lacks column(s) {missing}")
     from hardmil.data.bags import check_names
+    from hardmil.utils import read_tsv
+
+    rows = read_tsv(path, "manifest", required, allow_empty=True)
 
     check_names(rows, path, ("slide", "case", "filename"))  # a downloaded slide is saved as slides_dir/filename
     return rows

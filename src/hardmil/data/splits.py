@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from hardmil.utils import InputError, atomic_path
+from hardmil.utils import InputError, atomic_path, read_tsv
 
 PROTOCOLS = ("paper", "clean")
 COLUMNS = ("slide", "case", "label", "fold", "role")
@@ -105,14 +105,7 @@ def read_splits(path: str | os.PathLike, fold: int) -> dict[str, list[dict]]:
     """Rows of one fold grouped by role: ``{"train": [...], "val": [...], "test": [...]}``."""
     from hardmil.data.bags import check_names
 
-    if not os.path.exists(path):
-        raise InputError(path, "splits file does not exist")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        all_rows = list(reader)
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise InputError(path, f"splits file lacks column(s) {missing}")
+    all_rows = read_tsv(path, "splits file", COLUMNS, allow_empty=True)
     check_names(all_rows, path)
     try:
         rows = [r for r in all_rows if int(r["fold"]) == fold]

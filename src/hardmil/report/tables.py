@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hardmil.report.published import METRICS
-from hardmil.utils import InputError, atomic_path, write_text
+from hardmil.utils import InputError, atomic_path, read_tsv, write_text
 
 LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F-score", "auc": "AUC",
           "fpr": "FPR", "c_index": "C-index", "nll": "NLL", "balanced_accuracy": "Balanced accuracy",
@@ -138,12 +138,7 @@ def read_predictions(path: str | os.PathLike) -> dict:
     ``scores [n, C]``. Survival (``risk`` column): ``kind="survival"``, ``ids`` (case), ``time``, ``event``,
     ``scores`` (risk)."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(p, "predictions file does not exist (has the run finished?)")
-    with open(p, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if not rows:
-        raise InputError(p, "no predictions")
+    rows = read_tsv(p, "predictions file (has the run finished?)")
     cols = list(rows[0])
     try:
         if "risk" in cols:

@@ -22,6 +22,10 @@ step is recorded and the next one runs):
 
 Everything printed also goes to ``results/gpu_check/<UTC date-time>/``: ``summary.json``, ``summary.md``,
 ``check.log`` (this script's own output), one ``<step>.log`` per step and the steps' own JSON files.
+
+Length (over 400 lines): a self-contained script, run on a bare GPU machine with nothing but this file
+and the repository; each step is a short function and the step runner, summary writer and argument
+handling are tested on the CPU (tests/test_gpu_check.py).
 """
 
 from __future__ import annotations

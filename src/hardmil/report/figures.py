@@ -15,6 +15,9 @@
 
 Figures are meant to be read without the papers: titles say what is shown, axes carry units, and the
 caption-level facts (folds, protocol, data set) are in the title or a footnote.
+
+Length (over 400 lines): one drawing function per figure kind (sweep, curves, assessment, heatmap rows)
+sharing the same small layout and colour helpers.
 """
 
 from __future__ import annotations

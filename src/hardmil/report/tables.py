@@ -11,6 +11,9 @@ each row's paired difference from the row it is compared with (``{metric}_delta`
 Rendering: Markdown shows each row's label (Method) and method key (Key), ours as mean ± std (se) and the
 paper's value only where one is published; LaTeX (booktabs) escapes every character and shows the paper's
 value in parentheses only where there is one. Metric columns that no record fills are left out.
+
+Length (over 400 lines): aggregation, the paired comparisons and the three renderers (CSV, Markdown,
+LaTeX) share one column model and one row order; split apart they would pass that model between modules.
 """
 
 from __future__ import annotations

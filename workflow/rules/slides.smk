@@ -25,7 +25,7 @@ rule fetch_asset:
         asset=one_of(list(config["assets"])),
         suffix=r"\.[A-Za-z0-9]+",
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -50,7 +50,7 @@ rule synthetic_cohort:
     wildcard_constraints:
         dataset=one_of(datasets_from("synthetic")),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=2000,

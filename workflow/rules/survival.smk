@@ -18,7 +18,7 @@ rule simulate_survival:
     wildcard_constraints:
         dataset=one_of(datasets_simulated()),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,

@@ -36,7 +36,7 @@ rule table:
     benchmark:
         "results/benchmarks/tables/{table}.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -23,7 +23,7 @@ rule train:
     benchmark:
         job_log("results/benchmarks/train/{dataset}/{encoder}/{method}/{protocol}", "tsv")
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: config["train"]["threads"]
     resources:
         mem_mb=config["train"]["mem_mb"],

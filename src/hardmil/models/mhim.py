@@ -2,8 +2,9 @@
 
 Papers: Tang, Zhang, Zhu, Wang, Lin, Ye. Multiple Instance Learning Framework with Masked Hard Instance
 Mining for Whole Slide Image Classification. ICCV 2023; and the journal version "MHIM-v2" (Algorithms 1-2).
-Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behaviour only); facts on how it
-really runs: ``shared/notes/mhim_reference.md``.
+Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behaviour only). How the
+reference's training differs from the paper's text is listed under "Deliberate deviations" below and in
+config/README.md.
 
 The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
 projection + dropout), ``head(h, mask, label) -> MILOutput`` (everything after the embedding, with its own

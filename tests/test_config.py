@@ -86,6 +86,8 @@ def test_schema_ships_with_the_package_and_needs_no_working_directory(tmp_path, 
 
 # The config errors the workflow must reject before any job: (change to the demo config, message).
 CASES = [
+    (lambda c: c.update(colour=1), "config <top level>: Additional properties are not allowed .'colour' was"),
+    (lambda c: c["cv"].update(folds=1), "config cv.folds: 1 is less than the minimum of 2"),
     (lambda c: c["methods"].update(m={"model": "mhim"}), "an MHIM method needs teacher"),
     (lambda c: c["methods"].update(m={"model": "mhim", "teacher": "abmil", "params": {"teacher": {"init": "none"}}}),
      "contradict each other"),

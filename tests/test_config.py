@@ -86,6 +86,8 @@ def test_schema_ships_with_the_package_and_needs_no_working_directory(tmp_path, 
 
 # The config errors the workflow must reject before any job: (change to the demo config, message).
 CASES = [
+    (lambda c: c.update(colour=1), "config <top level>: Additional properties are not allowed .'colour' was"),
+    (lambda c: c["cv"].update(folds=1), "config cv.folds: 1 is less than the minimum of 2"),
     (lambda c: c["methods"].update(m={"model": "mhim"}), "an MHIM method needs teacher"),
     (lambda c: c["methods"].update(m={"model": "mhim", "teacher": "abmil", "params": {"teacher": {"init": "none"}}}),
      "contradict each other"),
@@ -186,3 +188,51 @@ def test_snakemake_dry_run_gives_the_check_config_message(tmp_path, capsys):
                               "-d", str(work), "--configfile", str(path)], capture_output=True, text=True, timeout=300)
         assert res.returncode != 0 and re.search(message, cli)
         assert cli in res.stderr + res.stdout, (message, cli, res.stderr[-2000:])
+
+
+def dry_run_jobs(stdout: str) -> list[dict]:
+    """Every job block of a ``snakemake -n`` listing: rule, input and output (as sets), wildcards."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        fields = {k: re.search(rf"^\s+{k}: (.*)$", block, re.M) for k in ("input", "output", "wildcards")}
+        jobs.append({"rule": head.group(1), **{k: set(m.group(1).split(", ")) if m else set()
+                                               for k, m in fields.items()}})
+    return jobs
+
+
+@pytest.mark.workflow
+def test_efficiency_job_reads_what_the_train_job_of_its_fold_reads(tmp_path):
+    """The efficiency rule re-runs fold 0 of a method's training: it must get every input the train job of that
+    fold gets (teacher, generated bags, confounders, init_from), as both come from one fold_job()."""
+    feats, manifest = make_cohort(tmp_path / "cohort", n_bags=8)
+    methods = {"abmil": {"model": "abmil"}, "abmil_init": {"model": "abmil", "init_from": "abmil"},
+               "li2019": {"model": "li2019"}, "li2019_sb": {"model": "li2019", "hardneg": "sb"},
+               "mhim": {"model": "mhim", "teacher": "abmil"}, "ibmil": {"model": "ibmil", "confounders": "k2"}}
+    cfg = {"datasets": {"mine": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
+                                 "features_dir": str(feats)}},
+           "cv": {"folds": 2, "seeds": [0]}, "methods": methods, "train": {"group": "fold"},
+           "hardneg": {"sb": {"from": "li2019", "generator": "sb"}},
+           "confounders": {"k2": {"from": "abmil", "clusters": 2}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    targets = [f"results/efficiency/mine/provided/{m}.json" for m in methods]
+    res = subprocess.run([sys.executable, "-m", "snakemake", *targets, "-n", "--cores", "1",  # targets first:
+                          "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),  # --configfile takes several values
+                          "--configfile", str(tmp_path / "config.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = dry_run_jobs(res.stdout)
+    run = "results/runs/mine/provided/{m}/paper/seed0/fold{k}/{f}"
+    for m in methods:
+        eff = next(j for j in jobs if j["rule"] == "efficiency" and f"method={m}" in j["wildcards"])
+        train = next(j for j in jobs if j["rule"] == "train" and run.format(m=m, k=0, f="model.pt") in j["output"])
+        extra = {run.format(m=m, k=0, f="model.pt")} | {run.format(m=m, k=k, f="metrics.json") for k in (0, 1)}
+        assert eff["input"] == train["input"] | extra, m
+    inputs = {m: next(j for j in jobs if j["rule"] == "efficiency" and f"method={m}" in j["wildcards"])["input"]
+              for m in methods}
+    assert run.format(m="abmil", k=0, f="model.pt") in inputs["abmil_init"]  # init_from (was missing)
+    assert run.format(m="abmil", k=0, f="model.pt") in inputs["mhim"]  # teacher
+    assert "results/hardneg/mine/provided/sb/paper/seed0/fold0/bags.h5" in inputs["li2019_sb"]
+    assert "results/confounders/mine/provided/k2/paper/seed0/fold0/confounders.npy" in inputs["ibmil"]

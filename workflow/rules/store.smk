@@ -13,7 +13,7 @@ rule bag_store:
     benchmark:
         "results/benchmarks/bag_store/{dataset}/{encoder}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     params:
         dtype=config["store"]["dtype"],
         task=lambda wc: task(wc.dataset),

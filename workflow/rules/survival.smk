@@ -1,9 +1,6 @@
 # Survival demo: a dataset with `simulate:` gets its manifest by drawing survival times for the slides of
 # another manifest from a proportional-hazards model driven by tumour burden (hardmil.data.survival_sim).
-
-
-def datasets_simulated():
-    return [d for d, c in config["datasets"].items() if "simulate" in c]
+include: "inputs/survival.smk"
 
 
 rule simulate_survival:
@@ -18,7 +15,7 @@ rule simulate_survival:
     wildcard_constraints:
         dataset=one_of(datasets_simulated()),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=500,

@@ -1,25 +1,5 @@
-# Paper-style tables from the per-fold metrics, with paired Δ (hardmil.eval.stats) against each row's baseline.
-
-from hardmil.config import table_versus
-
-
-def table_runs(wildcards):
-    t = config["tables"][wildcards.table]
-    if t.get("kind") == "efficiency":
-        return [EFFICIENCY.format(dataset=t["dataset"], encoder=t["encoder"], method=m) for m in t["rows"]]
-    if t.get("external"):
-        return [
-            path
-            for method in t["rows"]
-            for protocol in config["protocols"]
-            for path in external_runs(t["external"], t["encoder"], method, protocol)
-        ]
-    return [
-        path
-        for method in t["rows"]
-        for protocol in config["protocols"]
-        for path in method_runs(t["dataset"], t["encoder"], method, protocol)
-    ]
+# Paper-style tables from the per-fold metrics.
+include: "inputs/tables.smk"
 
 
 rule table:
@@ -46,7 +26,7 @@ rule table:
     benchmark:
         "results/benchmarks/tables/{table}.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../../envs/hardmil.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -5,9 +5,7 @@
 # training checkpoint so that a resumed run writes it whole; a header-only file for models without a teacher.
 
 
-def train_inputs(key):
-    """Input function: the FOLD_INPUTS file ``key`` of every fold of a train job (none when the method has none)."""
-    return lambda wc: list(dict.fromkeys(job[key] for job in train_jobs(wc) if job[key]))
+include: "inputs/train.smk"
 
 
 rule train:
@@ -25,7 +23,7 @@ rule train:
     benchmark:
         job_log("results/benchmarks/train/{dataset}/{encoder}/{method}/{protocol}", "tsv")
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/hardmil.yaml"
     threads: config["train"]["threads"]
     resources:
         mem_mb=job_mem_mb,

@@ -1,7 +1,8 @@
 """Bags on disk and in memory.
 
-Features files (DESIGN §4): h5 with ``features`` float32 [N, D] and optionally ``coords`` int64 [N, 2]
-(TRIDENT and CLAM both write this layout), or a ``.pt`` tensor [N, D] as CLAM's ``pt_files`` hold.
+Features files (docs/architecture.md#features-files): h5 with ``features`` float32 [N, D] and optionally
+``coords`` int64 [N, 2] (TRIDENT and CLAM both write this layout), or a ``.pt`` tensor [N, D] as CLAM's
+``pt_files`` hold.
 Every problem raises :class:`~hardmil.utils.InputError` naming the file.
 """
 
@@ -109,7 +110,7 @@ def place_side_by_side(coords: list[np.ndarray]) -> np.ndarray:
 
 def write_features(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray | None = None,
                    **attrs) -> None:
-    """Write a features h5 atomically, with the provenance attributes of DESIGN §4."""
+    """Write a features h5 atomically, with the provenance attributes of docs/architecture.md#features-files."""
     import h5py
 
     features = np.asarray(features, dtype=np.float32)

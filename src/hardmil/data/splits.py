@@ -1,4 +1,5 @@
-"""Case-level stratified k-fold splits under the two evaluation protocols of DESIGN §6.
+"""Case-level stratified k-fold splits under the two evaluation protocols
+(docs/architecture.md#evaluation-protocols-and-metrics).
 
 The splits file is long: one row per (slide, fold) with the slide's ``role`` in that fold's run:
 

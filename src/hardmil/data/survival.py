@@ -10,10 +10,10 @@ censored), or the raw GDC clinical fields ``vital_status``, ``days_to_death`` an
 GDC writes ``'--``, ``NA`` or an empty field for "not reported"; all count as missing. Times stay in the
 manifest's unit (GDC: days); the C-index and quantile bins do not depend on the unit.
 
-A case is one bag: the features of all its slides are concatenated (DESIGN §4). Coordinates are kept per
-slide and shifted along x so that the slides of a case lie side by side on one plane without overlapping
-(models that read coordinates, e.g. 2D-Mamba, then see separate tissue regions); a case where any slide
-lacks coordinates has none.
+A case is one bag: the features of all its slides are concatenated (docs/architecture.md#features-files).
+Coordinates are kept per slide and shifted along x so that the slides of a case lie side by side on one plane
+without overlapping (models that read coordinates, e.g. 2D-Mamba, then see separate tissue regions); a case
+where any slide lacks coordinates has none.
 
 Time bins (reference: ``survival_label`` in MHIM-MIL ``data_utils.py``): the inner edges are the 25/50/75 %
 quantiles (``n_bins`` - 1 edges, linear interpolation as ``pandas.qcut``) of the **uncensored** times of

@@ -7,7 +7,8 @@ that fold's selection set, and a survival task bins the external times with the 
 (the bins only enter the reported NLL; the C-index uses the raw times). The paper tests TCGA-trained
 models on CPTAC this way: CPTAC-NSCLC (AUC) and CPTAC-LUAD (C-index).
 
-Writes ``predictions.tsv`` and ``metrics.json`` (same columns and keys as a run folder, DESIGN §3-4).
+Writes ``predictions.tsv`` and ``metrics.json`` (same columns and keys as a run folder,
+docs/architecture.md#run-folders).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Classification metrics with scikit-learn (DESIGN §6).
+"""Classification metrics with scikit-learn (docs/architecture.md#evaluation-protocols-and-metrics).
 
 * AUC: binary ROC AUC on P(class 1); macro one-vs-rest for C > 2.
 * accuracy / precision / recall / F1 / FPR at a decision threshold on P(class 1) (binary only). The

@@ -1,4 +1,5 @@
-"""Discrete-time survival: hazards, the negative log-likelihood and the C-index (DESIGN §6).
+"""Discrete-time survival: hazards, the negative log-likelihood and the C-index
+(docs/architecture.md#evaluation-protocols-and-metrics).
 
 A model's ``n_classes`` logits are one per time bin; ``hazard_k = sigmoid(logit_k)`` is the probability
 of the event in bin ``k`` given survival to its start, ``S_k = prod_{j<=k} (1 - hazard_j)`` and the risk

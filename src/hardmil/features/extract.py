@@ -2,8 +2,9 @@
 
 A DataLoader reads and resizes patches (OpenSlide handle opened lazily in each worker); the encoder runs in
 inference mode, on CUDA with bf16 autocast, channels-last and pinned host memory, on CPU in float32. Each
-slide's features h5 (DESIGN §4: ``features`` float32 [N, D], ``coords``; attributes encoder, weights_sha256,
-preprocessing, package version, the coords attributes) is written atomically; finished slides are skipped.
+slide's features h5 (docs/architecture.md#features-files: ``features`` float32 [N, D], ``coords``; attributes
+encoder, weights_sha256, preprocessing, package version, the coords attributes) is written atomically; finished
+slides are skipped.
 """
 
 from __future__ import annotations

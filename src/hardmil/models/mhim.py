@@ -2,8 +2,10 @@
 
 Papers: Tang, Zhang, Zhu, Wang, Lin, Ye. Multiple Instance Learning Framework with Masked Hard Instance
 Mining for Whole Slide Image Classification. ICCV 2023; and the journal version "MHIM-v2" (Algorithms 1-2).
-Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behaviour only); parity with it is
-pinned by ``tests/test_parity_mhim.py`` (fixtures written from the reference by ``bench/parity_mhim.py``).
+Reference code: https://github.com/DearCaat/MHIM-MIL (no licence; read for behaviour only). How the
+reference's training differs from the paper's text is listed under "Deliberate deviations" below and in
+config/README.md; parity with it is pinned by
+``tests/test_parity_mhim.py`` (fixtures written from the reference by ``bench/parity_mhim.py``).
 
 The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
 projection + dropout), ``head(h, mask, label) -> MILOutput`` (everything after the embedding, with its own

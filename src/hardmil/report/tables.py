@@ -57,7 +57,7 @@ class RunRef:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> RunRef:
-        """Parse ``.../{method}/{protocol}/seed{seed}/fold{fold}/metrics.json`` (DESIGN §3)."""
+        """Parse ``.../{method}/{protocol}/seed{seed}/fold{fold}/metrics.json`` (docs/architecture.md#run-folders)."""
         m = RUN_PATH.search(Path(path).as_posix())
         if m is None:
             raise ValueError(f"{path}: not a run's metrics.json path (.../method/protocol/seedS/foldF/metrics.json)")

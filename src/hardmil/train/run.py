@@ -1,10 +1,10 @@
 """Train and evaluate one fold: the body of the workflow's ``train`` rule.
 
-Writes the run folder (:mod:`hardmil.checkpoint`): ``model.pt`` (best epoch's weights, the feature
+Writes the run folder (docs/architecture.md#run-folders): ``model.pt`` (best epoch's weights, the feature
 standardisation and the model config), ``history.tsv``, ``predictions.tsv``, ``metrics.json`` and ``config.yaml``.
 
 Bags are read lazily from the dataset's bag store (or a features folder) and reach the model one at a time
-(:class:`~hardmil.data.bagset.BagSet`); the standardisation statistics are streamed from the training bags.
+(:class:`~hardmil.data.bagset.BagSet`); the standardisation statistics come from the store's per-slide moments.
 
 Tasks: ``classification`` (one bag per slide, any number of classes) and ``survival`` (one bag per case,
 ``time_bins`` logits = discrete hazards, :mod:`hardmil.data.survival` and :mod:`hardmil.eval.survival`).

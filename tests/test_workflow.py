@@ -106,11 +106,11 @@ def test_workflow_end_to_end_with_bad_inputs(http_server, tmp_path):
     assert provenance["url"].startswith(http_server.url)
     splits = list(csv.DictReader(open(out / "splits/ucsb_tiny/clean/seed1.tsv"), delimiter="\t"))
     assert {r["role"] for r in splits} == {"train", "val", "test"} and len(splits) == 24
-    # each broken dataset failed its own job, with a message naming the file
+    # each broken dataset failed its own job (bad features: the bag store's build), with a message naming the file
     logs = out / "logs"
     expect = {
-        "dim": (logs / "train/bad_dim/provided/abmil/paper/all.log", "s003_0.h5: feature dimension 5 != 8"),
-        "nan": (logs / "train/bad_nan/provided/abmil/paper/all.log", "s004_0.h5: 1 instance(s) have NaN"),
+        "dim": (logs / "bag_store/bad_dim/provided.log", "s003_0.h5: feature dimension 5 != 8"),
+        "nan": (logs / "bag_store/bad_nan/provided.log", "s004_0.h5: 1 instance(s) have NaN"),
         "missing": (logs / "splits/bad_missing.log", "manifest.tsv: 1 slide(s) listed here have no features"),
     }
     for kind, (log, message) in expect.items():

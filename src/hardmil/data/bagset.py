@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from hardmil.data.store import merge_moments
+from hardmil.utils import fix_malloc_threshold
 
 PLACEMENTS = ("auto", "stream", "resident")
 
@@ -81,6 +82,7 @@ class BagSet:
     def __init__(self, bags: list, mean: np.ndarray | None = None, std: np.ndarray | None = None, *,
                  device: torch.device | str = "cpu", placement: str = "auto", memory_share: float = 0.5,
                  prefetch: bool = True):
+        fix_malloc_threshold()  # one bag per step must not fragment the heap (hardmil.utils.fix_malloc_threshold)
         self.bags = list(bags)
         self.device = torch.device(device)
         self.ids = [b.slide for b in self.bags]

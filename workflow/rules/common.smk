@@ -244,7 +244,7 @@ def table_runs(wildcards):
 def all_targets():
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
     figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
-    return tables + figures + all_runs() + all_external()
+    return tables + figures + all_runs() + all_external() + claims_targets()  # claims_targets: simulated.smk
 
 
 # --- report: efficiency measurements (Table 6) and figures ---

@@ -13,8 +13,9 @@ with rule_log(snakemake.log[0]):
     note = (f"Protocol `{c['protocol']}` (a validation share of the development bags selects the epoch; the test "
             f"bags are used once). {len(folds)} folds x {len(seeds)} seeds: fold k trains on the development bags "
             "outside development fold k and tests on test fold k, so every test bag is predicted once per seed. "
-            "AUC: pooled out-of-fold predictions. Δ: paired over identical test bags (hardmil.eval.stats."
-            "paired_delta; bags resampled within class, a bag's predictions under every seed together). "
+            "AUC: of each seed's pooled out-of-fold predictions, averaged over seeds. Δ: paired over identical test "
+            "bags (hardmil.eval.stats.paired_delta: bootstrap of bags within class, a bag's predictions under "
+            "every seed together). "
             "Generator and regimes: docs/benchmark.md.")
     write_claims(deltas, locs, md=out.md, tsv=out.tsv, localisation_tsv=out.localisation, forest=out.forest,
                  title=c["title"], note=note, level=c["level"], resolve=c["resolve"])

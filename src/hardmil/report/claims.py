@@ -5,9 +5,10 @@ the known witnesses of :mod:`hardmil.data.simulated`.
 Bag level: for each regime (a simulated dataset) and each row with a baseline, the method's and the
 baseline's out-of-fold test predictions are paired on identical test bags (same seed, fold and splits) and
 passed to :func:`hardmil.eval.stats.paired_delta` (Δ = method − baseline, its interval and whether it
-excludes 0), resampling bags (``groups``: a bag's predictions under every seed stay together) within classes
-(``strata``). The per-fold Δ and its standard deviation are reported too: that is the fold variance the
-benchmark's size is argued from (docs/benchmark.md).
+excludes 0): the AUC of each seed's pooled out-of-fold predictions (``groups``), averaged over seeds, with
+bags resampled within their class and a bag's predictions under every seed kept together (``clusters``).
+The per-fold Δ and its standard deviation are reported too: that is the fold variance the benchmark's size
+is argued from (docs/benchmark.md).
 
 Instance level: every positive test bag is scored by its own test fold's trained model (for MHIM the student,
 as at inference); the localisation AUC of a bag is the ROC AUC of the attention weights against the bag's
@@ -83,12 +84,13 @@ def delta_record(pairs: dict, *, n_boot: int = 2000, level: float = 0.95, seed: 
     from hardmil.eval.stats import paired_delta
 
     y = pairs["y"]
-    groups = np.array([k[2] for k in pairs["keys"]])
-    res = paired_delta(y, pairs["method"], pairs["base"], "auc", strata=y, groups=groups, n_boot=n_boot,
+    bags = np.array([k[2] for k in pairs["keys"]])
+    seeds = np.array([k[0] for k in pairs["keys"]])
+    res = paired_delta(y, pairs["method"], pairs["base"], "auc", groups=seeds, clusters=bags, n_boot=n_boot,
                        level=level, seed=seed)
     fd = pairs["fold_deltas"][np.isfinite(pairs["fold_deltas"])]
-    return {"n_bags": len(set(groups.tolist())), "n_predictions": len(y), "auc": _auc(y, pairs["method"]),
-            "auc_baseline": _auc(y, pairs["base"]), "delta": res["delta"], "lo": res["lo"], "hi": res["hi"],
+    return {"n_bags": len(set(bags.tolist())), "n_predictions": len(y), "auc": res["value_method"],
+            "auc_baseline": res["value_base"], "delta": res["delta"], "lo": res["lo"], "hi": res["hi"],
             "excludes_zero": bool(res["excludes_zero"]), "fold_delta_mean": float(fd.mean()) if len(fd) else None,
             "fold_delta_sd": float(fd.std(ddof=1)) if len(fd) > 1 else None, "n_folds": len(fd),
             "procedure": res.get("method", "")}

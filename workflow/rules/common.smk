@@ -28,6 +28,8 @@ wildcard_constraints:
     protocol="paper|clean",
     seed=r"\d+",
     fold=r"\d+",
+    # only configured tables (results/tables/claims.* are rule claims's, simulated.smk)
+    table="|".join(re.escape(t) for t in config["tables"]) or "(?!)",
 
 
 def datasets_from(source):

@@ -114,6 +114,8 @@ def test_claims_records_table_and_forest_from_trained_runs(trained, tmp_path):
     deltas, locs = claims_records(claims, jobs, {"sim": ["neg", "pos"]}, features={"sim": root / "f"},
                                   truth_files={"sim": root / "t.h5"})
     assert len(deltas) == 1 and deltas[0]["n_bags"] == 16 and deltas[0]["lo"] <= deltas[0]["delta"] <= deltas[0]["hi"]
+    sd = deltas[0]["fold_delta_sd"]
+    assert deltas[0]["n_folds"] == 2 and deltas[0]["folds_to_resolve"] == int(np.ceil((1.96 * sd / 0.02) ** 2))
     assert [r["method"] for r in locs] == ["abmil", "mhim"]
     # recomputed independently: every positive test bag under its own fold's model, attention vs the truth file
     from sklearn.metrics import roc_auc_score
@@ -152,7 +154,7 @@ def test_markdown_says_not_resolved_when_the_interval_holds_zero(tmp_path):
          "lo": -0.02, "hi": 0.04, "excludes_zero": False, "fold_delta_mean": 0.01, "fold_delta_sd": 0.03, "n_folds": 8}
     md = claims_markdown([d, {**d, "delta": -0.05, "lo": -0.08, "hi": -0.02, "excludes_zero": True}], [],
                          title="T", note="")
-    assert "| not resolved |" in md and "| yes, worse |" in md
+    assert "| not resolved |" in md and "| yes, worse |" in md and "folds to resolve ±0.02" in md
 
 
 @pytest.mark.workflow

@@ -7,8 +7,9 @@ baseline's out-of-fold test predictions are paired on identical test bags (same 
 passed to :func:`hardmil.eval.stats.paired_delta` (Δ = method − baseline, its interval and whether it
 excludes 0): the AUC of each seed's pooled out-of-fold predictions (``groups``), averaged over seeds, with
 bags resampled within their class and a bag's predictions under every seed kept together (``clusters``).
-The per-fold Δ and its standard deviation are reported too: that is the fold variance the benchmark's size
-is argued from (docs/benchmark.md).
+The per-fold Δ and its standard deviation ``sd`` are reported too, that is the fold variance the benchmark's
+size is argued from (docs/benchmark.md), with the number of test folds (fold x seed runs) whose mean Δ would
+have a 95 % half-width of ``resolve``: ``ceil((1.96 sd / resolve)^2)``.
 
 Instance level: every positive test bag is scored by its own test fold's trained model (for MHIM the student,
 as at inference); the localisation AUC of a bag is the ROC AUC of the attention weights against the bag's
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DELTA_COLUMNS = ("regime", "dataset", "method", "row", "baseline", "baseline_row", "n_bags", "n_predictions",
                  "auc", "auc_baseline", "delta", "lo", "hi", "excludes_zero", "fold_delta_mean", "fold_delta_sd",
-                 "n_folds", "procedure")
+                 "n_folds", "folds_to_resolve", "procedure")
 LOC_COLUMNS = ("regime", "dataset", "method", "row", "bag_auc_mean", "bag_auc_sd", "loc_auc", "loc_auc_sd",
                "loc_auc_subtle", "loc_auc_vs_hard", "n_bags")
 
@@ -168,6 +169,9 @@ def claims_records(claims: dict, jobs: dict, classes: dict[str, list[str]], *, f
             if base:
                 pairs = pair_runs(jobs[dataset][method], jobs[dataset][base], positive)
                 rec = delta_record(pairs, n_boot=claims.get("n_boot", 2000), level=claims.get("level", 0.95))
+                sd, resolve = rec["fold_delta_sd"], claims.get("resolve", 0.02)
+                # test folds (fold x seed runs) whose mean Δ would have a 95 % half-width of `resolve`
+                rec["folds_to_resolve"] = int(np.ceil((1.96 * sd / resolve) ** 2)) if sd is not None else None
                 deltas.append({"regime": regime, "dataset": dataset, "method": method, "row": spec["row"],
                                "baseline": base, "baseline_row": rows.get(base, {}).get("row", base), **rec})
         for method in dict.fromkeys(list(rows) + [r["baseline"] for r in rows.values() if r.get("baseline")]):
@@ -188,16 +192,18 @@ def _f(v, digits: int = 3) -> str:
     return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
 
-def claims_markdown(deltas: list[dict], locs: list[dict], *, title: str, note: str, level: float = 0.95) -> str:
+def claims_markdown(deltas: list[dict], locs: list[dict], *, title: str, note: str, level: float = 0.95,
+                    resolve: float = 0.02) -> str:
     pct = f"{100 * level:g} %"
     lines = [f"# {title}", "", note, "", f"## Bag level: paired Δ AUC (method − baseline) with {pct} interval", "",
              "| Regime | Method | Baseline | AUC | AUC baseline | Δ AUC | " + pct + " interval | resolved | "
-             "fold Δ (mean ± sd) |", "|---|---|---|---|---|---|---|---|---|"]
+             "fold Δ (mean ± sd) | folds to resolve ±" + f"{resolve:g} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for d in deltas:
         resolved = ("yes, better" if d["delta"] > 0 else "yes, worse") if d["excludes_zero"] else "not resolved"
         lines.append(f"| {d['regime']} | {d['row']} | {d['baseline_row']} | {_f(d['auc'])} | {_f(d['auc_baseline'])} "
                      f"| {d['delta']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | {resolved} | "
-                     f"{_f(d['fold_delta_mean'])} ± {_f(d['fold_delta_sd'])} (n={d['n_folds']}) |")
+                     f"{_f(d['fold_delta_mean'])} ± {_f(d['fold_delta_sd'])} (n={d['n_folds']}) | "
+                     f"{d.get('folds_to_resolve') if d.get('folds_to_resolve') is not None else '—'} |")
     lines += ["", "## Instance level: localisation AUC of the attention against the known witnesses", "",
               "Mean over the positive test bags (each under its own fold's model); ± sd over folds. *subtle*: "
               "salient witnesses left out; *vs hard neg.*: witnesses against hard negatives only.", "",
@@ -256,5 +262,5 @@ def write_claims(deltas: list[dict], locs: list[dict], *, md: str | os.PathLike,
         raise ValueError("claims: no row has a baseline, nothing to compare")
     write_tsv(tsv, deltas, list(DELTA_COLUMNS))
     write_tsv(localisation_tsv, locs, list(LOC_COLUMNS))
-    write_text(md, claims_markdown(deltas, locs, title=title, note=note, level=level))
+    write_text(md, claims_markdown(deltas, locs, title=title, note=note, level=level, resolve=resolve or 0.02))
     save_figure(forest_figure(deltas, title=title, resolve=resolve, level=level), forest)

@@ -11,7 +11,8 @@ The per-fold Δ and its standard deviation ``sd`` are reported too, that is the 
 size is argued from (docs/benchmark.md), with the number of test folds (fold x seed runs) whose mean Δ would
 have a 95 % half-width of ``resolve``: ``ceil((1.96 sd / resolve)^2)``.
 
-Instance level: every positive test bag is scored by its own test fold's trained model (for MHIM the student,
+Instance level: every positive test bag (at most ``localisation_bags`` per fold, the first by name) is scored
+by its own test fold's trained model (for MHIM the student,
 as at inference); the localisation AUC of a bag is the ROC AUC of the attention weights against the bag's
 witness labels; reported per method and regime as the mean over bags, with the same AUC restricted to the
 subtle witnesses (salient witnesses left out) and of witnesses against hard negatives only (bags with both).
@@ -118,34 +119,45 @@ def bag_localisation(attention: np.ndarray, kind: np.ndarray) -> dict:
     return out
 
 
+def attention_of(net, features: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
+    """The attention weights ``[N]`` of one bag under a trained model in eval mode (MHIM: its student's, as at
+    inference), features standardised as in training."""
+    import torch
+
+    x = features if mean is None else (features - mean) / std
+    with torch.no_grad():
+        out = net(torch.from_numpy(np.asarray(x, dtype=np.float32))[None])
+    if out.attention is None:
+        raise ValueError(f"model {type(net).__name__} has no attention map to localise with")
+    return out.attention[0].float().numpy()
+
+
 def localisation(runs: list[dict], features_dir: str | os.PathLike, truth: dict[str, np.ndarray],
-                 positive_index: int = 1) -> dict:
-    """Mean localisation AUCs over the positive test bags of every run (``[{model, predictions, ...}]``), each
-    bag under its own fold's model; also the per-run means (their spread over folds)."""
+                 max_bags: int | None = None) -> dict:
+    """Mean localisation AUCs over the positive test bags of every run (``[{model, predictions, ...}]``; at most
+    ``max_bags`` per run, the first by name), each bag under its own fold's model; also the spread over runs."""
+    import torch
+
     from hardmil.data.bags import features_path, read_features
-    from hardmil.report.heatmaps import instance_maps
     from hardmil.train.run import load_trained
+
+    torch.set_num_threads(1)
 
     per_bag: dict[str, list[float]] = defaultdict(list)
     per_run: list[float] = []
     for r in runs:
         net, mean, std = load_trained(r["model"])
         with open(r["predictions"], newline="") as fh:
-            slides = [row["slide"] for row in csv.DictReader(fh, delimiter="\t") if int(row["label_index"]) == 1]
+            slides = sorted(row["slide"] for row in csv.DictReader(fh, delimiter="\t") if int(row["label_index"]) == 1)
         run_vals = []
-        for slide in slides:
+        for slide in slides[:max_bags]:
             if slide not in truth:
                 raise InputError(r["predictions"], f"bag {slide} has no ground truth")
             feats, _ = read_features(features_path(features_dir, slide))
             if len(feats) != len(truth[slide]):
                 raise InputError(features_path(features_dir, slide),
                                  f"{len(feats)} instances but {len(truth[slide])} ground-truth labels")
-            mu = mean if mean is not None else np.zeros(feats.shape[1], np.float32)
-            sd = std if std is not None else np.ones(feats.shape[1], np.float32)
-            maps, _ = instance_maps(net, feats, mu, sd, positive_index)
-            if "attention" not in maps:
-                raise ValueError(f"{r['model']}: the model has no attention map to localise with")
-            vals = bag_localisation(maps["attention"], truth[slide])
+            vals = bag_localisation(attention_of(net, feats, mean, std), truth[slide])
             for k, v in vals.items():
                 per_bag[k].append(v)
             run_vals.append(vals["loc_auc"])
@@ -183,7 +195,8 @@ def claims_records(claims: dict, jobs: dict, classes: dict[str, list[str]], *, f
             if with_localisation:
                 from hardmil.data.simulated import read_truth
 
-                rec.update(localisation(jobs[dataset][method], features[dataset], read_truth(truth_files[dataset])))
+                rec.update(localisation(jobs[dataset][method], features[dataset], read_truth(truth_files[dataset]),
+                                        max_bags=claims.get("localisation_bags", 50)))
             locs.append(rec)
     return deltas, locs
 
@@ -205,7 +218,7 @@ def claims_markdown(deltas: list[dict], locs: list[dict], *, title: str, note: s
                      f"{_f(d['fold_delta_mean'])} ± {_f(d['fold_delta_sd'])} (n={d['n_folds']}) | "
                      f"{d.get('folds_to_resolve') if d.get('folds_to_resolve') is not None else '—'} |")
     lines += ["", "## Instance level: localisation AUC of the attention against the known witnesses", "",
-              "Mean over the positive test bags (each under its own fold's model); ± sd over folds. *subtle*: "
+              "Mean over the scored positive test bags (each under its own fold's model); ± sd over folds. *subtle*: "
               "salient witnesses left out; *vs hard neg.*: witnesses against hard negatives only.", "",
               "| Regime | Method | bag AUC (mean ± sd over folds) | localisation AUC | subtle only | vs hard neg. "
               "| positive bags |", "|---|---|---|---|---|---|---|"]

@@ -28,6 +28,7 @@ include: "workflow/rules/efficiency.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/external.smk"
 include: "workflow/rules/survival.smk"
+include: "workflow/rules/simulated.smk"
 
 
 rule all:

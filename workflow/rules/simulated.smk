@@ -1,0 +1,74 @@
+# The controlled MIL benchmark (source: simulated): bags recombined from the real patch features of a slide
+# cohort with true tumour masks, every instance labelled (hardmil.data.simulated). The source writes its own
+# splits (development pool -> train / val, test pool -> test), so rule splits must not make them.
+# `make claims` (config/claims.yaml): every claims row against its baseline per regime, results/tables/claims.md.
+
+
+include: "inputs/simulated.smk"
+
+
+ruleorder: simulated > splits
+
+
+rule simulated:
+    input:
+        unpack(simulated_inputs),
+    output:
+        manifest="results/manifests/{dataset}.tsv",
+        features=directory(f"results/features/{{dataset}}/{SIM_ENCODER}"),
+        truth="results/simulated/{dataset}/truth.h5",
+        summary="results/simulated/{dataset}/summary.json",
+        splits=expand("results/splits/{{dataset}}/{protocol}/seed{seed}.tsv", protocol=config["protocols"], seed=SEEDS),
+    log:
+        "results/logs/simulated/{dataset}.log",
+    benchmark:
+        "results/benchmarks/simulated/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=one_of(datasets_from("simulated")),
+    conda:
+        "../../envs/hardmil.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        classes=lambda wc: classes(wc.dataset),
+        model=lambda wc: {k: v for k, v in simulated_config(wc.dataset).items()
+                          if k not in ("bank", "bank_encoder", "dim", "tumour_min")},
+        dim=lambda wc: simulated_config(wc.dataset)["dim"],
+        tumour_min=lambda wc: simulated_config(wc.dataset)["tumour_min"],
+        slides_dir=lambda wc: slides_dir(simulated_bank(wc.dataset)[0]),
+        patch_size=config["patching"]["patch_size"],
+        protocols=config["protocols"],
+        seeds=SEEDS,
+        folds=config["cv"]["folds"],
+        val_fraction=config["cv"]["val_fraction"],
+    script:
+        "../scripts/simulated.py"
+
+
+if config.get("claims"):
+
+    rule claims:
+        input:
+            claims_runs,
+        output:
+            **CLAIMS_OUTPUTS,
+        log:
+            "results/logs/claims.log",
+        benchmark:
+            "results/benchmarks/claims.tsv"
+        conda:
+            "../../envs/hardmil.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        params:
+            claims=config["claims"],
+            jobs=claims_jobs(),
+            features={d: features_dir(d, SIM_ENCODER) for d in datasets_from("simulated")},
+            classes={d: classes(d) for d in datasets_from("simulated")},
+            truth={d: f"results/simulated/{d}/truth.h5" for d in config["claims"]["regimes"]},
+        script:
+            "../scripts/simulated_claims.py"

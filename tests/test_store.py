@@ -179,3 +179,20 @@ def test_store_moments_give_the_fold_statistics_without_reading_features(tmp_pat
     streamed = feature_stats([Bag(r["slide"], r["slide"], 0, data[r["slide"]][0]) for r in rows], chunk_rows=3)
     np.testing.assert_allclose(mean, streamed[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(std, streamed[1], rtol=1e-6)
+
+
+def test_job_memory_follows_the_largest_bag_and_the_model(tmp_path, monkeypatch):
+    from hardmil.data.store import JOB_DEFAULT_MB, job_memory_mb, job_memory_request
+
+    data = _cohort(tmp_path / "f", n=4, dim=1000)
+    build_store(sorted(data), tmp_path / "f", tmp_path / "store")
+    index = tmp_path / "store" / "index.json"
+    bag_mb = max(len(x) for x, _ in data.values()) * 1000 * 4 / 1e6
+    assert job_memory_mb(index, ["abmil"]) == int(500 + 6 * bag_mb)
+    assert job_memory_mb(index, ["mhim", "transmil"]) == int(500 + 40 * bag_mb)  # MHIM over TransMIL
+    assert job_memory_mb(tmp_path / "none.json", ["abmil"]) == JOB_DEFAULT_MB  # a dry run: no store yet
+    monkeypatch.delenv("HARDMIL_SLURM_MEM_MB", raising=False)
+    assert job_memory_request(index, ["abmil"], "auto", attempt=2) == 2 * int(500 + 6 * bag_mb)
+    assert job_memory_request(index, ["abmil"], 3000) == 3000
+    monkeypatch.setenv("HARDMIL_SLURM_MEM_MB", "7000")
+    assert job_memory_request(index, ["abmil"], 3000) == 7000

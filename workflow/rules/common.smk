@@ -71,13 +71,13 @@ def bag_store(dataset, encoder):
 
 
 def job_mem_mb(wc, input, attempt):
-    """Memory (MB) of a job that reads a bag store: ``train.mem_mb``, or with ``auto`` the measured model
-    :func:`hardmil.data.store.job_memory_mb` of the store's largest bag (doubled on a retry)."""
-    from hardmil.data.store import job_memory_mb
+    """Memory (MB) of a job that reads a bag store: hardmil.data.store.job_memory_request (the SLURM override,
+    else train.mem_mb, else the measured model of the store's largest bag and the method's models)."""
+    from hardmil.data.store import job_memory_request
 
-    if config["train"]["mem_mb"] != "auto":
-        return config["train"]["mem_mb"] * attempt
-    return job_memory_mb(input.features) * attempt
+    method = config["methods"].get(wc.get("method", ""), {})
+    models = [method.get("model", ""), method.get("params", {}).get("baseline", "")]
+    return job_memory_request(input.features, models, config["train"]["mem_mb"], attempt)
 
 
 def classes(dataset):

@@ -207,22 +207,38 @@ def manifest_slides(manifest: str | os.PathLike, task: str = "classification", c
     return [r["slide"] for r in rows]
 
 
-# The per-job memory model (bench/scale.py measured it; README "Memory and scale"): a job's private memory is
-# the interpreter with torch and the model (JOB_BASE_MB) plus a multiple of its largest bag in float32
-# (the bag copy, its standardised values and the activations of one step).
-JOB_BASE_MB = 1000
-JOB_BAG_FACTOR = 8
+# The per-job memory model, measured with bench/scale.py (1 thread, 1024-d features; peak RssAnon of a training
+# fold): AB-MIL and MHIM-v2(AB-MIL) 381-400 MB with 8,000-instance bags (33 MB), 1,000-1,041 MB with 50,000
+# (205 MB): ~270 MB + 3.8 x the largest bag. TransMIL's Nystrom layers (bench/models.py: 1.35 GB at 8,000,
+# 2.7 GB at 20,000 instances) take ~35-40 x the bag. Requested with a margin of ~1.6x.
+JOB_BASE_MB = 500
+JOB_BAG_FACTOR = 6
+MODEL_BAG_FACTOR = {"transmil": 40, "r2tmil": 40, "mamba2d": 40}  # self-attention / 2-D scan over the bag
 JOB_DEFAULT_MB = 4000  # when the store does not exist yet (a dry run)
 
 
-def job_memory_mb(index: str | os.PathLike) -> int:
-    """Memory to request (MB) for a job reading the store whose ``index.json`` is ``index``."""
+def job_memory_request(index: str | os.PathLike, models, configured: int | str = "auto", attempt: int = 1) -> int:
+    """What a job asks the scheduler for (MB): ``HARDMIL_SLURM_MEM_MB`` when set (the cluster's override), else
+    ``configured`` (``train.mem_mb``) or, with ``auto``, :func:`job_memory_mb`; times ``attempt`` (a retry gets
+    more)."""
+    override = os.environ.get("HARDMIL_SLURM_MEM_MB")
+    if override:
+        return int(override) * attempt
+    if configured != "auto":
+        return int(configured) * attempt
+    return job_memory_mb(index, models) * attempt
+
+
+def job_memory_mb(index: str | os.PathLike, models: tuple[str, ...] | list[str] = ()) -> int:
+    """Memory to request (MB) for a job reading the store whose ``index.json`` is ``index`` with ``models``
+    (a method's model and, for a framework such as MHIM, the model it wraps)."""
     try:
         meta = json.loads(Path(index).read_text())
     except (OSError, ValueError):
         return JOB_DEFAULT_MB
     bag_mb = meta["max_bag"] * meta["dim"] * 4 / 1e6
-    return int(JOB_BASE_MB + JOB_BAG_FACTOR * bag_mb)
+    factor = max([JOB_BAG_FACTOR] + [MODEL_BAG_FACTOR.get(m, JOB_BAG_FACTOR) for m in models])
+    return int(JOB_BASE_MB + factor * bag_mb)
 
 
 def _check_dimensions(shapes: dict[str, tuple[int, int]], paths: dict[str, Path]) -> int:

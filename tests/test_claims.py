@@ -120,16 +120,17 @@ def test_claims_records_table_and_forest_from_trained_runs(trained, tmp_path):
     # recomputed independently: every positive test bag under its own fold's model, attention vs the truth file
     from sklearn.metrics import roc_auc_score
 
+    from hardmil.checkpoint import load_model
     from hardmil.data.bags import read_features
     from hardmil.data.simulated import read_truth
     from hardmil.report.heatmaps import instance_maps
-    from hardmil.train.run import load_trained
 
     truth = read_truth(root / "t.h5")
     for r in locs:
         aucs = []
         for run in jobs["sim"][r["method"]]:
-            net, mean, std = load_trained(run["model"])
+            net, saved = load_model(run["model"])
+            mean, std = saved["feature_mean"], saved["feature_std"]
             with open(run["predictions"], newline="") as fh:
                 positives = [row["slide"] for row in csv.DictReader(fh, delimiter="\t") if row["label"] == "pos"]
             for slide in positives:

@@ -176,7 +176,7 @@ def bank_from_slides(manifest: str | os.PathLike, features_dir: str | os.PathLik
     """The bank of a slide cohort with true tumour masks (the synthetic slide cohort): patches with no tumour
     are *normal*, patches at least ``tumour_min`` tumour are *tumour*, the rest (tumour borders) are left out."""
     from hardmil.data.bags import features_path, read_features, read_manifest_rows
-    from hardmil.report.figures import patch_tumour_fraction
+    from hardmil.wsi.annotations import patch_tumour_fraction
     from hardmil.wsi.synthetic import read_truth
 
     normal, tumour = [], []

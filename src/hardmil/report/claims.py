@@ -120,16 +120,16 @@ def bag_localisation(attention: np.ndarray, kind: np.ndarray) -> dict:
 
 
 def attention_of(net, features: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
-    """The attention weights ``[N]`` of one bag under a trained model in eval mode (MHIM: its student's, as at
-    inference), features standardised as in training."""
-    import torch
+    """The model's attention over one bag ``[N]`` (features standardised as in training; the shared inference
+    path, :func:`hardmil.infer.infer`)."""
+    from hardmil.data.bags import Bag
+    from hardmil.data.bagset import BagSet
+    from hardmil.infer import infer
 
-    x = features if mean is None else (features - mean) / std
-    with torch.no_grad():
-        out = net(torch.from_numpy(np.asarray(x, dtype=np.float32))[None])
-    if out.attention is None:
+    res = next(infer(net, BagSet([Bag("bag", "bag", 0, features)], mean, std), keep=("attention",)))
+    if res.attention is None:
         raise ValueError(f"model {type(net).__name__} has no attention map to localise with")
-    return out.attention[0].float().numpy()
+    return res.attention
 
 
 def localisation(runs: list[dict], features_dir: str | os.PathLike, truth: dict[str, np.ndarray],
@@ -138,15 +138,16 @@ def localisation(runs: list[dict], features_dir: str | os.PathLike, truth: dict[
     ``max_bags`` per run, the first by name), each bag under its own fold's model; also the spread over runs."""
     import torch
 
+    from hardmil.checkpoint import load_model
     from hardmil.data.bags import features_path, read_features
-    from hardmil.train.run import load_trained
 
     torch.set_num_threads(1)
 
     per_bag: dict[str, list[float]] = defaultdict(list)
     per_run: list[float] = []
     for r in runs:
-        net, mean, std = load_trained(r["model"])
+        net, saved = load_model(r["model"])
+        mean, std = saved["feature_mean"], saved["feature_std"]
         with open(r["predictions"], newline="") as fh:
             slides = sorted(row["slide"] for row in csv.DictReader(fh, delimiter="\t") if int(row["label_index"]) == 1)
         run_vals = []

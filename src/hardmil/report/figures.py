@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hardmil.utils import InputError, atomic_path  # noqa: E402
+from hardmil.wsi.annotations import patch_labels, patch_tumour_fraction  # noqa: E402,F401  (re-exported)
 
 METRIC_LABELS = {"auc": "AUC", "accuracy": "accuracy", "f1": "F1-score", "c_index": "C-index",
                  "balanced_accuracy": "balanced accuracy"}
@@ -147,27 +148,6 @@ def _draw_deltas(ax, deltas: dict, series: dict, pos: dict, metric: str, base_la
 
 
 # --- Fig. 7: heatmaps --------------------------------------------------------------------------------------
-def patch_tumour_fraction(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray) -> np.ndarray:
-    """Share of each patch's footprint on the thumbnail-resolution ``mask`` that is tumour (non-zero).
-    ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
-    h, w = mask.shape
-    out = np.zeros(len(coords), dtype=np.float64)
-    size = max(1.0, patch_size / downsample)
-    for i, (x, y) in enumerate(np.asarray(coords, dtype=float) / downsample):
-        x0, y0 = int(np.floor(x)), int(np.floor(y))
-        x1, y1 = min(w, max(x0 + 1, int(np.ceil(x + size)))), min(h, max(y0 + 1, int(np.ceil(y + size))))
-        win = mask[max(0, y0):y1, max(0, x0):x1]
-        out[i] = float((win > 0).mean()) if win.size > 0 else 0.0
-    return out
-
-
-def patch_labels(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray,
-                 min_fraction: float = 0.5) -> np.ndarray:
-    """1 where at least ``min_fraction`` of the patch's footprint on the thumbnail-resolution ``mask`` is
-    tumour. ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
-    return (patch_tumour_fraction(coords, patch_size, downsample, mask) >= min_fraction).astype(np.int64)
-
-
 def localisation_auc(coords: np.ndarray, scores: np.ndarray, patch_size: int, downsample: float,
                      mask: np.ndarray) -> float:
     """Instance-level ROC AUC of ``scores`` against tumour labels derived from ``mask`` (NaN if one class)."""

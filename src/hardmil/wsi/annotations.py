@@ -175,3 +175,24 @@ def write_asap_xml(path: str | os.PathLike, tumour: list[np.ndarray], exclusion:
         ET.SubElement(ET.SubElement(groups, "Group", Name=g, PartOfGroup="None", Color="#FF0000"), "Attributes")
     ET.indent(root)
     write_text(path, '<?xml version="1.0"?>\n' + ET.tostring(root, encoding="unicode") + "\n")
+
+
+def patch_tumour_fraction(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray) -> np.ndarray:
+    """Share of each patch's footprint on the thumbnail-resolution ``mask`` that is tumour (non-zero).
+    ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
+    h, w = mask.shape
+    out = np.zeros(len(coords), dtype=np.float64)
+    size = max(1.0, patch_size / downsample)
+    for i, (x, y) in enumerate(np.asarray(coords, dtype=float) / downsample):
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        x1, y1 = min(w, max(x0 + 1, int(np.ceil(x + size)))), min(h, max(y0 + 1, int(np.ceil(y + size))))
+        win = mask[max(0, y0):y1, max(0, x0):x1]
+        out[i] = float((win > 0).mean()) if win.size > 0 else 0.0
+    return out
+
+
+def patch_labels(coords: np.ndarray, patch_size: int, downsample: float, mask: np.ndarray,
+                 min_fraction: float = 0.5) -> np.ndarray:
+    """1 where at least ``min_fraction`` of the patch's footprint on the thumbnail-resolution ``mask`` is
+    tumour. ``coords``: level-0 top-left corners [N, 2] (x, y); ``patch_size``: level-0 pixels."""
+    return (patch_tumour_fraction(coords, patch_size, downsample, mask) >= min_fraction).astype(np.int64)

@@ -170,7 +170,8 @@ def test_workflow_through_the_slurm_profile(slurm, tmp_path):
     logs: dict[str, list[Path]] = {}
     for p in sorted((out / "logs/slurm").glob("rule_*/**/*.log")):
         logs.setdefault(p.relative_to(out / "logs/slurm").parts[0], []).append(p)
-    assert {k: len(v) for k, v in logs.items()} == {"rule_splits": 1, "rule_train": 2, "rule_table": 1}, logs
+    assert {k: len(v) for k, v in logs.items()} == {"rule_splits": 1, "rule_bag_store": 1, "rule_train": 2,
+                                                    "rule_table": 1}, logs
     for rule, paths in logs.items():
         for log in paths:
             job_id = log.stem
@@ -189,7 +190,7 @@ def test_workflow_through_the_slurm_profile(slurm, tmp_path):
                     assert "gpu:1" in rec.get("TresPerJob", ""), rec
             else:
                 assert "gpu" not in rec.get("TresPerJob", "")
-                assert tres["mem"] == "1000M", tres
+                assert tres["mem"] == ("2000M" if rule == "rule_bag_store" else "1000M"), (rule, tres)
     # inside each job the plugin's job step ran the rule: its Snakemake output is in that job's SLURM log
     for log in logs["rule_train"]:
         text = log.read_text()

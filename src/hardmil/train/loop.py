@@ -29,7 +29,7 @@ from hardmil.checkpoint import load, save
 from hardmil.data.bagset import BagSet
 from hardmil.eval.metrics import auc
 from hardmil.eval.survival import c_index, nll_survival_loss, risk_scores
-from hardmil.infer import autocast, predict_logits, predict_proba, resolve_device
+from hardmil.infer import autocast, predict_logits, resolve_device
 from hardmil.models.base import MILModel
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,6 @@ def make_adam(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError):  # older torch or a device without the fused kernel
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def predict(model: nn.Module, data: BagSet, device=None, amp: bool = False) -> np.ndarray:
-    """Class probabilities ``[n_bags, C]`` (the shared inference path, :func:`hardmil.infer.predict_proba`)."""
-    return predict_proba(model, data, amp)
 
 
 def bag_loss(logits: Tensor, data: BagSet, index: slice, alpha: float = 0.0) -> Tensor:

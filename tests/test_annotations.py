@@ -211,3 +211,14 @@ def test_heatmap_localisation_reads_an_asap_file_when_a_slide_has_no_mask(tmp_pa
     assert all(d["mask"] is not None and d["mask"].any() for d in drawn)  # the outline is drawn
     _, without = heatmap_rows(positives, folds, slides_dir=bare, **kw)  # no mask, no annotation: no AUC
     assert all(r["auc"] == "nan" and r["tumour_patches"] == "" for r in without)
+
+
+def test_heatmap_figure_annotations_key_must_be_a_folder(tmp_path):
+    """`figures.<f>.annotations` names a folder of {slide}.xml outlines; a wrong path fails before any work."""
+    from hardmil.report.heatmaps import heatmap_job
+
+    with pytest.raises(InputError, match=r"nope: figures.fig7.annotations: not a folder"):
+        heatmap_job({"annotations": str(tmp_path / "nope"), "methods": {"abmil": "AB-MIL"}},
+                    splits=tmp_path / "splits.tsv", models={}, features_dir=tmp_path, coords_dir=tmp_path,
+                    slides_dir=tmp_path, classes=["normal", "tumor"], png=tmp_path / "f.png", pdf=None,
+                    tsv=tmp_path / "f.tsv", name="fig7")

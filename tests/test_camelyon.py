@@ -18,6 +18,10 @@ from .test_gdc import fake_slide
 
 C16 = ["normal_001", "normal_002", "tumor_001", "test_001", "test_002", "test_003"]
 C17 = ["patient_000_node_0", "patient_000_node_1", "patient_000_node_2", "patient_100_node_0"]
+OUTLINE = (b'<?xml version="1.0"?><ASAP_Annotations><Annotations><Annotation Name="Annotation 0" Type="Polygon" '
+           b'PartOfGroup="_0"><Coordinates><Coordinate Order="0" X="10" Y="10"/><Coordinate Order="1" X="90" '
+           b'Y="10"/><Coordinate Order="2" X="90" Y="60"/></Coordinates></Annotation></Annotations>'
+           b'<AnnotationGroups/></ASAP_Annotations>')
 NET = {"backoff": 0, "retries": 1}
 
 
@@ -31,7 +35,9 @@ def serve_bucket(server, reference_header=False, tamper=None):
             bodies[name] = body
             lines.append(f"{hashlib.md5(body).hexdigest()}  images/{name}.tif")
             server.files[f"/{part}/images/{name}.tif"] = body if name != tamper else body[::-1]
-        lines.append(f"{'a' * 32}  annotations/tumor_001.xml")
+        if part == "CAMELYON16":  # one tumour slide has a published outline, listed with its md5
+            lines.append(f"{hashlib.md5(OUTLINE).hexdigest()}  annotations/tumor_001.xml")
+            server.files[f"/{part}/annotations/tumor_001.xml"] = OUTLINE
         lines.append(f"{'b' * 32} *./README.md")
         server.files[f"/{part}/checksums.md5"] = ("\n".join(lines) + "\n").encode()
     ref = "test_001,Tumor,Macro,,\ntest_002,Normal,,,\n"  # test_003 has no reference row
@@ -70,6 +76,12 @@ def test_manifest_labels_cases_and_exclusions(http_server, tmp_path, header):
     prov = json.loads((tmp_path / "c.json").read_text())
     assert prov["excluded"] == {"CAMELYON16: no label published": 1, "CAMELYON17: no label published": 1}
     assert len(prov["sources_sha256"]) == 4
+    outlined = {r["slide"]: (r["annotation_key"], r["annotation_md5"]) for r in table if r["annotation_key"]}
+    assert outlined == {"tumor_001": ("CAMELYON16/annotations/tumor_001.xml", hashlib.md5(OUTLINE).hexdigest())}
+    assert prov["annotated_per_label"] == {"tumor": 1}
+    off = camelyon.build_manifest({"base_url": http_server.url, "annotations": False}, tmp_path / "o.tsv",
+                                  tmp_path / "o.json", **NET)
+    assert not any(r["annotation_key"] for r in off)
 
 
 def test_only_one_part_and_malformed_checksums(http_server, tmp_path):
@@ -100,6 +112,27 @@ def test_download_verifies_the_published_checksums(http_server, tmp_path):
     assert not (out / "tumor_001.tif").exists() and not (out / "tumor_001.tif.partial").exists()
     for r in read_tsv(out / "download.tsv"):
         assert (out / f"{r['slide']}.tif").read_bytes() == bodies[r["slide"]]
+
+
+def test_outlines_are_fetched_verified_and_read_as_annotations(http_server, tmp_path):
+    """The published outline lands beside the slides as {slide}.xml, where the heatmap figure looks for it."""
+    from hardmil.wsi.annotations import find_annotation, read_asap_xml
+
+    serve_bucket(http_server)
+    rows = camelyon.build_manifest({"base_url": http_server.url}, tmp_path / "c.tsv", tmp_path / "c.json", **NET)
+    out = tmp_path / "slides"
+    items = camelyon.annotation_files(rows, http_server.url)
+    assert [it.filename for it in items] == ["tumor_001.xml"]
+    counts = fetch_slides(items, out, out / "annotations.tsv", on_error="fail", backoff=0, what="outlines")
+    assert counts["downloaded"] == 1
+    ann = read_asap_xml(find_annotation(out, "tumor_001"))
+    assert len(ann.tumour) == 1 and ann.tumour[0].shape == (3, 2)
+    assert fetch_slides(items, out, out / "annotations.tsv", backoff=0, what="outlines")["skipped"] == 1
+    http_server.files["/CAMELYON16/annotations/tumor_001.xml"] = OUTLINE.replace(b"90", b"91")
+    (out / "tumor_001.xml").unlink()
+    with pytest.raises(DownloadError, match="1 of 1 outlines failed"):  # a changed outline fails its md5
+        fetch_slides(items, out, out / "annotations.tsv", on_error="fail", backoff=0, what="outlines")
+    assert not (out / "tumor_001.xml").exists()
 
 
 def test_schema_defaults_match_the_module_defaults():

@@ -90,6 +90,7 @@ rule download_slides:
         manifest="results/manifests/{dataset}.tsv",
     output:
         listing="resources/slides/{dataset}/download.tsv",
+        annotations="resources/slides/{dataset}/annotations.tsv",
     log:
         "results/logs/download_slides/{dataset}.log",
     benchmark:

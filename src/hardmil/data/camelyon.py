@@ -13,6 +13,11 @@ Bucket layout used (keys relative to ``base_url``; every one is configurable):
 - ``CAMELYON16/images/{normal,tumor,test}_###.tif``: training labels from the file name;
   ``CAMELYON16/evaluation/reference.csv`` (``image,class,...``; with or without a header) labels the test
   slides (``Tumor`` / ``Normal``).
+- ``{part}/annotations/{slide}.xml``: the ASAP XML tumour outlines (CAMELYON16's tumour slides, some
+  CAMELYON17 nodes). Only those listed in the part's ``checksums.md5`` are recorded (manifest columns
+  ``annotation_key`` / ``annotation_md5``) and fetched, so they are verified like the slides; the heatmap
+  figure (MHIM Fig. 7) reads them from beside the slides for its localisation AUC. ``annotations: false``
+  leaves them out.
 - ``CAMELYON17/images/patient_###_node_#.tif`` and ``CAMELYON17/stages.csv`` (``patient,stage``; node rows
   carry ``negative`` / ``itc`` / ``micro`` / ``macro``, patient rows a pN stage and are ignored). Only the
   training patients have public stages; slides without one are left out and counted.
@@ -46,8 +51,10 @@ DEFAULTS = {
     "c17_stages": "CAMELYON17/stages.csv",
     "c16_labels": {"normal": "normal", "negative": "normal", "tumor": "tumor"},
     "c17_labels": {"negative": "normal", "itc": "tumor", "micro": "tumor", "macro": "tumor"},
+    "annotations": True,
 }
-MANIFEST_COLUMNS = ["slide", "case", "label", "part", "split", "stage", "key", "filename", "md5", "size"]
+MANIFEST_COLUMNS = ["slide", "case", "label", "part", "split", "stage", "key", "filename", "md5", "size",
+                    "annotation_key", "annotation_md5"]
 C16_NAME = re.compile(r"^(normal|tumor|test)_\d+$")
 C17_NAME = re.compile(r"^(patient_\d+)_node_\d+$")
 
@@ -102,12 +109,20 @@ def _slide_keys(checksums: dict[str, str]) -> dict[str, str]:
 
 
 def manifest_rows(part: str, checksums: dict[str, str], reference: dict | None, stages: dict | None,
-                  c16_labels: dict[str, str], c17_labels: dict[str, str]) -> tuple[list[dict], Counter]:
-    """Rows of one part; returns (rows, reasons for leaving slides out)."""
+                  c16_labels: dict[str, str], c17_labels: dict[str, str],
+                  annotations: bool = True) -> tuple[list[dict], Counter]:
+    """Rows of one part; returns (rows, reasons for leaving slides out).
+
+    A slide whose ``annotations/{slide}.xml`` is in the part's checksums gets that key and md5 (when
+    ``annotations``); the others get empty annotation columns.
+    """
     rows, excluded = [], Counter()
     for slide, key in sorted(_slide_keys(checksums).items()):
+        ann = f"annotations/{slide}.xml"
+        listed = annotations and ann in checksums
         row = {"slide": slide, "part": part, "key": f"{part}/{key}", "filename": f"{slide}.tif",
-               "md5": checksums[key], "size": None, "stage": ""}
+               "md5": checksums[key], "size": None, "stage": "",
+               "annotation_key": f"{part}/{ann}" if listed else "", "annotation_md5": checksums[ann] if listed else ""}
         m16, m17 = C16_NAME.match(slide), C17_NAME.match(slide)
         if part == "CAMELYON16" and m16:
             kind = m16.group(1)
@@ -165,7 +180,7 @@ def build_manifest(cfg: dict, manifest: str | os.PathLike, provenance: str | os.
         else:
             stages = parse_stages(fetch(cfg["c17_stages"]), f"{base}/{cfg['c17_stages']}")
         part_rows, part_excluded = manifest_rows(part, checksums, reference, stages, cfg["c16_labels"],
-                                                 cfg["c17_labels"])
+                                                 cfg["c17_labels"], cfg["annotations"])
         if not part_rows:
             raise DownloadError(f"{base}/{key}: no labelled slide under images/ ({dict(part_excluded)})")
         rows += part_rows
@@ -173,6 +188,7 @@ def build_manifest(cfg: dict, manifest: str | os.PathLike, provenance: str | os.
     write_cohort_manifest(manifest, provenance, rows, MANIFEST_COLUMNS, excluded, {
         "source": "camelyon", "base_url": base, "parts": cfg["parts"], "sources_sha256": sources,
         "per_part": dict(Counter(r["part"] for r in rows)),
+        "annotated_per_label": dict(Counter(r["label"] for r in rows if r["annotation_key"])),
     }, classes)
     return rows
 
@@ -181,3 +197,10 @@ def slide_files(rows: list[dict], base_url: str = CAMELYON_URL) -> list[SlideFil
     base = base_url.rstrip("/")
     return [SlideFile(slide=r["slide"], filename=r["filename"], url=f"{base}/{r['key']}", md5=r["md5"],
                       size=int(r["size"]) if r.get("size") else None) for r in rows]
+
+
+def annotation_files(rows: list[dict], base_url: str = CAMELYON_URL) -> list[SlideFile]:
+    """The ASAP XML outlines the manifest lists, fetched as ``{slide}.xml`` beside the slides (md5 checked)."""
+    base = base_url.rstrip("/")
+    return [SlideFile(slide=r["slide"], filename=f"{r['slide']}.xml", url=f"{base}/{r['annotation_key']}",
+                      md5=r["annotation_md5"]) for r in rows if r.get("annotation_key")]

@@ -86,8 +86,11 @@ def _fetch_one(it: SlideFile, dest: Path, bar: tqdm, net: dict) -> str:
 
 def fetch_slides(items: list[SlideFile], slides_dir: str | os.PathLike, listing: str | os.PathLike, *,
                  on_error: str = "fail", retries: int = 4, backoff: float = 1.0, timeout: float = 60.0,
-                 headers: dict[str, str] | None = None) -> dict[str, int]:
+                 headers: dict[str, str] | None = None, what: str = "slides") -> dict[str, int]:
     """Fetch ``items`` into ``slides_dir`` and write ``listing``; return counts per status.
+
+    ``what`` names the files in the progress bar and messages (``slides``; ``outlines`` for annotation XMLs,
+    which share the folder and its ledger).
 
     Every slide is attempted even when one fails. ``on_error='fail'`` then raises (the listing is not written,
     so the job fails and a re-run retries only what is missing); ``'skip'`` leaves failed slides out of the
@@ -106,7 +109,7 @@ def fetch_slides(items: list[SlideFile], slides_dir: str | os.PathLike, listing:
     rows, failed = [], []
     counts = {"skipped": 0, "verified": 0, "resumed": 0, "downloaded": 0, "failed": 0}
     total = sum(it.size for it in items if it.size) or None
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"slides -> {slides_dir}") as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"{what} -> {slides_dir}") as bar:
         for it in items:
             dest = slides_dir / it.filename
             if _already_verified(dest, it, ledger):
@@ -127,9 +130,9 @@ def fetch_slides(items: list[SlideFile], slides_dir: str | os.PathLike, listing:
             counts[status] += 1
             rows.append({"slide": it.slide, "filename": it.filename, "path": str(dest),
                          "size": dest.stat().st_size, "md5": it.md5.lower(), "status": status})
-    log.info("cohort %s: %s", slides_dir, counts)
+    log.info("%s in %s: %s", what, slides_dir, counts)
     if failed and on_error == "fail":
-        raise DownloadError(f"{len(failed)} of {len(items)} slide(s) failed (the others are kept; re-run to "
+        raise DownloadError(f"{len(failed)} of {len(items)} {what} failed (the others are kept; re-run to "
                             "retry):\n  " + "\n  ".join(failed[:20]))
     write_tsv(listing, rows, LISTING_COLUMNS)
     return counts

@@ -243,10 +243,18 @@ def heatmap_job(fig_cfg: dict, *, splits: str | os.PathLike, models: dict[str, d
     """The workflow's ``heatmap`` figure: choose slides, compute maps, write the PNG/PDF and the AUC TSV."""
     from hardmil.report.figures import save_figure
 
+    annotations_dir = fig_cfg.get("annotations")
+    if annotations_dir is not None and not Path(annotations_dir).is_dir():
+        raise InputError(annotations_dir, f"figures.{name}.annotations: not a folder (it should hold the ASAP XML "
+                                          "tumour outlines, one {slide}.xml per slide)")
     folds = slide_test_folds(splits)
     slides = choose_slides(folds, classes, fig_cfg.get("slides"), fig_cfg.get("n_positive", 2), str(splits))
     drawn, rows = heatmap_rows(slides, folds, models, fig_cfg["methods"], features_dir=features_dir,
-                               coords_dir=coords_dir, slides_dir=slides_dir, classes=classes, seed=seed)
+                               coords_dir=coords_dir, slides_dir=slides_dir, classes=classes, seed=seed,
+                               annotations_dir=annotations_dir)
+    if rows and all(r["tumour_patches"] == "" for r in rows if r["label"] == classes[-1]):
+        log.warning("%s: no positive slide has a tumour mask or an ASAP outline ({slide}.xml in %s): the figure "
+                    "has no localisation AUC", name, annotations_dir or slides_dir)
     fig = heatmap_grid(
         drawn, positive=classes[-1],
         title=fig_cfg.get("title") or f"Where the models look (MHIM Fig. 7 counterpart): {name}",

@@ -157,7 +157,7 @@ def test_bad_input_is_named():
     y = np.array([0, 1, 0, 1])
     s = np.array([0.1, 0.2, 0.3, 0.4])
     with pytest.raises(ValueError, match="metric"):
-        paired_delta(y, s, s, "accuracy")
+        paired_delta(y, s, s, "precision")
     with pytest.raises(ValueError, match="two strata"):
         paired_delta(y, s, s, clusters=["a", "a", "b", "c"], groups=[0, 1, 0, 1])
     with pytest.raises(ValueError, match="same bag twice"):
@@ -190,3 +190,52 @@ def test_input_forms():
     assert c["delta"] == pytest.approx(np.mean([metric_value((t[s], e[s]), r1[s], "c_index")
                                                 - metric_value((t[s], e[s]), r2[s], "c_index")
                                                 for s in (slice(0, 20), slice(20, 40))]))
+
+
+def test_threshold_metrics_match_scikit_learn():
+    """accuracy / f1 / macro_f1 (unit weights) equal scikit-learn's, for decisions, probabilities and C = 3."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 40)
+    p = rng.random(40)
+    decisions = (p >= 0.37).astype(float)  # a run's own threshold, applied before the comparison
+    assert metric_value(y, decisions, "accuracy") == pytest.approx(accuracy_score(y, decisions))
+    assert metric_value(y, decisions, "f1") == pytest.approx(f1_score(y, decisions))
+    assert metric_value(y, decisions, "macro_f1") == pytest.approx(f1_score(y, decisions, average="macro"))
+    assert metric_value(y, np.zeros(40), "f1") == 0.0  # nothing predicted positive: zero_division=0
+    y3 = rng.integers(0, 3, 60)
+    p3 = rng.dirichlet([1, 1, 1], 60)
+    pred = p3.argmax(1)
+    assert metric_value(y3, p3, "accuracy") == pytest.approx(accuracy_score(y3, pred))
+    assert metric_value(y3, p3, "f1") == pytest.approx(f1_score(y3, pred, labels=[0, 1, 2], average="macro",
+                                                                 zero_division=0))
+    p3[:, 2] = 0  # class 2 never predicted; it still occurs among the labels
+    assert metric_value(y3, p3, "macro_f1") == pytest.approx(f1_score(y3, p3.argmax(1), average="macro",
+                                                                       zero_division=0))
+
+
+def test_threshold_metric_bootstrap_equals_the_metric_on_resampled_bags():
+    """A replicate's weighted accuracy / F1 is the metric on the list of bags it drew (multiplicities)."""
+    from sklearn.metrics import f1_score
+
+    from hardmil.eval import stats
+
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 2, 30)
+    d = (rng.random(30) < 0.5).astype(float)
+    counts = rng.multinomial(30, np.full(30, 1 / 30), size=3).astype(float)
+    for k in range(3):
+        idx = np.repeat(np.arange(30), counts[k].astype(int))
+        assert stats._weighted_f1(y, d, counts[k:k + 1])[0] == pytest.approx(f1_score(y[idx], d[idx]))
+        assert stats._weighted_accuracy(y, d, counts[k:k + 1])[0] == pytest.approx((y[idx] == d[idx]).mean())
+
+
+def test_threshold_metric_gain_is_resolved_and_identical_decisions_are_not():
+    rng = np.random.default_rng(13)
+    y = np.r_[np.ones(150, int), np.zeros(150, int)]
+    base = np.where(rng.random(300) < 0.7, y, 1 - y).astype(float)  # 70 % right
+    better = np.where(rng.random(300) < 0.5, y, base).astype(float)  # fixes about half of the mistakes
+    r = paired_delta(y, better, base, "accuracy", n_boot=500)
+    assert r["delta"] > 0.08 and r["excludes_zero"]
+    assert not paired_delta(y, base, base.copy(), "f1", n_boot=200)["excludes_zero"]

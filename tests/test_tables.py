@@ -6,7 +6,8 @@ import pytest
 
 from hardmil.report import published
 from hardmil.report.published import METRICS
-from hardmil.report.tables import RunRef, aggregate, write_table
+from hardmil.report.tables import RunRef, aggregate, read_predictions, write_table
+from hardmil.utils import InputError
 
 
 def _runs(tmp_path, values):
@@ -137,6 +138,30 @@ def test_paired_delta_columns_resolve_a_real_gain_and_not_a_copy(tmp_path):
     assert "auc_delta" not in plain[0]
     md2 = write_table(plain, tmp_path / "p.csv", tmp_path / "p.md", "T") or (tmp_path / "p.md").read_text()
     assert "Compared with" not in md2 and "Δ" not in md2
+
+
+def test_threshold_metric_deltas_use_each_runs_own_threshold(tmp_path):
+    """Δ accuracy / F1 compare the decisions each run made at its stored threshold: the Δ equals the difference
+    of the table's two accuracy / F1 columns, and a run without a threshold is named."""
+    from hardmil.eval.metrics import classification_metrics
+
+    runs = _cohort(tmp_path, {"abmil": _noise, "mhim": _good})
+    rng = np.random.default_rng(5)
+    for r in runs:  # give every run its own threshold, and the accuracy / F1 it gives
+        pred = read_predictions(Path(r.path).with_name("predictions.tsv"))
+        thr = float(rng.uniform(0.3, 0.7))
+        m = classification_metrics(pred["y"], pred["scores"], thr) | {"threshold": thr}
+        Path(r.path).write_text(json.dumps(m))
+    recs = aggregate(runs, {"abmil": "A", "mhim": "M"}, {}, ["accuracy", "f1"], versus={"mhim": "abmil"},
+                     delta_metrics=["accuracy", "f1", "macro_f1"], n_boot=300)
+    by = {r["method"]: r for r in recs}
+    for m in ("accuracy", "f1"):
+        assert by["mhim"][f"{m}_delta"] == pytest.approx(by["mhim"][f"{m}_mean"] - by["abmil"][f"{m}_mean"])
+    assert by["mhim"]["accuracy_delta_resolved"] is True and by["mhim"]["macro_f1_delta"] > 0
+    Path(runs[0].path).write_text(json.dumps({"auc": 0.5, "accuracy": 0.5, "f1": 0.5}))
+    with pytest.raises(InputError, match="metrics.json: no decision threshold"):
+        aggregate(runs, {"abmil": "A", "mhim": "M"}, {}, ["accuracy"], versus={"mhim": "abmil"},
+                  delta_metrics=["accuracy"], n_boot=200)
 
 
 def test_paired_delta_needs_identical_test_bags(tmp_path):

@@ -33,11 +33,16 @@ overlapping training sets.
 
 Metrics (``metric``): ``auc`` (binary on P(class 1), macro one-vs-rest for C > 2; ties count 1/2, as
 scikit-learn), ``balanced_accuracy`` (mean recall over the classes present, at argmax of the per-class
-probabilities, or ``score >= 0.5`` for a 1-D score) and ``c_index`` (Harrell's, as scikit-survival's
-``concordance_index_censored``: a pair is comparable when the earlier time is an event, or when the times
-tie and only one is an event; risk ties within 1e-8 count 1/2). With bootstrap multiplicities ``w`` each
-metric is its weighted form (a pair of bags weighs ``w_i w_j``), which equals the metric on the resampled
-list of bags.
+probabilities, or ``score >= 0.5`` for a 1-D score), ``accuracy`` (the share of bags whose prediction, by
+the same rule, is right), ``f1`` (F1 of class 1 for two classes; macro over every class for C > 2, as
+:func:`hardmil.eval.metrics.classification_metrics`), ``macro_f1`` (macro F1 over the classes that occur
+among the labels or the predictions, as scikit-learn's ``f1_score(average="macro")``), and ``c_index``
+(Harrell's, as scikit-survival's ``concordance_index_censored``: a pair is comparable when the earlier time
+is an event, or when the times tie and only one is an event; risk ties within 1e-8 count 1/2). The
+threshold metrics compare decisions, not scores: pass the two methods' 0/1 decisions as 1-D scores to
+compare them at each run's own threshold (the tables do so with the Youden threshold every binary run
+stores; :mod:`hardmil.report.tables`). With bootstrap multiplicities ``w`` each metric is its weighted form
+(a pair of bags weighs ``w_i w_j``), which equals the metric on the resampled list of bags.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-METRICS = ("auc", "balanced_accuracy", "c_index")
+METRICS = ("auc", "balanced_accuracy", "accuracy", "f1", "macro_f1", "c_index")
+THRESHOLD_METRICS = ("accuracy", "f1")  # at a decision threshold for two classes (the tables: each run's own)
 PROCEDURES = ("bootstrap", "corrected_t")
 _CHUNK_ELEMENTS = 4_000_000  # bootstrap weights held at once (replicates x rows)
 
@@ -114,8 +120,45 @@ def _weighted_auc(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray
     return per_class.mean(axis=1)  # NaN when a class is absent (as scikit-learn's macro AUC raises)
 
 
+def _decisions(score: np.ndarray) -> np.ndarray:
+    """Predicted class per row: ``score >= 0.5`` for a 1-D score (P(class 1), or a 0/1 decision), else argmax."""
+    return (score >= 0.5).astype(int) if score.ndim == 1 else score.argmax(axis=1)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float = np.nan) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+
+
+def _weighted_accuracy(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
+    return _ratio(W @ (_decisions(score) == y).astype(float), W.sum(axis=1))
+
+
+def _f1_per_class(y: np.ndarray, pred: np.ndarray, W: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(F1 of class ``c`` per replicate, with 0 where it has no true or predicted member, as scikit-learn's
+    ``zero_division=0``; whether the class occurs at all)."""
+    tp = W @ ((pred == c) & (y == c)).astype(float)
+    wrong = W @ ((pred == c) != (y == c)).astype(float)  # false positives + false negatives
+    return _ratio(2 * tp, 2 * tp + wrong, 0.0), (tp + wrong) > 0
+
+
+def _weighted_f1(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
+    pred = _decisions(score)
+    if score.ndim == 1 or score.shape[1] == 2:
+        return _f1_per_class(y, pred, W, 1)[0]
+    return np.stack([_f1_per_class(y, pred, W, c)[0] for c in range(score.shape[1])], axis=1).mean(axis=1)
+
+
+def _weighted_macro_f1(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
+    pred = _decisions(score)
+    n_classes = 2 if score.ndim == 1 else score.shape[1]
+    f1, occurs = zip(*(_f1_per_class(y, pred, W, c) for c in range(n_classes)), strict=True)
+    f1, occurs = np.stack(f1, axis=1), np.stack(occurs, axis=1)
+    return _ratio((f1 * occurs).sum(axis=1), occurs.sum(axis=1).astype(float))
+
+
 def _weighted_balanced_accuracy(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
-    pred = (score >= 0.5).astype(int) if score.ndim == 1 else score.argmax(axis=1)
+    pred = _decisions(score)
     correct = (pred == y).astype(float)
     recalls = []
     for c in np.unique(y):
@@ -139,7 +182,8 @@ def _weighted_c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray, W: 
 
 
 def _metric_fn(metric: str):
-    return {"auc": _weighted_auc, "balanced_accuracy": _weighted_balanced_accuracy}[metric]
+    return {"auc": _weighted_auc, "balanced_accuracy": _weighted_balanced_accuracy, "accuracy": _weighted_accuracy,
+            "f1": _weighted_f1, "macro_f1": _weighted_macro_f1}[metric]
 
 
 def _group_values(metric: str, y, score: np.ndarray, rows: np.ndarray, W: np.ndarray) -> np.ndarray:

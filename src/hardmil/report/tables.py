@@ -173,13 +173,25 @@ def _delta_metric_names(deltas: dict) -> list[str]:
     return names
 
 
-def _paired_rows(mine: dict[tuple[int, int], RunRef], base: dict[tuple[int, int], RunRef], cache: dict) -> dict:
-    """Stack the two methods' predictions of every shared (seed, fold), aligned bag by bag."""
+def _paired_rows(mine: dict[tuple[int, int], RunRef], base: dict[tuple[int, int], RunRef], cache: dict,
+                 threshold_metrics: bool = False) -> dict:
+    """Stack the two methods' predictions of every shared (seed, fold), aligned bag by bag; with
+    ``threshold_metrics``, also each binary run's 0/1 decisions at its own threshold."""
     def load(run: RunRef) -> dict:
         path = predictions_path(run.path)
         if path not in cache:
             cache[path] = read_predictions(path)
         return cache[path]
+
+    def decisions(run: RunRef, pred: dict) -> np.ndarray:
+        """0/1 decisions of a binary run at its own threshold (``metrics.json``), as its accuracy / F1 used."""
+        if run.path not in cache:
+            cache[run.path] = json.loads(Path(run.path).read_text()).get("threshold")
+        thr = cache[run.path]
+        if not _finite(thr):
+            raise InputError(run.path, "no decision threshold: a paired Δ of accuracy / f1 compares the runs' "
+                                       "thresholded decisions")
+        return (pred["scores"][:, 1] >= float(thr)).astype(float)
 
     out: dict[str, list] = defaultdict(list)
     kind = None
@@ -207,6 +219,9 @@ def _paired_rows(mine: dict[tuple[int, int], RunRef], base: dict[tuple[int, int]
             out["y"].append(a["y"])
         out["method"].append(a["scores"])
         out["base"].append(b["scores"][order])
+        if threshold_metrics and kind == "classification" and a["scores"].shape[1] == 2:
+            out["method_decisions"].append(decisions(mine[key], a))
+            out["base_decisions"].append(decisions(base[key], b)[order])
         out["groups"] += [f"seed{key[0]}/fold{key[1]}"] * len(a["ids"])
         out["clusters"] += list(a["ids"])
     out["kind"] = kind
@@ -219,8 +234,10 @@ def paired_deltas(runs: list[RunRef], versus: dict[str, str | None], delta_metri
 
     Each row is paired with the row it is compared with on the (seed, fold) runs both have, bag by bag (slide
     or case id), from each run's ``predictions.tsv``; the Δ and its interval come from
-    :func:`hardmil.eval.stats.paired_delta` (groups: seed x fold; resampling unit: the bag)."""
-    from hardmil.eval.stats import paired_delta
+    :func:`hardmil.eval.stats.paired_delta` (groups: seed x fold; resampling unit: the bag). Accuracy and F1 of
+    a binary task compare the decisions each run made at its own threshold (``metrics.json``), so the Δ is the
+    difference of the table's two columns; the thresholds are held fixed in the bootstrap."""
+    from hardmil.eval.stats import THRESHOLD_METRICS, paired_delta
 
     by: dict[tuple[str, str], dict[tuple[int, int], RunRef]] = defaultdict(dict)
     for r in runs:
@@ -234,7 +251,8 @@ def paired_deltas(runs: list[RunRef], versus: dict[str, str | None], delta_metri
         if (protocol, other) not in by:
             raise ValueError(f"row {method!r} is compared with {other!r}, which has no runs under protocol "
                              f"{protocol!r} in this table")
-        paired = _paired_rows(mine, by[(protocol, other)], cache)
+        paired = _paired_rows(mine, by[(protocol, other)], cache,
+                              threshold_metrics=bool(set(delta_metrics or ()) & set(THRESHOLD_METRICS)))
         if paired["kind"] is None:
             raise ValueError(f"rows {method!r} and {other!r} share no (seed, fold) run under protocol {protocol!r}")
         wanted = delta_metrics or DEFAULT_DELTA_METRICS[paired["kind"]]
@@ -245,7 +263,9 @@ def paired_deltas(runs: list[RunRef], versus: dict[str, str | None], delta_metri
                                  f"(row {method!r})")
             y = ({"time": np.concatenate(paired["time"]), "event": np.concatenate(paired["event"])}
                  if paired["kind"] == "survival" else np.concatenate(paired["y"]))
-            res[metric] = paired_delta(y, np.concatenate(paired["method"]), np.concatenate(paired["base"]), metric,
+            scores = ("method_decisions", "base_decisions") if (
+                metric in THRESHOLD_METRICS and paired["method_decisions"]) else ("method", "base")
+            res[metric] = paired_delta(y, np.concatenate(paired[scores[0]]), np.concatenate(paired[scores[1]]), metric,
                                        groups=paired["groups"], clusters=paired["clusters"], n_boot=n_boot,
                                        level=level, seed=seed)
         out[(protocol, method)] = res

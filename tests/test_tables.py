@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from hardmil.report import published
+from hardmil.report.deltas import read_predictions
 from hardmil.report.published import METRICS
-from hardmil.report.tables import RunRef, aggregate, read_predictions, write_table
+from hardmil.report.tables import RunRef, aggregate, write_table
 from hardmil.utils import InputError
 
 
@@ -178,7 +179,7 @@ def test_paired_delta_needs_identical_test_bags(tmp_path):
 
 
 def test_survival_delta_is_the_c_index(tmp_path):
-    from hardmil.report.tables import paired_deltas
+    from hardmil.report.deltas import paired_deltas
 
     rng = np.random.default_rng(1)
     cases = [f"case_{i}" for i in range(30)]

@@ -398,9 +398,10 @@ def sweep_panels(fig_cfg: dict, runs_of, *, n_boot: int = 2000, level: float = 0
     """Panels for :func:`sweep_figure` from a ``figures`` entry of kind ``sweep``; ``runs_of(method)`` gives
     the method's metrics.json paths. With a panel ``baseline`` and a metric that has a paired procedure
     (AUC, balanced accuracy, C-index) each point also gets its paired Δ against the baseline, from the runs'
-    ``predictions.tsv`` on identical test bags (:func:`hardmil.report.tables.paired_deltas`)."""
+    ``predictions.tsv`` on identical test bags (:func:`hardmil.report.deltas.paired_deltas`)."""
     from hardmil.eval.stats import METRICS as PAIRED
-    from hardmil.report.tables import RunRef, paired_deltas
+    from hardmil.report.deltas import paired_deltas
+    from hardmil.report.tables import RunRef
 
     metric = fig_cfg.get("metric", "auc")
     panels = {}

@@ -78,7 +78,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardmil.models.assessment import TeacherAssessment
-from hardmil.models.base import MILModel, MILOutput, field_range, in_range, init_xavier, param, range_text
+from hardmil.models.base import (
+    MaskableBaseline,
+    MILModel,
+    MILOutput,
+    field_range,
+    in_range,
+    init_xavier,
+    param,
+    range_text,
+)
 
 
 @dataclass(frozen=True)
@@ -258,9 +267,11 @@ class MHIM(MILModel):
         self.cfg = cfg
         self.student = build_model(cfg.baseline, **{**cfg.baseline_params, "in_dim": cfg.in_dim,
                                                      "n_classes": cfg.n_classes})
-        for hook in ("embed", "head", "instance_scores"):
-            if not hasattr(self.student, hook):
-                raise ValueError(f"MHIM cannot wrap {cfg.baseline!r}: it has no {hook}() hook")
+        if not isinstance(self.student, MaskableBaseline):  # the declared contract, checked once at build time
+            missing = [h for h in ("embed", "head", "instance_scores", "embedding_groups")
+                       if not hasattr(self.student, h)]
+            raise ValueError(f"MHIM cannot wrap {cfg.baseline!r}: it does not implement MaskableBaseline "
+                             f"(hardmil.models.base; missing: {', '.join(missing)})")
         dim = self.student.cfg.hidden_dim
         self.grn = GlobalRecycleNetwork(dim, cfg) if cfg.grn and cfg.version == "v2" else None
         if self.grn is not None:
@@ -380,7 +391,7 @@ class MHIM(MILModel):
                 self.grn.queries.mul_(m).add_((1 - m) * summary.detach())
         out = s.head(tokens[None], label=label)
         if self.cfg.alpha > 0:
-            cons = consistency_loss(out.embedding[0], z_teacher, getattr(s, "embedding_groups", 1),
+            cons = consistency_loss(out.embedding[0], z_teacher, s.embedding_groups,
                                     self.cfg.temp_teacher, self.cfg.temp_student)
             out.aux_losses["consistency"] = self.cfg.alpha * cons
         attn = out.attention if out.attention is not None else torch.zeros(1, len(tokens), device=x.device)

@@ -99,6 +99,11 @@ def test_run_file_figures(tmp_path):
     hist = [_tsv(tmp_path / f"h{k}.tsv", [{"epoch": e, "lr": 1e-4, "train_loss": 1 / (e + 1), "select_loss": 0.5,
                                            "select_auc": 0.8} for e in range(5 + k)]) for k in range(2)]
     save_figure(curves_figure({"AB-MIL": hist}), tmp_path / "c.png")
+    # the thick mean line stops once fewer than half the folds still train (here: 3 folds of 2, 2, 9 epochs)
+    short = [_tsv(tmp_path / f"s{k}.tsv", [{"epoch": e, "lr": 1e-4, "train_loss": 1.0, "select_loss": 0.5,
+                                            "select_auc": 0.8} for e in range(n)]) for k, n in enumerate((2, 2, 9))]
+    mean_line = next(ln for ln in curves_figure({"x": short}).axes[0].lines if ln.get_linewidth() == 2)
+    assert list(mean_line.get_xdata()) == [1, 2]
     tsv = [_tsv(tmp_path / "a.tsv", [{"epoch": e, "label": lab, "n_bags": 3, "score_entropy": 0.9,
                                        "top_decile_mass": 0.2, "attention_overlap": 0.5}
                                       for e in range(3) for lab in (0, 1)])]

@@ -287,7 +287,8 @@ def assessment_figure(tables: dict[str, list[str | os.PathLike]], *, classes: li
 # --- training curves ---------------------------------------------------------------------------------------
 def curves_figure(histories: dict[str, list[str | os.PathLike]], *, title: str = ""):
     """``{method label: [history.tsv of each fold]}`` -> training loss, selection loss and selection AUC
-    per epoch: thin lines per fold, a thick line for the mean over folds still running."""
+    per epoch: thin lines per fold, a thick line for the mean over the folds still running, drawn while at least
+    half of them are."""
     cols = (("train_loss", "training loss (cross-entropy + aux.)"), ("select_loss", "selection-set loss"),
             ("select_auc", "selection-set AUC"))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -301,7 +302,9 @@ def curves_figure(histories: dict[str, list[str | os.PathLike]], *, title: str =
                 ax.plot(ep, vals, color=f"C{k}", alpha=0.15, lw=0.7)
                 for e, v in zip(ep, vals, strict=True):
                     per_epoch[e].append(v)
-            ep = sorted(per_epoch)
+            # the mean only while at least half the folds still train: later, the few longest runs alone would
+            # make it jump (early stopping ends folds at different epochs)
+            ep = [e for e in sorted(per_epoch) if 2 * len(per_epoch[e]) >= len(runs)]
             ax.plot(ep, [np.nanmean(per_epoch[e]) for e in ep], color=f"C{k}", lw=2,
                     label=f"{label} ({len(runs)} folds)")
     for ax, (_, ylabel) in zip(axes, cols, strict=True):
@@ -309,7 +312,8 @@ def curves_figure(histories: dict[str, list[str | os.PathLike]], *, title: str =
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8)
-    fig.suptitle(title or "Training curves (thin: one fold; thick: mean over folds still training)")
+    fig.suptitle(title or "Training curves (thin: one fold; thick: mean over the folds still training, while at "
+                          "least half are)")
     fig.tight_layout()
     return fig
 

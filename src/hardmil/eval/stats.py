@@ -96,6 +96,11 @@ def _concat(parts, survival: bool):
 
 
 # --- weighted metrics: W is [B, n] (bootstrap multiplicities of the rows of one group) -------------------
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float = np.nan) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+
+
 def _weighted_auc_binary(pos: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
     order = np.argsort(score, kind="stable")
     s = score[order]
@@ -107,8 +112,7 @@ def _weighted_auc_binary(pos: np.ndarray, score: np.ndarray, W: np.ndarray) -> n
     below = np.cumsum(wn, axis=1) - wn
     num = (wp * (below + 0.5 * wn)).sum(axis=1)
     den = wp.sum(axis=1) * wn.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return _ratio(num, den)
 
 
 def _weighted_auc(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -123,11 +127,6 @@ def _weighted_auc(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray
 def _decisions(score: np.ndarray) -> np.ndarray:
     """Predicted class per row: ``score >= 0.5`` for a 1-D score (P(class 1), or a 0/1 decision), else argmax."""
     return (score >= 0.5).astype(int) if score.ndim == 1 else score.argmax(axis=1)
-
-
-def _ratio(num: np.ndarray, den: np.ndarray, empty: float = np.nan) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
 
 
 def _weighted_accuracy(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -164,8 +163,7 @@ def _weighted_balanced_accuracy(y: np.ndarray, score: np.ndarray, W: np.ndarray)
     for c in np.unique(y):
         in_c = (y == c).astype(float)
         total = W @ in_c
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recalls.append(np.where(total > 0, (W @ (in_c * correct)) / np.where(total > 0, total, 1.0), np.nan))
+        recalls.append(_ratio(W @ (in_c * correct), total))
     return np.nanmean(np.stack(recalls, axis=1), axis=1) if recalls else np.full(W.shape[0], np.nan)
 
 
@@ -177,8 +175,7 @@ def _weighted_c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray, W: 
     credit = np.where(np.abs(diff) <= tied_tol, 0.5, (diff > 0).astype(float)) * comparable
     num = ((W @ credit) * W).sum(axis=1)
     den = ((W @ comparable.astype(float)) * W).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return _ratio(num, den)
 
 
 def _metric_fn(metric: str):

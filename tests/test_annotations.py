@@ -146,39 +146,17 @@ def test_heatmap_localisation_reads_an_asap_file_when_a_slide_has_no_mask(tmp_pa
     slide's outline as from its mask."""
     import dataclasses
 
-    import h5py
     import torch
 
-    from hardmil.data.bags import read_manifest, write_features
-    from hardmil.data.splits import make_splits, write_splits
     from hardmil.models import build_model
     from hardmil.report.heatmaps import heatmap_rows, slide_test_folds
-    from hardmil.wsi.patching import PatchParams, patch_slide
-    from hardmil.wsi.slide import open_slide
-    from hardmil.wsi.synthetic import make_cohort, read_truth
-    from hardmil.wsi.tissue import TissueParams
+    from hardmil.wsi.synthetic import read_truth
 
-    classes, patch = ["normal", "tumour"], 128
-    textures = {}
-    for name, rgb in (("normal", (225, 150, 200)), ("tumour", (110, 40, 140))):
-        rng = np.random.default_rng(len(name))
-        img = np.clip(np.array(rgb)[None, None] + rng.normal(0, 18, (480, 480, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(tmp_path / f"{name}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        textures[name] = str(tmp_path / f"{name}.png")
+    from .test_heatmaps import CLASSES as classes
+    from .test_heatmaps import mean_rgb_cohort
+
+    mean_rgb_cohort(tmp_path, n_slides=4, tumour_fraction=(0.3, 0.45), seed=5, texture_seeds=(6, 6))
     slides = tmp_path / "slides"
-    make_cohort(slides, tmp_path / "manifest.tsv", [textures["normal"]], [textures["tumour"]],
-                {textures["normal"]: 0.5, textures["tumour"]: 0.5}, n_slides=4, size=(1536, 1024),
-                tumour_fraction=(0.3, 0.45), regions=(1, 2), patch_size=patch, seed=5)
-    rows = read_manifest(tmp_path / "manifest.tsv", classes)
-    for r in rows:
-        coords_h5 = tmp_path / "patches" / f"{r['slide']}.h5"
-        patch_slide(slides / f"{r['slide']}.tiff", coords_h5, None, PatchParams(patch_size=patch), TissueParams())
-        with h5py.File(coords_h5) as f:
-            coords = f["coords"][:]
-        with open_slide(slides / f"{r['slide']}.tiff") as s:
-            rgb = np.stack([s.read(int(x), int(y), 0, (patch, patch)).reshape(-1, 3).mean(0) for x, y in coords])
-        write_features(tmp_path / "features" / f"{r['slide']}.h5", rgb / 255, coords, encoder="mean_rgb")
-    write_splits(tmp_path / "splits.tsv", make_splits(rows, 2, 0, "paper"))
     from hardmil.checkpoint import save as save_checkpoint
 
     torch.manual_seed(0)

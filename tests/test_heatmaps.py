@@ -33,27 +33,33 @@ def _texture(path, rgb, seed):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fig7")
-    normal = _texture(root / "normal.png", (225, 150, 200), 0)   # pale pink
-    tumour = _texture(root / "tumour.png", (110, 40, 140), 1)    # dark purple
+def mean_rgb_cohort(root, *, n_slides, tumour_fraction, seed, texture_seeds=(0, 1)):
+    """A synthetic slide cohort under ``root`` (slides with masks, patches, mean-colour "features", 2-fold
+    splits); returns the manifest rows. Shared with tests/test_annotations.py."""
+    import h5py
+
+    normal = _texture(root / "normal.png", (225, 150, 200), texture_seeds[0])   # pale pink
+    tumour = _texture(root / "tumour.png", (110, 40, 140), texture_seeds[1])    # dark purple
     slides = root / "slides"
-    make_cohort(slides, root / "manifest.tsv", [normal], [tumour], {normal: 0.5, tumour: 0.5}, n_slides=12,
-                size=(1536, 1024), tumour_fraction=(0.15, 0.3), regions=(1, 2), patch_size=PATCH, seed=3)
+    make_cohort(slides, root / "manifest.tsv", [normal], [tumour], {normal: 0.5, tumour: 0.5}, n_slides=n_slides,
+                size=(1536, 1024), tumour_fraction=tumour_fraction, regions=(1, 2), patch_size=PATCH, seed=seed)
     rows = read_manifest(root / "manifest.tsv", CLASSES)
     for r in rows:
         coords_h5 = root / "patches" / f"{r['slide']}.h5"
         patch_slide(slides / f"{r['slide']}.tiff", coords_h5, None, PatchParams(patch_size=PATCH), TissueParams())
-        import h5py
-
         with h5py.File(coords_h5) as f:
             coords = f["coords"][:]
         with open_slide(slides / f"{r['slide']}.tiff") as s:  # a mean-colour "encoder"
             mean_rgb = np.stack([s.read(int(x), int(y), 0, (PATCH, PATCH)).reshape(-1, 3).mean(0) for x, y in coords])
-        write_features(root / "features" / f"{r['slide']}.h5", mean_rgb / 255, coords,
-                       encoder="mean_rgb")
+        write_features(root / "features" / f"{r['slide']}.h5", mean_rgb / 255, coords, encoder="mean_rgb")
     write_splits(root / "splits.tsv", make_splits(rows, 2, 0, "paper"))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fig7")
+    mean_rgb_cohort(root, n_slides=12, tumour_fraction=(0.15, 0.3), seed=3)
     models = {}
     for fold in (0, 1):
         out = root / "runs" / f"fold{fold}"

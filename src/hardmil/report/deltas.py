@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from hardmil.report.tables import RunRef
 
 
-def _finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
-
-
 def predictions_path(metrics_path: str | os.PathLike) -> Path:
     """A run's ``predictions.tsv`` (beside its ``metrics.json``)."""
     return Path(metrics_path).with_name("predictions.tsv")
@@ -86,7 +82,7 @@ def _paired_rows(mine: dict[tuple[int, int], RunRef], base: dict[tuple[int, int]
         if run.path not in cache:
             cache[run.path] = json.loads(Path(run.path).read_text()).get("threshold")
         thr = cache[run.path]
-        if not _finite(thr):
+        if thr is None or not math.isfinite(thr):
             raise InputError(run.path, "no decision threshold: a paired Δ of accuracy / f1 compares the runs' "
                                        "thresholded decisions")
         return (pred["scores"][:, 1] >= float(thr)).astype(float)

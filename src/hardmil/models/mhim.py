@@ -64,6 +64,13 @@ Deliberate deviations and choices:
   instances only (the GRN's own weights still learn).
 * Kept instances stay in their original order; the reference shuffles the ones kept by random masking
   (AB-MIL pooling is order-free, so this changes nothing for it).
+* ``recycle.stale_queries`` (``grn_stale_queries``, default True = the reference): the reference updates the GRN's
+  queries in place (``.data``) right after its forward and before the backward, so the LayerNorm of the queries
+  back-propagates with its saved input already moved by the EMA (``merge.py``, ``Merge.merge`` /
+  ``update_q_ema``). Its gradient into ``grn.norm`` is thus slightly off; the project reproduces that by
+  default (tests/test_recipe.py: the one-epoch trajectory of the reference's trainer matches within 1e-5 only
+  so; with ``false`` the LayerNorm weights drift from it by ~1e-4 after 20 steps at momentum 0.9, and by
+  ~1e-8 at the recipe's 0.9999). ``false`` back-propagates through the queries as they were in the forward.
 """
 
 from __future__ import annotations
@@ -119,6 +126,7 @@ class MHIMConfig:
     grn_momentum: float = param(0.9999, ge=0, le=1)  # merge_mm (README recipe)
     grn_at_inference: bool = False
     grn_embed_grad: bool = True  # False: the recycled instances' embeddings carry no gradient (cost option)
+    grn_stale_queries: bool = True  # the reference's in-place query update before the backward (module docstring)
     alpha: float = param(0.5, ge=0)  # consistency weight (aux_alpha, README recipe)
     temp_teacher: float = param(0.1, gt=0)
     temp_student: float = param(1.0, gt=0)
@@ -147,7 +155,7 @@ NESTED_NAMES = {
              "random_mode": "rsm_mode", "score": "score"},
     "recycle": {"enabled": "grn", "queries": "grn_tokens", "momentum": "grn_momentum", "heads": "grn_heads",
                 "head_dim": "grn_head_dim", "dropout": "grn_dropout", "at_inference": "grn_at_inference",
-                "embedding_grad": "grn_embed_grad"},
+                "embedding_grad": "grn_embed_grad", "stale_queries": "grn_stale_queries"},
     "consistency": {"weight": "alpha", "temperature": "temp_teacher", "student_temperature": "temp_student"},
     "teacher": {"momentum": "momentum", "momentum_cosine": "momentum_cosine", "dropout": "teacher_dropout",
                 "init": "teacher_init", "update": "teacher_update"},
@@ -217,6 +225,7 @@ class GlobalRecycleNetwork(nn.Module):
         self.out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(cfg.grn_dropout))
         bound = math.sqrt(6.0 / (3 * 256 + dim))  # VPT-style uniform init of the queries (reference)
         self.register_buffer("queries", torch.empty(cfg.grn_tokens, dim).uniform_(-bound, bound))
+        self.stale_queries = cfg.grn_stale_queries
 
     def forward(self, masked: Tensor) -> Tensor:
         """masked [M, dim] -> K recycled tokens [K, dim].
@@ -228,8 +237,10 @@ class GlobalRecycleNetwork(nn.Module):
         """
         k_, dim = self.queries.shape
         heads, hd = self.heads, self.head_dim
-        # a copy: the queries are updated in place right after this forward, before the backward
-        q = self.to_q(self.norm(self.queries.clone())).reshape(k_, heads, hd).transpose(0, 1)  # [H, K, hd]
+        # the queries are updated in place right after this forward, before the backward: a copy back-propagates
+        # through the queries of this forward; the buffer itself through the updated ones, as the reference does
+        src = self.queries if self.stale_queries else self.queries.clone()
+        q = self.to_q(self.norm(src)).reshape(k_, heads, hd).transpose(0, 1)  # [H, K, hd]
         w_k, w_v = self.to_kv.weight.reshape(2, heads, hd, dim).unbind(0)  # [H, hd, dim] each
         xn = self.norm(masked)  # [M, dim]
         q_in = (q @ w_k) * hd**-0.5  # [H, K, dim]: the queries moved into input space
@@ -386,9 +397,9 @@ class MHIM(MILModel):
         if len(recycled):
             summary = self.grn(rec)
             tokens = torch.cat([tokens, summary])
-            with torch.no_grad():  # the queries follow the GRN outputs by EMA, never by gradient
-                m = self.cfg.grn_momentum
-                self.grn.queries.mul_(m).add_((1 - m) * summary.detach())
+            with torch.no_grad():  # the queries follow the GRN outputs by EMA, never by gradient; through .data, as
+                m = self.cfg.grn_momentum  # the reference, so a backward through the stale queries is allowed
+                self.grn.queries.data.mul_(m).add_((1 - m) * summary.detach())
         out = s.head(tokens[None], label=label)
         if self.cfg.alpha > 0:
             cons = consistency_loss(out.embedding[0], z_teacher, s.embedding_groups,

@@ -191,13 +191,15 @@ def test_snakemake_dry_run_gives_the_check_config_message(tmp_path, capsys):
 
 
 def dry_run_jobs(stdout: str) -> list[dict]:
-    """Every job block of a ``snakemake -n`` listing: rule, input and output (as sets), wildcards."""
+    """Every job block of a ``snakemake`` listing (dry or real): rule, input, output, wildcards, threads (absent
+    when 1) and resources (``k=v`` strings), each as a set."""
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
         head = re.match(r"(?:local)?rule (\w+):", block)
         if not head:
             continue
-        fields = {k: re.search(rf"^\s+{k}: (.*)$", block, re.M) for k in ("input", "output", "wildcards")}
+        keys = ("input", "output", "wildcards", "threads", "resources")
+        fields = {k: re.search(rf"^\s+{k}: (.*)$", block, re.M) for k in keys}
         jobs.append({"rule": head.group(1), **{k: set(m.group(1).split(", ")) if m else set()
                                                for k, m in fields.items()}})
     return jobs

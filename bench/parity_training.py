@@ -32,7 +32,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import json
+import os
+import subprocess
 import sys
+import time
 import types
 from argparse import Namespace
 from pathlib import Path
@@ -244,7 +248,19 @@ def selection_case(ref) -> dict:
 
 
 # --- distributions -----------------------------------------------------------------------------------------------
+REF_COMMON = ["--datasets=call", "--no_prefetch", "--num_workers=0", "--bootstrap_mode=none",
+              "-c=./config/feat_cls.yaml", "--n_classes=2"]
+# the reference's MHIM-v2 README recipe with h = 0.03 (config/claims.yaml's mhim_v2_abmil)
+REF_MHIM = ["--model=mhim", "--baseline=attn", "--attn2score", "--merge_enable", "--merge_mm=0.9999",
+            "--aux_alpha=0.5", "--mask_ratio_h=0.03", "--merge_ratio=0.8", "--merge_k=1"]
+ATTN = {"act": "gelu", "attention_act": "relu", "attention_bias": False}  # the reference's internal attn baseline
+OUR_MHIM = {"baseline": "abmil", "baseline_params": ATTN, "version": "v2", "mask_high": 0.03, "mask_high_random": 1.0,
+            "mask_high_cosine": False, "rsm_ratio": 0.2, "grn_tokens": 1, "alpha": 0.5, "grn_momentum": 0.9999,
+            "momentum": 0.9997}
+
+
 def two_sample(a: np.ndarray, b: np.ndarray, n_perm: int = 20_000, seed: int = 0) -> dict:
+    """Mann-Whitney U and a permutation test of the difference of means of two AUC samples."""
     from scipy.stats import mannwhitneyu
 
     rng = np.random.default_rng(seed)
@@ -254,6 +270,161 @@ def two_sample(a: np.ndarray, b: np.ndarray, n_perm: int = 20_000, seed: int = 0
     hits = sum(abs(p[:k].mean() - p[k:].mean()) >= obs - 1e-12 for p in perms)
     return {"mann_whitney_p": float(mannwhitneyu(a, b).pvalue), "permutation_p": (hits + 1) / (n_perm + 1),
             "mean_diff": float(a.mean() - b.mean())}
+
+
+def prepare(store: Path, splits: Path, folds: list[int], work: Path) -> tuple[int, dict]:
+    """The reference's inputs: ``pt_files/<slide>.pt`` and one ``fold_{k}.csv`` (ID, Label, Split) per fold."""
+    from hardmil.data.splits import read_splits
+    from hardmil.data.store import BagStore
+
+    src = BagStore(store)
+    (work / "data" / "pt_files").mkdir(parents=True, exist_ok=True)
+    (work / "folds").mkdir(exist_ok=True)
+    roles_of = {}
+    for k in folds:
+        roles = read_splits(splits, k)
+        roles_of[k] = roles
+        lines = ["ID,Label,Split"]
+        for role, rows in roles.items():
+            for r in rows:
+                lines.append(f"{r['slide']},{int(r['label'] not in ('0', 'negative', 'normal'))},{role}")
+                dest = work / "data" / "pt_files" / f"{r['slide']}.pt"
+                if not dest.exists():
+                    torch.save(torch.from_numpy(np.asarray(src.features(r["slide"]), np.float32)), dest)
+        (work / "folds" / f"fold_{k}.csv").write_text("\n".join(lines) + "\n")
+    return int(src.dim), roles_of
+
+
+def run_reference(ref_root: Path, deps: list[Path], work: Path, dim: int, seed: int, fold: int, budget: dict) -> dict:
+    """The reference's AB-MIL, its internal attn baseline (mhim_pure) and MHIM-v2 from it, one fold, as processes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(d) for d in deps), "OMP_NUM_THREADS": "1"}
+    out = work / "ref" / f"seed{seed}"
+    common = REF_COMMON + [f"--dataset_root={work / 'data'}", f"--csv_path={work / 'folds'}",
+                           f"--cv_fold={fold + 1}", f"--fold_start={fold}", f"--input_dim={dim}",
+                           f"--lr={budget['lr']}", f"--num_epoch={budget['epochs']}", f"--patient={budget['patience']}",
+                           f"--max_epoch={budget['min_epochs'] - 2}", f"--val_ratio={budget['val_ratio']}",
+                           f"--seed={seed}", f"--output_path={out}", "--project=parity"]
+    runs = {"abmil": ["--model=abmil"], "attn": ["--model=mhim_pure", "--baseline=attn"],
+            "mhim_v2": REF_MHIM + [f"--teacher_init={out / 'parity' / 'attn'}"]}
+    (out / "parity").mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for title, extra in runs.items():
+        log = out / "parity" / f"{title}_fold{fold}.log"
+        t0 = time.perf_counter()
+        with open(log, "w") as fh:
+            rc = subprocess.run([sys.executable, "main.py", *common, f"--title={title}", *extra], cwd=ref_root,
+                                env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        seconds[title] = time.perf_counter() - t0
+        if rc != 0:
+            raise RuntimeError(f"reference run failed (rc {rc}): {log}")
+    return {t: out / "parity" / t / f"fold_{fold}_model_best.pt" for t in runs} | {"seconds": seconds}
+
+
+def reference_test_auc(ref, ckpt: Path, kind: str, dim: int, bags: list, labels: list) -> tuple[float, int]:
+    """The reference model at its kept epoch on the test bags: (AUC, kept epoch)."""
+    from sklearn.metrics import roc_auc_score
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if kind == "abmil":
+        model = ref.abmil.DAttention(input_dim=dim, n_classes=2, dropout=0.25, act="gelu")
+    else:  # attn: the internal baseline (mhim_pure, no GRN); mhim_v2: with the GRN (unused at test)
+        model = ref.mhim.MHIM(input_dim=dim, n_classes=2, act="gelu", baseline="attn", da_act="relu",
+                              attn2score=True, merge_enable=kind == "mhim_v2", merge_k=1, merge_mm=0.9999,
+                              merge_ratio=0.8, mask_ratio_h=0.03, temp_t=0.1)
+    model.load_state_dict(saved["model"])
+    model.eval()
+    with torch.no_grad():
+        probs = []
+        for x in bags:
+            logits = model.forward_test(x[None]) if kind != "abmil" else model(x[None])
+            probs.append(float(torch.softmax(logits, dim=-1)[0, 1]))
+    return float(roc_auc_score(labels, probs)), int(saved["epoch"])
+
+
+def run_project(store: Path, splits: Path, work: Path, seed: int, fold: int, budget: dict) -> dict:
+    """This project's AB-MIL, the internal attn baseline and MHIM-v2 from it (hardmil.train.run.run_fold)."""
+    from hardmil.train.run import run_fold
+
+    train_cfg = {"epochs": budget["epochs"], "patience": budget["patience"], "min_epochs": budget["min_epochs"],
+                 "lr": budget["lr"], "device": "cpu"}
+    kw = dict(splits=splits, features_dir=store, classes=["negative", "positive"], fold=fold, protocol="clean",
+              seed=seed, train_cfg=train_cfg, progress=False)
+    out = work / "ours" / f"seed{seed}" / f"fold{fold}"
+    res = {}
+    for name, model, params, teacher in (("abmil", "abmil", {"act": "gelu"}, None),
+                                         ("attn", "abmil", ATTN, None),
+                                         ("mhim_v2", "mhim", OUR_MHIM, out / "attn" / "model.pt")):
+        t0 = time.perf_counter()
+        m = run_fold(model=model, model_params=params, out_dir=out / name, teacher=teacher, **kw)
+        res[name] = {"auc": m["auc"], "epoch": m["selected_epoch"], "seconds": time.perf_counter() - t0}
+    return res
+
+
+def _task(spec: dict) -> list[dict]:
+    torch.set_num_threads(1)
+    a = spec["args"]
+    rows = []
+    if spec["side"] == "ours":
+        for method, r in run_project(a.store, a.splits, a.work, spec["seed"], spec["fold"], spec["budget"]).items():
+            rows.append({"side": "ours", "method": method, "seed": spec["seed"], "fold": spec["fold"], **r})
+        return rows
+    ref = import_reference(a.reference, a.deps)
+    paths = run_reference(a.reference, a.deps, a.work, spec["dim"], spec["seed"], spec["fold"], spec["budget"])
+    test = spec["roles"]["test"]
+    bags = [torch.load(a.work / "data" / "pt_files" / f"{r['slide']}.pt", weights_only=True) for r in test]
+    labels = [int(r["label"] not in ("0", "negative", "normal")) for r in test]
+    for method in ("abmil", "attn", "mhim_v2"):
+        auc, epoch = reference_test_auc(ref, paths[method], method, spec["dim"], bags, labels)
+        rows.append({"side": "reference", "method": method, "seed": spec["seed"], "fold": spec["fold"], "auc": auc,
+                     "epoch": epoch, "seconds": paths["seconds"][method]})
+    return rows
+
+
+def distributions(ref, args, rest: list[str]) -> None:
+    import multiprocessing as mp
+
+    ap = argparse.ArgumentParser(prog="parity_training.py distributions")
+    ap.add_argument("--store", type=Path, required=True, help="the regime's bag store (results/stores/<d>/provided)")
+    ap.add_argument("--splits", type=Path, required=True, help="its splits (results/splits/<d>/clean/seed0.tsv)")
+    ap.add_argument("--work", type=Path, required=True, help="scratch folder (both sides' runs)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--min-epochs", type=int, default=8, help="ours; the reference gets --max_epoch = this - 2")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--val-ratio", type=float, default=0.2, help="> 0 so that the reference selects on the val rows")
+    ap.add_argument("--jobs", type=int, default=2)
+    extra = ap.parse_args(rest)
+    for k, v in vars(extra).items():
+        setattr(args, k, v)
+    budget = {"epochs": args.epochs, "patience": args.patience, "min_epochs": args.min_epochs, "lr": args.lr,
+              "val_ratio": args.val_ratio}
+    dim, roles = prepare(args.store, args.splits, args.folds, args.work)
+    specs = [{"side": side, "seed": s, "fold": f, "budget": budget, "dim": dim, "roles": roles[f], "args": args}
+             for s in args.seeds for f in args.folds for side in ("reference", "ours")]
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        rows = [r for chunk in pool.imap_unordered(_task, specs) for r in chunk]
+    wall = time.perf_counter() - t0
+    rows.sort(key=lambda r: (r["method"], r["seed"], r["fold"], r["side"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    keys = ["side", "method", "seed", "fold", "auc", "epoch", "seconds"]
+    args.out.write_text("\t".join(keys) + "\n" + "".join("\t".join(str(r[k]) for k in keys) + "\n" for r in rows))
+    print(f"{len(rows)} runs in {wall / 60:.1f} min -> {args.out}")
+    summary = {}
+    for method in ("abmil", "attn", "mhim_v2"):
+        a = np.array([r["auc"] for r in rows if r["method"] == method and r["side"] == "reference"])
+        b = np.array([r["auc"] for r in rows if r["method"] == method and r["side"] == "ours"])
+        test = two_sample(a, b)
+        summary[method] = {"reference_mean": float(a.mean()), "ours_mean": float(b.mean()),
+                           "reference_below_0.6": int((a < 0.6).sum()), "ours_below_0.6": int((b < 0.6).sum()),
+                           "n": [len(a), len(b)], **test}
+        print(f"{method:8s} reference {a.mean():.3f} ({(a < 0.6).sum()}/{len(a)} below 0.6)  ours {b.mean():.3f} "
+              f"({(b < 0.6).sum()}/{len(b)} below 0.6)  Mann-Whitney p {test['mann_whitney_p']:.3f}  "
+              f"permutation p {test['permutation_p']:.3f}")
+    args.out.with_suffix(".json").write_text(json.dumps({"budget": budget, "seeds": args.seeds, "folds": args.folds,
+                                                         "wall_minutes": wall / 60, "summary": summary}, indent=1))
 
 
 def main() -> None:
@@ -272,9 +443,7 @@ def main() -> None:
         torch.save(selection_case(ref), args.out / "selection.pt")
         print("wrote", *(args.out / n for n in ("trajectory_abmil.pt", "trajectory_mhim_v2.pt", "selection.pt")))
     else:
-        from parity_training_runs import distributions  # the long mode lives beside this file
-
-        distributions(ref, args, rest, two_sample)
+        distributions(ref, args, rest)
 
 
 if __name__ == "__main__":

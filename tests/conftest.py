@@ -41,6 +41,24 @@ def make_cohort(root: Path, n_bags: int = 16, dim: int = 8, seed: int = 0, slide
     return feats_dir, manifest
 
 
+def untrained_model(path: Path, dim: int, classes=("neg", "pos"), seed: int = 0) -> Path:
+    """A ``model.pt`` as a training run writes it (AB-MIL, seeded random weights, identity standardisation), for
+    tests of the commands that read one without the cost of training."""
+    import dataclasses
+
+    import torch
+
+    from hardmil.checkpoint import save
+    from hardmil.models import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("abmil", in_dim=dim, n_classes=len(classes))
+    save(path, {"model": "abmil", "model_config": dataclasses.asdict(net.cfg), "state_dict": net.state_dict(),
+                "feature_mean": np.zeros(dim, np.float32), "feature_std": np.ones(dim, np.float32),
+                "classes": list(classes), "epoch": 0, "threshold": 0.5, "task": "classification"})
+    return path
+
+
 def write_manifest(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")

@@ -95,12 +95,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    if key in seen:
+                        raise ValueError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first at line "
+                                         f"{seen[key]}); YAML would keep only the last one")
+                    seen[key] = key_node.start_mark.line + 1
                 except TypeError:  # an unhashable key: the base class reports it
                     continue
-                if first != key_node.start_mark.line + 1:
-                    raise ValueError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first at line "
-                                     f"{first}); YAML would keep only the last one")
         return super().construct_mapping(node, deep=deep)
 
 

@@ -123,8 +123,9 @@ def read_tsv(path: str | os.PathLike, what: str = "table", columns: tuple[str, .
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh, delimiter="\t")
             rows = list(reader)
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"{what} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise InputError(path, f"line {_first_non_utf8_line(path)}: {what} is not UTF-8 text; save it as UTF-8"
+                         ) from None
     except csv.Error as err:
         raise InputError(path, f"{what} is not a readable TSV: {err}") from None
     except IsADirectoryError:
@@ -142,6 +143,15 @@ def read_tsv(path: str | os.PathLike, what: str = "table", columns: tuple[str, .
             if value is None:
                 row[key] = ""
     return rows
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return data[: err.start].count(b"\n") + 1
+    return 1
 
 
 def check_distinct_paths(inputs: dict[str, str | os.PathLike | None], outputs: dict[str, str | os.PathLike | None]

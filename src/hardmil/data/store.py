@@ -7,9 +7,9 @@ Two sources with one interface (:class:`BagSource`):
   ``coords.npy`` (``[rows, 2]`` int64, ``-1`` where a source has no coords), ``stats.npy`` (per slide: the
   float64 mean and sum of squared deviations of its features, so a fold's standardisation statistics are a
   merge of its slides' moments, no pass over the features) and ``index.json`` (slide -> first row, row count,
-  source file with its size and mtime, and a BLAKE2b checksum of the slide's stored bytes). Both arrays are opened memory-mapped, so a
-  job touches only the pages of the bags it reads, and concurrent jobs on one node share the operating
-  system's page cache instead of each holding a private copy of the cohort.
+  source file with its size and mtime, and a BLAKE2b checksum of the slide's stored bytes). Both arrays are
+  opened memory-mapped, so a job touches only the pages of the bags it reads, and concurrent jobs on one node
+  share the operating system's page cache instead of each holding a private copy of the cohort.
 * :class:`FileBags`, the per-file fallback: a features folder (TRIDENT / CLAM h5, or ``.pt``) read one file
   per request, for features that were never packed (external evaluation folders, ad-hoc use).
 

@@ -464,3 +464,43 @@ def test_a_log_that_cannot_be_written_is_named_in_one_line(capsys):
         print("more", file=sys.stderr)
     assert info.value.code == 1
     assert capsys.readouterr().err == f"error: /dev/full: {DISK_FULL}\n"
+
+
+def test_yaml_merge_keys_may_still_override():
+    import tempfile
+
+    from hardmil.config import read_yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write("v1: &v1 {baseline: abmil, mask: 0.1}\nm: {<<: *v1, baseline: transmil}\n")
+    assert read_yaml(fh.name)["m"] == {"baseline": "transmil", "mask": 0.1}
+    os.unlink(fh.name)
+
+
+@pytest.mark.workflow
+def test_the_workflow_gives_the_check_config_message_for_the_new_checks(tmp_path, capsys, bags):
+    """Items 2, 3 and 6 through `snakemake -n` in a folder whose results exist: the same line as check-config."""
+    import subprocess
+    import sys
+
+    feats, manifest, model = bags
+    good = {"datasets": {"mine": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
+                                  "features_dir": str(feats)}}, "methods": {"abmil": {"model": "abmil"}}}
+    (tmp_path / "results/stores/mine/provided").mkdir(parents=True)  # finished results stand here
+    (tmp_path / "results/stores/mine/provided/index.json").write_text("{}")
+    texts = {"duplicate key": yaml.safe_dump(good) + "methods:\n  other: {model: abmil}\n",
+             "classes": yaml.safe_dump({**good, "datasets": {"mine": {**good["datasets"]["mine"],
+                                                                      "classes": ["neg", "pos", "pos"]}}}),
+             "missing": yaml.safe_dump({**good, "datasets": {"mine": {**good["datasets"]["mine"],
+                                                                      "manifest": str(tmp_path / "gone.tsv")}}})}
+    for case, text in texts.items():
+        path = tmp_path / f"{case.replace(' ', '_')}.yaml"
+        path.write_text(text)
+        code, err = _cli(capsys, "check-config", str(path))
+        line = err.strip().removeprefix(f"error: {path}: ")
+        assert code == 2 and line != err.strip(), (case, err)
+        res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(REPO / "Snakefile"),
+                              "-d", str(tmp_path), "--configfile", str(path)], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode != 0 and line in res.stderr + res.stdout, (case, line, res.stderr[-2000:])
+        assert "Nothing to be done" not in res.stdout + res.stderr

@@ -13,6 +13,14 @@ import pytest
 from hardmil.data.bags import write_features
 
 REPO = Path(__file__).resolve().parents[1]
+FUZZ_SUMMARY: list[str] = []  # lines tests/test_fuzz.py reports in the summary (case count, outcome classes)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_SUMMARY:
+        terminalreporter.section("fuzz")
+        for line in FUZZ_SUMMARY:
+            terminalreporter.write_line(line)
 
 
 def make_cohort(root: Path, n_bags: int = 16, dim: int = 8, seed: int = 0, slides_per_case: int = 1,

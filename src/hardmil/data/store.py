@@ -325,6 +325,12 @@ def store_is_current(out_dir: str | os.PathLike, slides: list[str], features_dir
         e = index["slides"][slide]
         if str(src) != e["source"] or not src.exists() or _fingerprint(src) != e["fingerprint"]:
             return False
+    try:  # the store's own bytes: a damaged store is rebuilt, not kept
+        store = BagStore(out)
+        for slide in slides:
+            store.verify(slide)
+    except InputError:
+        return False
     return True
 
 

@@ -7,7 +7,7 @@ Two sources with one interface (:class:`BagSource`):
   ``coords.npy`` (``[rows, 2]`` int64, ``-1`` where a source has no coords), ``stats.npy`` (per slide: the
   float64 mean and sum of squared deviations of its features, so a fold's standardisation statistics are a
   merge of its slides' moments, no pass over the features) and ``index.json`` (slide -> first row, row count,
-  source file with its size and mtime, and a BLAKE2b checksum of the slide's stored bytes). Both arrays are
+  source file with its size and mtime, and a SHA-1 checksum of the slide's stored bytes). Both arrays are
   opened memory-mapped, so a job touches only the pages of the bags it reads, and concurrent jobs on one node
   share the operating system's page cache instead of each holding a private copy of the cohort.
 * :class:`FileBags`, the per-file fallback: a features folder (TRIDENT / CLAM h5, or ``.pt``) read one file
@@ -17,7 +17,7 @@ Validation (dimension, NaN/Inf, empty bags, coords shape) happens once, when the
 naming the source file; a store whose sources changed after it was built is refused with a message that names
 the changed file (:meth:`BagStore.check_fresh`). A store whose own bytes changed after the build (an edited or
 damaged ``features.npy``) is refused naming the slide: each bag's checksum is verified the first time a process
-reads it (:meth:`BagStore.verify`; measured cost in :data:`VERIFY_NOTE`).
+reads it (:meth:`BagStore.verify`; cost: see :func:`_bag_digest`).
 
 Memory: a bag read from a store is a view of the memory map (no copy until it is converted for the model);
 :class:`~hardmil.data.bagset.BagSet` converts and standardises one bag per step. Building streams one source
@@ -40,8 +40,6 @@ from hardmil.data.bags import features_path, read_feature_shape, read_features
 from hardmil.utils import InputError
 
 STORE_VERSION = 2  # 2: per-bag checksums
-VERIFY_NOTE = ("bench/scale.py --verify: BLAKE2b reads ~0.9 GB/s on one core here, ~0.45 s for a 10^5-patch "
-               "1024-d float32 bag (410 MB); verified once per bag and process, not on every read")
 STORE_DTYPES = ("float32", "float16")
 INDEX = "index.json"
 FEATURES = "features.npy"
@@ -77,8 +75,13 @@ class BagSource:
 
 
 def _bag_digest(feats: np.ndarray, coords: np.ndarray, stats: np.ndarray) -> str:
-    """BLAKE2b (128-bit) of one bag's stored bytes: its features rows, coords rows and moments."""
-    h = hashlib.blake2b(digest_size=16)
+    """SHA-1 of one bag's stored bytes (its features rows, coords rows and moments): a checksum against damage
+    and edits, not a security measure. Measured with ``bench/scale.py --verify`` on this project's 2-core
+    machine (under load): SHA-1 hashes ~1.4 GB/s (CPU SHA instructions), BLAKE2b 0.45, SHA-256 0.9, so a
+    10^5-patch 1024-d float32 bag (410 MB) takes ~0.3 s (page cache warm), ~3x the training step's own float32
+    copy of the bag (0.11 s). Too much for every read of every epoch, so a store verifies each bag once per
+    process (:meth:`BagStore.verify`): a job pays one pass over its bags' bytes, whatever its epochs."""
+    h = hashlib.sha1(usedforsecurity=False)
     for part in (feats, coords, stats):
         h.update(memoryview(np.ascontiguousarray(part)).cast("B"))
     return h.hexdigest()

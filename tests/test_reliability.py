@@ -504,3 +504,24 @@ def test_the_workflow_gives_the_check_config_message_for_the_new_checks(tmp_path
                              timeout=300)
         assert res.returncode != 0 and line in res.stderr + res.stdout, (case, line, res.stderr[-2000:])
         assert "Nothing to be done" not in res.stdout + res.stderr
+
+
+def test_a_store_build_on_a_full_disk_names_the_file_and_keeps_the_old_store(tmp_path, bags, monkeypatch):
+    """Measured with a full 128 kB tmpfs as results/: the memory-mapped arrays were sparse, so the build died
+    with an OSError naming no file; their blocks are now allocated up front (posix_fallocate)."""
+    from hardmil.data.store import STORE_FILES, build_store
+
+    feats, manifest, model = bags
+    slides = [r["slide"] for r in read_manifest(manifest, ["neg", "pos"])]
+    build_store(slides, feats, tmp_path / "store")
+    before = {f: (tmp_path / "store" / f).read_bytes() for f in STORE_FILES}
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(InputError) as info:
+        build_store(slides, feats, tmp_path / "store", force=True)
+    assert str(info.value).startswith(f"{tmp_path / 'store.building/features.npy'}: disk full while writing")
+    assert {f: (tmp_path / "store" / f).read_bytes() for f in STORE_FILES} == before
+    assert not (tmp_path / "store.building").exists()

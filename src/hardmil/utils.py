@@ -270,6 +270,11 @@ class _LogStream:
     def isatty(self) -> bool:
         return False
 
+    def __getattr__(self, name: str):  # fileno, encoding, ... of the log file (subprocesses write to it directly)
+        if name == "_fh":
+            raise AttributeError(name)
+        return getattr(self._fh, name)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._fh.close()

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from hardmil.data.bags import features_path, read_feature_shape, read_features
-from hardmil.utils import InputError
+from hardmil.utils import DISK_FULL, InputError, is_disk_full, write_text
 
 STORE_VERSION = 2  # 2: per-bag checksums
 STORE_DTYPES = ("float32", "float16")
@@ -367,11 +367,9 @@ def build_store(slides: list[str], features_dir: str | os.PathLike, out_dir: str
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        feats_mm = np.lib.format.open_memmap(tmp / FEATURES, mode="w+", dtype=np.dtype(dtype), shape=(rows, dim))
-        coords_mm = np.lib.format.open_memmap(tmp / COORDS, mode="w+", dtype=np.int64, shape=(rows, 2))
-        stats_mm = np.lib.format.open_memmap(tmp / STATS, mode="w+", dtype=np.float64, shape=(len(slides), 2, dim))
-        for name in (FEATURES, COORDS, STATS):
-            _reserve(tmp / name)
+        feats_mm = _new_map(tmp / FEATURES, np.dtype(dtype), (rows, dim))
+        coords_mm = _new_map(tmp / COORDS, np.int64, (rows, 2))
+        stats_mm = _new_map(tmp / STATS, np.float64, (len(slides), 2, dim))
         entries, start = {}, 0
         for k, slide in enumerate(tqdm(slides, desc="bag store", unit="bag", disable=not progress)):
             src = paths[slide]
@@ -392,7 +390,7 @@ def build_store(slides: list[str], features_dir: str | os.PathLike, out_dir: str
         del feats_mm, coords_mm, stats_mm
         index = {"version": STORE_VERSION, "dim": dim, "dtype": dtype, "rows": rows, "slides": entries,
                  "features_dir": str(features_dir), "max_bag": max(n for n, _ in shapes.values())}
-        (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        write_text(tmp / INDEX, json.dumps(index, indent=1) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         (out / INDEX).unlink(missing_ok=True)  # no index while the arrays are swapped
         for name in (FEATURES, COORDS, STATS, INDEX):
@@ -404,18 +402,24 @@ def build_store(slides: list[str], features_dir: str | os.PathLike, out_dir: str
     return index
 
 
-def _reserve(path: Path) -> None:
-    """Allocate a memory-mapped file's blocks now: on a full disk this raises ENOSPC naming the file, where
-    writing into a sparse map would kill the job with SIGBUS."""
-    fd = os.open(path, os.O_RDWR)
+def _new_map(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` memory map with its blocks allocated now: on a full disk this is an :class:`InputError`
+    naming the file, where writing into a sparse map would kill the job with SIGBUS."""
     try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # else: no fallocate here, map as before
+                raise
+        finally:
+            os.close(fd)
     except OSError as err:
-        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: map as before
-            return
-        raise OSError(err.errno, err.strerror, str(path)) from None
-    finally:
-        os.close(fd)
+        if is_disk_full(err):
+            raise InputError(path, DISK_FULL) from None
+        raise
+    return mm
 
 
 def merge_moments(acc, part):

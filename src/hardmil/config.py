@@ -5,7 +5,10 @@
 defaults in place as Snakemake's ``validate`` would; :func:`check_references` (names that refer to each other,
 each method's model parameters, protocols, figures, cross-source pairs); :func:`check_slide_references`
 (encoders and synthetic textures of slide datasets); :func:`check_manifests` (the small input files that
-exist already: a ``source: features`` manifest's labels against ``classes``). Every failure is a
+exist already: a ``source: features`` manifest's labels against ``classes``; a user's manifest or features
+folder that does not exist, :func:`check_inputs_exist`). A config file is read by :func:`read_yaml`, which
+refuses a key given twice at any level (PyYAML keeps the last silently); the workflow re-reads the files
+Snakemake loaded through it (:func:`check_config_files`). Every failure is a
 ``ValueError`` whose message names the key (``config methods.m.teacher: ...``) or, for a bad input file,
 the file (:class:`hardmil.utils.InputError`), and the workflow and the command line print the same message.
 Relative paths in a config are read relative to the working directory, as the workflow does (run both from

@@ -347,6 +347,7 @@ def test_fuzz_inputs(base, tmp_path):
     rng = np.random.default_rng(SEED)
     outcomes: Counter = Counter()
     kinds: Counter = Counter()
+    changed_by: Counter = Counter()
     failures = []
     for target, mutate in MUTATIONS.items():
         for i in range(CASES_PER_TARGET):
@@ -365,11 +366,15 @@ def test_fuzz_inputs(base, tmp_path):
                     continue
                 outcome, problem = check_case(target, kind, neutral, before, got, baseline)
             outcomes[outcome] += 1
+            if outcome == "changed":
+                changed_by[f"{target}:{kind}"] += 1
             if problem:
                 failures.append(f"{target}:{kind} (case {i}): {problem}")
             shutil.rmtree(case)
     total = sum(outcomes.values())
     FUZZ_SUMMARY.append(f"fuzz (seed {SEED}): {total} cases over {len(kinds)} mutation kinds; outcomes "
                         + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + f"; failures {len(failures)}")
+    FUZZ_SUMMARY.append("ran to other outputs (valid input that says something else): "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(changed_by.items())))
     assert total >= 200
     assert not failures, "\n".join(failures[:20])

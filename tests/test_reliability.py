@@ -525,3 +525,17 @@ def test_a_store_build_on_a_full_disk_names_the_file_and_keeps_the_old_store(tmp
     assert str(info.value).startswith(f"{tmp_path / 'store.building/features.npy'}: disk full while writing")
     assert {f: (tmp_path / "store" / f).read_bytes() for f in STORE_FILES} == before
     assert not (tmp_path / "store.building").exists()
+
+
+def test_predict_into_an_unwritable_folder_is_one_line(tmp_path, capsys, bags, monkeypatch):
+    import tempfile
+
+    feats, manifest, model = bags
+
+    def denied(*args, dir=None, **kwargs):  # what a folder without write permission gives a non-root user
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    code, err = _cli(capsys, "predict", "--model", str(model), "--features", str(feats), "--out",
+                     str(tmp_path / "out" / "p.tsv"))
+    assert code == 2 and err == f"error: {tmp_path / 'out'}: Permission denied\n"

@@ -95,7 +95,8 @@ def _check_index(path: Path, index: object) -> None:
     if not isinstance(index, dict):
         raise bad("not a JSON object")
     if index.get("version") != STORE_VERSION:
-        raise InputError(path, f"bag store version {index.get('version')} != {STORE_VERSION}; rebuild it")
+        raise InputError(path, f"bag store version {index.get('version')} != {STORE_VERSION}; rebuild it "
+                               "(snakemake -R bag_store)")
     for key in ("rows", "dim", "max_bag"):
         if type(index.get(key)) is not int or index[key] < 0:
             raise bad(f"{key!r} is not a count")

@@ -19,6 +19,7 @@ streamed bags then differ in transfers, not only in memory).
 
     python bench/scale.py                       # 40 / 120 / 360 bags (about 25 GB of temporary disk)
     python bench/scale.py --sizes 40 120 --json scale.json
+    python bench/scale.py --verify 100000       # cost of the store's per-bag checksum on one 10^5-patch bag
 """
 
 from __future__ import annotations
@@ -136,7 +137,11 @@ def main(argv=None) -> dict:
                                                                   "(default: the middle size)")
     ap.add_argument("--tmp", default=None, help="where to put the cohorts (default: the system's temp dir)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--verify", type=int, default=None, metavar="ROWS",
+                    help="only time the bag store's checksum verification on one bag of ROWS x --dim")
     args = ap.parse_args(argv)
+    if args.verify:
+        return verify_cost(args.verify, args.dim, args.tmp)
     from hardmil.data.store import build_store
 
     compare_at = args.compare_at or args.sizes[len(args.sizes) // 2]
@@ -183,6 +188,42 @@ def main(argv=None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def verify_cost(rows: int, dim: int, tmp: str | None = None, repeats: int = 3) -> dict:
+    """Seconds to verify one bag's checksum (:meth:`hardmil.data.store.BagStore.verify`, page cache warm) next to
+    what a training step does with the same bag anyway (its float32 copy from the memory map)."""
+    import torch
+
+    from hardmil.data.bags import write_features
+    from hardmil.data.store import BagStore, build_store
+
+    root = Path(tempfile.mkdtemp(prefix="hardmil-verify-", dir=tmp))
+    try:
+        rng = np.random.default_rng(0)
+        write_features(root / "f" / "s0.h5", rng.standard_normal((rows, dim), dtype=np.float32),
+                       np.zeros((rows, 2), np.int64))
+        t = time.perf_counter()
+        build_store(["s0"], root / "f", root / "store")
+        build_s = time.perf_counter() - t
+        verify, convert = [], []
+        for _ in range(repeats):
+            store = BagStore(root / "store")  # a new process's view: nothing verified yet
+            t = time.perf_counter()
+            store.verify("s0")
+            verify.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            torch.from_numpy(np.array(store.features("s0"), dtype=np.float32))
+            convert.append(time.perf_counter() - t)
+        mb = rows * dim * 4 / 1e6
+        report = {"rows": rows, "dim": dim, "bag_mb": mb, "store_build_s": build_s, "verify_s": min(verify),
+                  "verify_gb_per_s": mb / 1e3 / min(verify), "step_copy_s": min(convert)}
+        print(f"one bag of {rows} x {dim} float32 ({mb:.0f} MB): build {build_s:.2f} s, checksum verify "
+              f"{min(verify):.3f} s ({report['verify_gb_per_s']:.2f} GB/s), the step's own float32 copy "
+              f"{min(convert):.3f} s (best of {repeats}, page cache warm)")
+        return report
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _summary(report: dict) -> None:

@@ -13,6 +13,14 @@ import pytest
 from hardmil.data.bags import write_features
 
 REPO = Path(__file__).resolve().parents[1]
+FUZZ_SUMMARY: list[str] = []  # lines tests/test_fuzz.py reports in the summary (case count, outcome classes)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_SUMMARY:
+        terminalreporter.section("fuzz")
+        for line in FUZZ_SUMMARY:
+            terminalreporter.write_line(line)
 
 
 def make_cohort(root: Path, n_bags: int = 16, dim: int = 8, seed: int = 0, slides_per_case: int = 1,
@@ -39,6 +47,24 @@ def make_cohort(root: Path, n_bags: int = 16, dim: int = 8, seed: int = 0, slide
     manifest = root / "manifest.tsv"
     write_manifest(manifest, rows)
     return feats_dir, manifest
+
+
+def untrained_model(path: Path, dim: int, classes=("neg", "pos"), seed: int = 0) -> Path:
+    """A ``model.pt`` as a training run writes it (AB-MIL, seeded random weights, identity standardisation), for
+    tests of the commands that read one without the cost of training."""
+    import dataclasses
+
+    import torch
+
+    from hardmil.checkpoint import save
+    from hardmil.models import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("abmil", in_dim=dim, n_classes=len(classes))
+    save(path, {"model": "abmil", "model_config": dataclasses.asdict(net.cfg), "state_dict": net.state_dict(),
+                "feature_mean": np.zeros(dim, np.float32), "feature_std": np.ones(dim, np.float32),
+                "classes": list(classes), "epoch": 0, "threshold": 0.5, "task": "classification"})
+    return path
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:

@@ -193,8 +193,11 @@ def test_manifest_labels_outside_classes_are_rejected_at_check_time(tmp_path):
     from hardmil.config import check_config
 
     cfg = yaml.safe_load(bad.read_text())
-    cfg["datasets"]["mine"]["manifest"] = str(tmp_path / "not_there.tsv")  # made by a rule, or not yet: no check
+    cfg["datasets"]["mine"]["manifest"] = "results/manifests/mine.tsv"  # under results/: a rule may write it
     check_config(cfg)
+    cfg["datasets"]["mine"]["manifest"] = str(tmp_path / "not_there.tsv")  # a user's file: must exist (#26)
+    with pytest.raises(ValueError, match=r"config datasets.mine.manifest: .*not_there.tsv does not exist"):
+        check_config(cfg)
 
 
 @pytest.mark.workflow

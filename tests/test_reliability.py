@@ -240,3 +240,303 @@ def test_an_hdf5_write_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"s0\.h5: disk full while writing"):
         write_features(tmp_path / "s0.h5", np.zeros((2, 3)))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- issue 26 -------------------------------------------------------------------------------------------------
+def _cli(capsys, *argv) -> tuple[int, str]:
+    from hardmil.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def bags(tmp_path):
+    """A tiny cohort (6 bags, 4-d), its manifest and an untrained model.pt for it."""
+    from .conftest import make_cohort, untrained_model
+
+    feats, manifest = make_cohort(tmp_path, n_bags=6, dim=4)
+    return feats, manifest, untrained_model(tmp_path / "model.pt", 4)
+
+
+# item 1: an output on an input (or on the other output) is refused, by path, symlink or hard link
+@pytest.mark.parametrize("how", ["out=model", "attention=out", "symlink", "hardlink", "inside features"])
+def test_predict_refuses_to_write_over_its_inputs(tmp_path, capsys, bags, how):
+    feats, manifest, model = bags
+    before = model.read_bytes()
+    out, att = tmp_path / "p.tsv", None
+    if how == "out=model":
+        out = model
+    elif how == "attention=out":
+        att = out
+    elif how == "symlink":
+        (tmp_path / "link.tsv").symlink_to(model)
+        out = tmp_path / "link.tsv"
+    elif how == "hardlink":
+        os.link(model, tmp_path / "hard.tsv")
+        out = tmp_path / "hard.tsv"
+    else:
+        out = feats / "s000_0.h5"
+    argv = ["predict", "--model", str(model), "--features", str(feats), "--out", str(out)]
+    code, err = _cli(capsys, *argv, *(["--attention", str(att)] if att else []))
+    expected = {"out=model": f"error: {out}: --out is the path given to --model ({model});",
+                "attention=out": f"error: {out}: --attention is the path given to --out ({out});",
+                "symlink": f"error: {out}: --out is the path given to --model ({model});",
+                "hardlink": f"error: {out}: --out is the path given to --model ({model});",
+                "inside features": f"error: {out}: --out is inside the path given to --features ({feats});"}[how]
+    assert code == 2 and err.startswith(expected) and err.count("\n") == 1, err
+    assert model.read_bytes() == before
+    assert not (tmp_path / "p.tsv").exists()
+
+
+def test_predict_writes_atomically_and_leaves_the_old_table_on_failure(tmp_path, capsys, bags, monkeypatch):
+    feats, manifest, model = bags
+    out = tmp_path / "p.tsv"
+    assert _cli(capsys, "predict", "--model", str(model), "--features", str(feats), "--out", str(out))[0] == 0
+    before = out.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import csv
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", full)
+    code, err = _cli(capsys, "predict", "--model", str(model), "--features", str(feats), "--out", str(out))
+    assert code == 2 and err == f"error: {out}: disk full while writing this file (no space left on device); any " \
+                                "previous version is untouched\n"
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "manifest.tsv", "model.pt", "p.tsv"]
+
+
+# item 2: duplicate class names
+def test_duplicate_class_names_are_refused():
+    cfg = _config(d={"classes": ["neg", "pos", "pos"]})
+    with pytest.raises(ValueError) as info:
+        validate_config(cfg, copy.deepcopy(SCHEMA))
+    assert str(info.value) == "config datasets.d.classes: ['neg', 'pos', 'pos'] has non-unique elements"
+
+
+# item 3: duplicate YAML keys at any level
+@pytest.mark.parametrize("text, line, key, first", [
+    ("train:\n  epochs: 3\nmethods:\n  m: {model: abmil}\ntrain:\n  epochs: 1\n", 5, "train", 1),
+    ("train:\n  epochs: 3\n  lr: 0.1\n  epochs: 1\n", 4, "epochs", 2),
+    ("methods:\n  m:\n    model: abmil\n    params: {dropout: 0.1, dropout: 0.2}\n", 4, "dropout", 4),
+])
+def test_duplicate_yaml_keys_are_refused_naming_both_lines(tmp_path, capsys, text, line, key, first):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    code, err = _cli(capsys, "check-config", str(path))
+    assert code == 2
+    assert err == f"error: {path}: line {line}: duplicate key {key!r} (first at line {first}); YAML would keep only " \
+                  "the last one\n"
+
+
+# item 4: a store edited after its build; NaN coordinates
+def test_a_store_whose_bytes_changed_is_refused_by_predict_naming_the_slide(tmp_path, capsys, bags):
+    import numpy as np
+
+    from hardmil.data.store import BagStore, build_store
+
+    feats, manifest, model = bags
+    slides = [r["slide"] for r in read_manifest(manifest, ["neg", "pos"])]
+    build_store(slides, feats, tmp_path / "store")
+    out = tmp_path / "p.tsv"
+    argv = ["predict", "--model", str(model), "--features", str(tmp_path / "store"), "--out", str(out)]
+    assert _cli(capsys, *argv)[0] == 0
+    before = out.read_bytes()
+    store = BagStore(tmp_path / "store")
+    row = store.slides["s003_0"]["start"] + 1
+    arr = np.load(tmp_path / "store/features.npy", mmap_mode="r+")
+    arr[row, 2] = np.nan
+    arr.flush()
+    del arr
+    code, err = _cli(capsys, *argv)
+    assert code == 2 and err == (f"error: {tmp_path / 'store/features.npy'}: slide s003_0: the stored bytes no longer "
+                                 "match the checksum recorded when the bag store was built (edited or damaged); "
+                                 "rebuild the store\n")
+    assert out.read_bytes() == before
+    fresh = BagStore(tmp_path / "store")
+    assert fresh.features("s000_0").shape == (fresh.n_rows("s000_0"), 4)  # the other bags still read
+    with pytest.raises(InputError, match="slide s003_0: the stored bytes"):
+        fresh.slide_stats("s003_0")  # training reads the moments first: checked there too
+    with pytest.raises(InputError, match="slide s003_0: the stored bytes"):
+        fresh.coords("s003_0")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_coords_are_refused_at_build_time(tmp_path, value):
+    import h5py
+    import numpy as np
+
+    from hardmil.data.store import build_store
+
+    path = tmp_path / "s0.h5"
+    with h5py.File(path, "w") as f:
+        f["features"] = np.ones((3, 4), np.float32)
+        f["coords"] = np.array([[0, 0], [256, value], [512, 0]], np.float64)
+    with pytest.raises(InputError) as info:
+        build_store(["s0"], tmp_path, tmp_path / "store")
+    assert str(info.value) == f"{path}: 1 instance(s) have NaN or infinite coords"
+    assert not (tmp_path / "store").exists()
+
+
+# item 5: BOM and CRLF
+def test_manifest_with_bom_and_crlf_reads_as_the_plain_one(tmp_path):
+    plain = tmp_path / "plain.tsv"
+    plain.write_text("slide\tcase\tlabel\ns0\tc0\tneg\ns1\tc1\tpos\n")
+    excel = tmp_path / "excel.tsv"
+    excel.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
+    assert read_manifest(excel, ["neg", "pos"]) == read_manifest(plain, ["neg", "pos"])
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes("slide\tcase\tlabel\ns\xe90\tc0\tneg\n".encode("latin-1"))
+    with pytest.raises(InputError) as info:
+        read_manifest(latin, ["neg", "pos"])
+    assert str(info.value) == f"{latin}: line 2: manifest is not UTF-8 text; save it as UTF-8"
+
+
+# item 6: a missing manifest / features folder in a folder with finished results
+@pytest.mark.parametrize("key", ["manifest", "features_dir"])
+def test_a_missing_input_is_named_even_with_finished_results(tmp_path, capsys, bags, key):
+    from hardmil.config import load_config
+
+    feats, manifest, model = bags
+    cfg = {"datasets": {"mine": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
+                                 "features_dir": str(feats)}}, "methods": {"abmil": {"model": "abmil"}}}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    load_config(path)
+    gone = tmp_path / "moved"
+    (manifest if key == "manifest" else feats).rename(gone)
+    code, err = _cli(capsys, "check-config", str(path))
+    missing = manifest if key == "manifest" else feats
+    what = "file" if key == "manifest" else "folder"
+    assert code == 2 and err == f"error: {path}: config datasets.mine.{key}: {missing} does not exist (or is not a " \
+                                f"{what})\n"
+
+
+# item 7: one slide, two formats
+def test_a_slide_in_two_formats_is_refused_naming_both(tmp_path, bags):
+    from hardmil.data.bags import check_features_exist, features_path
+    from hardmil.data.store import build_store
+
+    feats, manifest, model = bags
+    torch.save(torch.ones(3, 4), feats / "s002_0.pt")
+    message = (f"{feats / 's002_0.h5'}: slide s002_0 has features in two formats, {feats / 's002_0.h5'} and "
+               f"{feats / 's002_0.pt'}; keep one of them")
+    with pytest.raises(InputError) as info:
+        features_path(feats, "s002_0")
+    assert str(info.value) == message
+    rows = read_manifest(manifest, ["neg", "pos"])
+    with pytest.raises(InputError, match="has features in two formats"):
+        check_features_exist(rows, feats, str(manifest))
+    with pytest.raises(InputError, match="has features in two formats"):
+        build_store([r["slide"] for r in rows], feats, tmp_path / "store")
+
+
+# item 8: a full disk under results/, the job's own log included
+def test_a_full_disk_ends_a_job_with_one_line(tmp_path, capsys):
+    from hardmil.utils import DISK_FULL, rule_log
+
+    target = tmp_path / "results/runs/model.pt"
+    with pytest.raises(SystemExit) as info, rule_log(tmp_path / "results/logs/train.log"):
+        raise InputError(target, DISK_FULL)
+    assert info.value.code == 1
+    assert capsys.readouterr().err == f"error: {target}: {DISK_FULL}\n"
+    assert (tmp_path / "results/logs/train.log").read_text().endswith(f"{target}: {DISK_FULL}\n")
+    with pytest.raises(SystemExit), rule_log(tmp_path / "results/logs/store.log"):  # an OSError straight from numpy
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results/stores/features.npy"))
+    assert capsys.readouterr().err == f"error: {tmp_path / 'results/stores/features.npy'}: {DISK_FULL}\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail ENOSPC)")
+def test_a_log_that_cannot_be_written_is_named_in_one_line(capsys):
+    """/dev/full: every write fails with ENOSPC, as a full results/ does for the rule's log."""
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    from hardmil.utils import DISK_FULL, rule_log
+
+    with pytest.raises(SystemExit) as info, rule_log("/dev/full"):
+        logging.getLogger("hardmil").info("starting")
+        for _ in tqdm(range(3), file=sys.stderr):
+            pass
+        print("more", file=sys.stderr)
+    assert info.value.code == 1
+    assert capsys.readouterr().err == f"error: /dev/full: {DISK_FULL}\n"
+
+
+def test_yaml_merge_keys_may_still_override():
+    import tempfile
+
+    from hardmil.config import read_yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write("v1: &v1 {baseline: abmil, mask: 0.1}\nm: {<<: *v1, baseline: transmil}\n")
+    assert read_yaml(fh.name)["m"] == {"baseline": "transmil", "mask": 0.1}
+    os.unlink(fh.name)
+
+
+@pytest.mark.workflow
+def test_the_workflow_gives_the_check_config_message_for_the_new_checks(tmp_path, capsys, bags):
+    """Items 2, 3 and 6 through `snakemake -n` in a folder whose results exist: the same line as check-config."""
+    import subprocess
+    import sys
+
+    feats, manifest, model = bags
+    good = {"datasets": {"mine": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
+                                  "features_dir": str(feats)}}, "methods": {"abmil": {"model": "abmil"}}}
+    (tmp_path / "results/stores/mine/provided").mkdir(parents=True)  # finished results stand here
+    (tmp_path / "results/stores/mine/provided/index.json").write_text("{}")
+    texts = {"duplicate key": yaml.safe_dump(good) + "methods:\n  other: {model: abmil}\n",
+             "classes": yaml.safe_dump({**good, "datasets": {"mine": {**good["datasets"]["mine"],
+                                                                      "classes": ["neg", "pos", "pos"]}}}),
+             "missing": yaml.safe_dump({**good, "datasets": {"mine": {**good["datasets"]["mine"],
+                                                                      "manifest": str(tmp_path / "gone.tsv")}}})}
+    for case, text in texts.items():
+        path = tmp_path / f"{case.replace(' ', '_')}.yaml"
+        path.write_text(text)
+        code, err = _cli(capsys, "check-config", str(path))
+        line = err.strip().removeprefix(f"error: {path}: ")
+        assert code == 2 and line != err.strip(), (case, err)
+        res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(REPO / "Snakefile"),
+                              "-d", str(tmp_path), "--configfile", str(path)], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode != 0 and line in res.stderr + res.stdout, (case, line, res.stderr[-2000:])
+        assert "Nothing to be done" not in res.stdout + res.stderr
+
+
+def test_a_store_build_on_a_full_disk_names_the_file_and_keeps_the_old_store(tmp_path, bags, monkeypatch):
+    """Measured with a full 128 kB tmpfs as results/: the memory-mapped arrays were sparse, so the build died
+    with an OSError naming no file; their blocks are now allocated up front (posix_fallocate)."""
+    from hardmil.data.store import STORE_FILES, build_store
+
+    feats, manifest, model = bags
+    slides = [r["slide"] for r in read_manifest(manifest, ["neg", "pos"])]
+    build_store(slides, feats, tmp_path / "store")
+    before = {f: (tmp_path / "store" / f).read_bytes() for f in STORE_FILES}
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(InputError) as info:
+        build_store(slides, feats, tmp_path / "store", force=True)
+    assert str(info.value).startswith(f"{tmp_path / 'store.building/features.npy'}: disk full while writing")
+    assert {f: (tmp_path / "store" / f).read_bytes() for f in STORE_FILES} == before
+    assert not (tmp_path / "store.building").exists()
+
+
+def test_predict_into_an_unwritable_folder_is_one_line(tmp_path, capsys, bags, monkeypatch):
+    import tempfile
+
+    feats, manifest, model = bags
+
+    def denied(*args, dir=None, **kwargs):  # what a folder without write permission gives a non-root user
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    code, err = _cli(capsys, "predict", "--model", str(model), "--features", str(feats), "--out",
+                     str(tmp_path / "out" / "p.tsv"))
+    assert code == 2 and err == f"error: {tmp_path / 'out'}: Permission denied\n"

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # permission denied, a full disk outside atomic writes ...: one line naming the file
+        print(f"error: {err.filename or '(a file)'}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

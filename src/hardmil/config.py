@@ -6,7 +6,10 @@ defaults in place as Snakemake's ``validate`` would, and each method's ``train``
 block's schema (:func:`check_method_train`); :func:`check_references` (names that refer to each other,
 each method's model parameters, protocols, figures, cross-source pairs); :func:`check_slide_references`
 (encoders and synthetic textures of slide datasets); :func:`check_manifests` (the small input files that
-exist already: a ``source: features`` manifest's labels against ``classes``). Every failure is a
+exist already: a ``source: features`` manifest's labels against ``classes``; a user's manifest or features
+folder that does not exist, :func:`check_inputs_exist`). A config file is read by :func:`read_yaml`, which
+refuses a key given twice at any level (PyYAML keeps the last silently); the workflow re-reads the files
+Snakemake loaded through it (:func:`check_config_files`). Every failure is a
 ``ValueError`` whose message names the key (``config methods.m.teacher: ...``) or, for a bad input file,
 the file (:class:`hardmil.utils.InputError`), and the workflow and the command line print the same message.
 Relative paths in a config are read relative to the working directory, as the workflow does (run both from
@@ -120,15 +123,62 @@ def check_config(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise ValueError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first at line "
+                                         f"{seen[key]}); YAML would keep only the last one")
+                    seen[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike) -> object:
+    """A YAML file's content; a duplicate key (at any level), invalid YAML or text that is not UTF-8 is a
+    ``ValueError`` naming the file (and the lines)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def check_config_files(paths) -> None:
+    """The workflow's check of the config files Snakemake read (``workflow.configfiles``): each must be YAML
+    without duplicate keys, which Snakemake's own loader would let pass (the last one winning)."""
+    for path in paths:
+        read_yaml(path)
+
+
 def load_config(path: str | os.PathLike, schema_path: str | os.PathLike | None = None) -> dict:
     """Read a config file and run :func:`check_config` on it; errors name the file first."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: config file does not exist")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    config = read_yaml(path) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config must be a mapping of keys, got {type(config).__name__}")
     try:
         return check_config(config, load_schema(schema_path))
     except ValueError as err:
@@ -157,11 +207,36 @@ def check_slide_references(config: dict) -> None:
                     raise ValueError(f"config synthetic (dataset {d}): texture {a!r} is not in assets")
 
 
+def _made_by_the_workflow(path: str) -> bool:
+    return Path(path).parts[:1] == ("results",)
+
+
+def check_inputs_exist(config: dict) -> None:
+    """The files a user brings exist: the manifest of a ``source: features`` or ``slides`` dataset and the
+    features folder (each encoder's) of a ``source: features`` dataset, unless the path is under ``results/``
+    (another dataset's rule writes it). Checked before any job, so a missing input is named even in a folder
+    whose results are finished (Snakemake would otherwise find nothing to do)."""
+    for d, dcfg in config["datasets"].items():
+        if dcfg["source"] not in ("features", "slides") or "simulate" in dcfg:
+            continue
+        manifest = dcfg.get("manifest")
+        if manifest and not _made_by_the_workflow(manifest) and not Path(manifest).is_file():
+            raise ValueError(f"config datasets.{d}.manifest: {manifest} does not exist (or is not a file)")
+        pattern = dcfg.get("features_dir")
+        if dcfg["source"] != "features" or not pattern:
+            continue
+        for encoder in dcfg["encoders"]:
+            folder = pattern.replace("{dataset}", d).replace("{encoder}", encoder)
+            if not _made_by_the_workflow(folder) and not Path(folder).is_dir():
+                raise ValueError(f"config datasets.{d}.features_dir: {folder} does not exist (or is not a folder)")
+
+
 def check_manifests(config: dict) -> None:
     """The manifests a user brings (``source: features`` classification datasets whose manifest exists now):
     every label is one of ``classes`` and no slide is listed twice, as the splits job would find later."""
     from hardmil.data.bags import read_manifest
 
+    check_inputs_exist(config)
     for dcfg in config["datasets"].values():
         if dcfg["source"] != "features" or dcfg["task"] != "classification" or "simulate" in dcfg:
             continue

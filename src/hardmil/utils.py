@@ -119,15 +119,62 @@ def read_tsv(path: str | os.PathLike, what: str = "table", columns: tuple[str, .
     path = Path(path)
     if not path.exists():
         raise InputError(path, f"{what} does not exist")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        rows = list(reader)
+    try:  # utf-8-sig: a byte-order mark (Excel's "UTF-8" export) is dropped; newline="": CRLF lines are read too
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise InputError(path, f"line {_first_non_utf8_line(path)}: {what} is not UTF-8 text; save it as UTF-8"
+                         ) from None
+    except csv.Error as err:
+        raise InputError(path, f"{what} is not a readable TSV: {err}") from None
+    except IsADirectoryError:
+        raise InputError(path, f"{what} is a folder, not a file") from None
     if not rows and not allow_empty:
         raise InputError(path, f"{what} has no rows")
     missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
         raise InputError(path, f"{what} lacks column(s) {missing}")
+    for i, row in enumerate(rows, start=2):
+        if None in row or any(row.get(c) is None for c in columns):
+            raise InputError(path, f"line {i}: {'more' if None in row else 'fewer'} cells than the header's "
+                                   f"{len(reader.fieldnames or [])}")
+        for key, value in row.items():  # a short row's missing optional cells read as empty
+            if value is None:
+                row[key] = ""
     return rows
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return data[: err.start].count(b"\n") + 1
+    return 1
+
+
+def check_distinct_paths(inputs: dict[str, str | os.PathLike | None], outputs: dict[str, str | os.PathLike | None]
+                         ) -> None:
+    """Refuse (:class:`InputError`) an output that is one of the inputs or another output: the same resolved
+    path, or the same file reached through a symlink or hard link (``os.path.samefile``). ``inputs`` and
+    ``outputs`` map an option name (``--model``) to its path; None entries are skipped. An output may not lie
+    inside an input folder either (it would replace a file the command reads)."""
+    given = [(name, Path(p), name in outputs) for name, p in {**inputs, **outputs}.items() if p is not None]
+    for i, (name, path, is_out) in enumerate(given):
+        for other, opath, other_out in given[:i]:
+            if not (is_out or other_out):
+                continue
+            same = path.resolve() == opath.resolve()
+            if not same and path.exists() and opath.exists():
+                with contextlib.suppress(OSError):
+                    same = os.path.samefile(path, opath)
+            out, inp = (path, opath) if is_out else (opath, path)
+            inside = not same and inp.is_dir() and out.resolve().is_relative_to(inp.resolve())
+            if same or inside:
+                raise InputError(path, f"{name} is {'inside ' if inside else ''}the path given to {other} "
+                                       f"({opath}); writing it would replace a file this command reads or "
+                                       "writes: choose another path")
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> None:
@@ -199,27 +246,93 @@ class InputError(ValueError):
         self.problem = problem
 
 
+class _LogStream:
+    """A rule's log as a text stream that never raises: the first failed write (a full disk) is kept in ``error``
+    and everything after it is dropped, so logging cannot bury the job's own error under chained tracebacks."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.error: OSError | None = None
+        self._fh = open(path, "a")
+
+    def write(self, text: str) -> int:
+        if self.error is None:
+            try:
+                self._fh.write(text)
+                self._fh.flush()
+            except OSError as err:
+                self.error = err
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):  # fileno, encoding, ... of the log file (subprocesses write to it directly)
+        if name == "_fh":
+            raise AttributeError(name)
+        return getattr(self._fh, name)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+
+def disk_full_line(err: BaseException) -> str | None:
+    """The one line to print for a full disk behind ``err`` (naming the file), None if the disk is not full."""
+    if isinstance(err, InputError) and err.problem == DISK_FULL:
+        return str(err)
+    if is_disk_full(err):
+        return f"{getattr(err, 'filename', None) or '(a file of this job)'}: {DISK_FULL}"
+    return None
+
+
 @contextlib.contextmanager
 def rule_log(log_file: str | os.PathLike | None) -> Iterator[None]:
-    """For a workflow script: log records, progress bars (stderr) and any exception go to the rule's log."""
+    """For a workflow script: log records, progress bars (stderr) and any exception go to the rule's log.
+
+    A full disk, whether it stops an output or the log itself, ends the job with one line on the job's stderr
+    naming the file that could not be written (exit status 1), no traceback."""
     if not log_file:
         setup_logging(None)
         yield
         return
-    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a") as fh:
-        old_stderr = sys.stderr
-        sys.stderr = fh
+    log_file = Path(log_file)
+    old_stderr = sys.stderr
+
+    def give_up(line: str) -> None:
+        print(f"error: {line}", file=old_stderr)
+        raise SystemExit(1)
+
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        stream = _LogStream(log_file)
+    except OSError as err:
+        if is_disk_full(err):
+            give_up(f"{log_file}: {DISK_FULL}")
+        raise
+    sys.stderr = stream
+    try:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            handlers=[logging.StreamHandler(stream)], force=True)
         try:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                handlers=[logging.StreamHandler(fh)], force=True)
-            try:
-                yield
-            except Exception:
+            yield
+        except Exception as err:
+            line = disk_full_line(err)
+            if line is None:
                 log.exception("failed")
                 raise
-        finally:
+            log.error("%s", line)
             sys.stderr = old_stderr
+            give_up(line)
+    finally:
+        sys.stderr = old_stderr
+        logging.basicConfig(handlers=[logging.StreamHandler(old_stderr)], force=True)
+        stream.close()
+    if stream.error is not None:
+        give_up(f"{log_file}: {DISK_FULL}")
 
 
 _MALLOC_FIXED = False

@@ -6,11 +6,13 @@ import re
 
 from hardmil.checkpoint import RUN_FILES
 from hardmil.data.store import STORE_FILES
-from hardmil.config import SLIDE_SOURCES, check_config, method_protocols, method_train
+from hardmil.config import SLIDE_SOURCES, check_config, check_config_files, method_protocols, method_train
 
 
 # hardmil.config.check_config: the packaged schema (fills in its defaults), cross-references, slide references,
 # manifest labels. `hardmil check-config FILE` runs the same function and prints the same message.
+# check_config_files: the config files again, through the loader that refuses duplicate keys.
+check_config_files(workflow.configfiles)
 check_config(config)
 
 RUN_DIR = "results/runs/{dataset}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"

@@ -149,7 +149,7 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None
                     raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys())})")
                 feats = np.asarray(f["features"][()], dtype=np.float32)
                 if "coords" in f:
-                    coords = np.asarray(f["coords"][()], dtype=np.int64)
+                    coords = np.asarray(f["coords"][()])
     except InputError:
         raise
     except Exception as err:  # unreadable, truncated, not an h5 ...
@@ -165,9 +165,26 @@ def read_features(path: str | os.PathLike, expected_dim: int | None = None
     if not np.isfinite(feats).all():
         bad = int((~np.isfinite(feats)).any(axis=1).sum())
         raise InputError(path, f"{bad} instance(s) have NaN or infinite features")
-    if coords is not None and coords.shape != (feats.shape[0], 2):
-        raise InputError(path, f"coords shape {coords.shape} does not match features {feats.shape}")
+    if coords is not None:
+        coords = _checked_coords(path, coords, feats.shape)
     return feats, coords
+
+
+def _checked_coords(path: Path, coords: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``coords`` as int64 ``[N, 2]``: numbers, finite, in range (a NaN cast to int64 would become -2^63)."""
+    if coords.shape != (shape[0], 2):
+        raise InputError(path, f"coords shape {coords.shape} does not match features {shape}")
+    if coords.dtype.kind not in "iuf":
+        raise InputError(path, f"coords must be numbers, got dtype {coords.dtype}")
+    if coords.dtype.kind == "f":
+        if not np.isfinite(coords).all():
+            bad = int((~np.isfinite(coords)).any(axis=1).sum())
+            raise InputError(path, f"{bad} instance(s) have NaN or infinite coords")
+        if (np.abs(coords) >= 2.0 ** 62).any():
+            raise InputError(path, "coords out of range (2^62 pixels or more)")
+    if coords.dtype.kind == "u" and coords.size and coords.max() >= 2 ** 62:
+        raise InputError(path, "coords out of range (2^62 pixels or more)")
+    return coords.astype(np.int64)
 
 
 def read_feature_shape(path: str | os.PathLike) -> tuple[int, int]:
@@ -198,13 +215,14 @@ def read_feature_shape(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def features_path(features_dir: str | os.PathLike, slide: str) -> Path:
-    """The features file of ``slide``: ``{slide}.h5`` or, failing that, ``{slide}.pt``."""
+    """The features file of ``slide``: ``{slide}.h5`` or ``{slide}.pt`` (the h5 path when neither exists); both
+    present is an :class:`InputError` naming both, since either could be the one meant."""
     base = Path(features_dir)
-    for suffix in FEATURE_SUFFIXES:
-        candidate = base / f"{slide}{suffix}"
-        if candidate.exists():
-            return candidate
-    return base / f"{slide}.h5"
+    found = [base / f"{slide}{suffix}" for suffix in FEATURE_SUFFIXES if (base / f"{slide}{suffix}").exists()]
+    if len(found) > 1:
+        raise InputError(found[0], f"slide {slide} has features in two formats, {found[0]} and {found[1]}; "
+                                   "keep one of them")
+    return found[0] if found else base / f"{slide}.h5"
 
 
 def read_manifest_rows(path: str | os.PathLike, columns: tuple[str, ...] = MANIFEST_COLUMNS) -> list[dict]:

@@ -22,7 +22,7 @@ from hardmil.data.bags import FEATURE_SUFFIXES, Bag, read_manifest_rows
 from hardmil.data.bagset import BagSet
 from hardmil.data.store import BagStore, open_bags
 from hardmil.infer import infer, resolve_device
-from hardmil.utils import InputError, atomic_path, write_tsv
+from hardmil.utils import InputError, atomic_path, check_distinct_paths, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,10 @@ def slides_of(source, manifest: str | os.PathLike | None) -> list[str]:
 def predict_bags(*, model_path: str | os.PathLike, features: str | os.PathLike, out: str | os.PathLike,
                  manifest: str | os.PathLike | None = None, attention: str | os.PathLike | None = None,
                  device: str = "auto") -> list[dict]:
-    """Write the predictions TSV ``out`` (and the attention h5 ``attention``); returns the rows."""
+    """Write the predictions TSV ``out`` (and the attention h5 ``attention``); returns the rows. An output path
+    that is an input (or inside the features folder) or the other output is refused before anything is read."""
+    check_distinct_paths({"--model": model_path, "--features": features, "--manifest": manifest},
+                         {"--out": out, "--attention": attention})
     net, saved = load_model(model_path)
     if saved.get("task", "classification") != "classification":
         raise InputError(model_path, "hardmil predict handles classification models (survival: evaluate_external)")

@@ -11,16 +11,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hardmil.utils import InputError, read_tsv
 
-if TYPE_CHECKING:
-    from hardmil.report.tables import RunRef
+# a run folder's metrics.json: docs/architecture.md#run-folders
+RUN_PATH = re.compile(r"(?P<method>[^/]+)/(?P<protocol>[^/]+)/seed(?P<seed>\d+)/fold(?P<fold>\d+)/metrics\.json$")
+
+
+@dataclass(frozen=True)
+class RunRef:
+    protocol: str
+    method: str
+    seed: int
+    fold: int
+    path: str
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> RunRef:
+        """Parse ``.../{method}/{protocol}/seed{seed}/fold{fold}/metrics.json`` (docs/architecture.md#run-folders)."""
+        m = RUN_PATH.search(Path(path).as_posix())
+        if m is None:
+            raise ValueError(f"{path}: not a run's metrics.json path (.../method/protocol/seedS/foldF/metrics.json)")
+        return cls(m["protocol"], m["method"], int(m["seed"]), int(m["fold"]), str(path))
 
 
 def predictions_path(metrics_path: str | os.PathLike) -> Path:

@@ -404,8 +404,7 @@ def sweep_panels(fig_cfg: dict, runs_of, *, n_boot: int = 2000, level: float = 0
     (AUC, balanced accuracy, C-index) each point also gets its paired Δ against the baseline, from the runs'
     ``predictions.tsv`` on identical test bags (:func:`hardmil.report.deltas.paired_deltas`)."""
     from hardmil.eval.stats import METRICS as PAIRED
-    from hardmil.report.deltas import paired_deltas
-    from hardmil.report.tables import RunRef
+    from hardmil.report.deltas import RunRef, paired_deltas
 
     metric = fig_cfg.get("metric", "auc")
     panels = {}

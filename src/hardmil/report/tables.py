@@ -23,14 +23,12 @@ import csv
 import json
 import math
 import os
-import re
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hardmil.report.deltas import delta_metric_names, paired_deltas
+from hardmil.report.deltas import RunRef, delta_metric_names, paired_deltas  # RunRef: re-exported
 from hardmil.report.published import METRICS
 from hardmil.utils import atomic_path, write_text
 
@@ -46,24 +44,8 @@ def metric_label(metric: str) -> str:
     return LABELS.get(metric) or metric.replace("_", " ").capitalize()
 
 
-RUN_PATH = re.compile(r"(?P<method>[^/]+)/(?P<protocol>[^/]+)/seed(?P<seed>\d+)/fold(?P<fold>\d+)/metrics\.json$")
 
 
-@dataclass(frozen=True)
-class RunRef:
-    protocol: str
-    method: str
-    seed: int
-    fold: int
-    path: str
-
-    @classmethod
-    def from_path(cls, path: str | os.PathLike) -> RunRef:
-        """Parse ``.../{method}/{protocol}/seed{seed}/fold{fold}/metrics.json`` (docs/architecture.md#run-folders)."""
-        m = RUN_PATH.search(Path(path).as_posix())
-        if m is None:
-            raise ValueError(f"{path}: not a run's metrics.json path (.../method/protocol/seedS/foldF/metrics.json)")
-        return cls(m["protocol"], m["method"], int(m["seed"]), int(m["fold"]), str(path))
 
 
 def _stats(per_run: list[tuple[int, float]]) -> dict[str, float]:

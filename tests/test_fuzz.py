@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from hardmil.cli import main as cli
-from hardmil.data.store import STORE_FILES, build_store, manifest_slides
+from hardmil.data.store import STORE_FILES, build_store
+from hardmil.data.survival import manifest_slides
 
 from .conftest import FUZZ_SUMMARY, make_cohort, untrained_model
 

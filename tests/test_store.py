@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from hardmil.data.bags import Bag, load_bags, write_features
+from hardmil.data.bags import Bag, write_features
 from hardmil.data.bagset import BagSet, choose_placement, feature_stats
-from hardmil.data.store import BagStore, FileBags, build_store, open_bags, store_is_current
+from hardmil.data.store import BagStore, FileBags, build_store, load_bags, open_bags, store_is_current
 from hardmil.utils import InputError
 
 CLASSES = ["neg", "pos"]

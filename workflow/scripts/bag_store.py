@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from hardmil.data.store import build_store, manifest_slides
+from hardmil.data.store import build_store
+from hardmil.data.survival import manifest_slides
 from hardmil.utils import rule_log
 
 p = snakemake.params

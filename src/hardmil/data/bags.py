@@ -251,13 +251,3 @@ def check_features_exist(rows: list[dict], features_dir: str | os.PathLike, mani
     if missing:
         raise InputError(manifest, f"{len(missing)} slide(s) listed here have no features file in "
                                    f"{features_dir}: {', '.join(missing[:5])}")
-
-
-def load_bags(rows: list[dict], source, classes: list[str]) -> list[Bag]:
-    """Lazy bags of ``rows`` (manifest or splits rows) from ``source`` (a :class:`~hardmil.data.store.BagSource`,
-    or a features folder / store folder path). Nothing is read here."""
-    from hardmil.data.store import as_source
-
-    source = as_source(source)
-    return [Bag.lazy(row["slide"], row.get("case", row["slide"]), classes.index(row["label"]), source)
-            for row in rows]

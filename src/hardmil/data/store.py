@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardmil.data.bags import features_path, read_feature_shape, read_features
+from hardmil.data.bags import Bag, features_path, read_feature_shape, read_features
 from hardmil.utils import DISK_FULL, InputError, is_disk_full, write_text
 
 STORE_VERSION = 2  # 2: per-bag checksums
@@ -251,18 +251,12 @@ def as_source(source) -> BagSource:
     return source if isinstance(source, BagSource) else open_bags(source)
 
 
-def manifest_slides(manifest: str | os.PathLike, task: str = "classification", classes: list[str] | None = None
-                    ) -> list[str]:
-    """The slides a dataset's store holds: every slide of its manifest (classification: labels checked against
-    ``classes``; survival: the slides with a usable time and event)."""
-    from hardmil.data.bags import read_manifest
-    from hardmil.data.survival import read_survival_manifest
-
-    if task == "survival":
-        rows = read_survival_manifest(manifest)[0]
-    else:
-        rows = read_manifest(manifest, list(classes or []))
-    return [r["slide"] for r in rows]
+def load_bags(rows: list[dict], source, classes: list[str]) -> list[Bag]:
+    """Lazy bags of ``rows`` (manifest or splits rows) from ``source`` (a :class:`~hardmil.data.store.BagSource`,
+    or a features folder / store folder path). Nothing is read here."""
+    source = as_source(source)
+    return [Bag.lazy(row["slide"], row.get("case", row["slide"]), classes.index(row["label"]), source)
+            for row in rows]
 
 
 # The per-job memory model, measured with bench/scale.py (1 thread, 1024-d features; peak RssAnon of a training

@@ -32,7 +32,8 @@ from collections import Counter
 
 import numpy as np
 
-from hardmil.data.bags import Bag, read_manifest_rows
+from hardmil.data.bags import Bag, read_manifest, read_manifest_rows
+from hardmil.data.store import as_source
 from hardmil.utils import InputError
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,6 @@ def load_case_bags(rows: list[dict], source, expected_dim: int | None = None) ->
 
     ``label`` is -1 until :func:`set_bins`; ``extra`` holds ``time``, ``event`` and the case's ``slides``.
     ``expected_dim`` is checked against the source's dimension when the source knows it (a store)."""
-    from hardmil.data.store import as_source
-
     source = as_source(source)
     if expected_dim is not None and source.dim is not None and source.dim != expected_dim:
         raise InputError(getattr(source, "root", "features"), f"feature dimension {source.dim} != {expected_dim}")
@@ -162,3 +161,14 @@ def set_bins(bags: list[Bag], edges: np.ndarray) -> None:
     bins = discretise([b.extra["time"] for b in bags], edges)
     for b, k in zip(bags, bins, strict=True):
         b.label = int(k)
+
+
+def manifest_slides(manifest: str | os.PathLike, task: str = "classification", classes: list[str] | None = None
+                    ) -> list[str]:
+    """The slides a dataset's store holds: every slide of its manifest (classification: labels checked against
+    ``classes``; survival: the slides with a usable time and event)."""
+    if task == "survival":
+        rows = read_survival_manifest(manifest)[0]
+    else:
+        rows = read_manifest(manifest, list(classes or []))
+    return [r["slide"] for r in rows]

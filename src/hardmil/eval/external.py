@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from hardmil.checkpoint import load_model
-from hardmil.data.bags import load_bags, read_manifest
+from hardmil.data.bags import read_manifest
 from hardmil.data.bagset import BagSet
-from hardmil.data.store import as_source
+from hardmil.data.store import as_source, load_bags
 from hardmil.data.survival import load_case_bags, read_survival_manifest, set_bins
 from hardmil.eval.evaluate import evaluate
 from hardmil.infer import resolve_device

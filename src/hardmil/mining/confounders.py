@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from hardmil.checkpoint import load_model
-from hardmil.data.bags import load_bags
 from hardmil.data.bagset import BagSet
 from hardmil.data.splits import read_splits
+from hardmil.data.store import load_bags
 from hardmil.data.survival import load_case_bags
 from hardmil.infer import infer
 from hardmil.utils import atomic_path, write_json

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from hardmil.checkpoint import load_model
-from hardmil.data.bags import load_bags
 from hardmil.data.splits import read_splits
+from hardmil.data.store import load_bags
 from hardmil.mining.hardneg import (
     HardNegConfig,
     generate,

@@ -43,9 +43,8 @@ def mined_instances(models: dict[int, str | os.PathLike], splits: str | os.PathL
     P(not negative) and why it was mined), hard negatives ranked by attention (highest first, each patch once),
     contrast = the top-attention instance of every positive training bag, ranked likewise."""
     from hardmil.checkpoint import load_model
-    from hardmil.data.bags import load_bags
     from hardmil.data.splits import read_splits
-    from hardmil.data.store import open_bags
+    from hardmil.data.store import load_bags, open_bags
     from hardmil.mining.hardneg import mine, score_bags
 
     if not Path(splits).exists():

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from hardmil.checkpoint import load_model
-from hardmil.data.bags import load_bags
 from hardmil.data.bagset import BagSet
 from hardmil.data.splits import read_splits
+from hardmil.data.store import load_bags
 from hardmil.infer import predict_proba, resolve_device
 from hardmil.train.run import FoldJob, run_fold
 from hardmil.utils import write_json

@@ -26,11 +26,10 @@ import torch
 
 from hardmil import __version__
 from hardmil.checkpoint import RUN_FILES, load_model_file, save
-from hardmil.data.bags import load_bags
 from hardmil.data.bagset import BagSet, feature_stats
 from hardmil.data.generated import read_generated
 from hardmil.data.splits import read_splits
-from hardmil.data.store import BagStore, as_source
+from hardmil.data.store import BagStore, as_source, load_bags
 from hardmil.data.survival import bin_edges, load_case_bags, set_bins
 from hardmil.eval.evaluate import evaluate
 from hardmil.eval.metrics import youden_threshold

@@ -140,6 +140,16 @@ def bag(seed: int, n: int) -> torch.Tensor:
     return torch.from_numpy(np.random.Generator(np.random.PCG64(seed)).standard_normal((1, n, D))).float()
 
 
+def gelu_logits(build, ours: torch.nn.Module, x: torch.Tensor, mapping=None) -> torch.Tensor:
+    """Eval logits of the reference model built with ``act='gelu'`` (what its feat_cls / feat_surv configs pass to
+    every baseline), given the same weights as ``ours`` (the activation has no parameters)."""
+    theirs = build("gelu")
+    load_mapped(theirs, ours, by_position(theirs, ours) if mapping is None else mapping)
+    with torch.no_grad():
+        out = theirs.eval()(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def clam_fixture(ref: Namespace, multi: bool) -> dict:
     name, n_classes, seed = ("clam_mb", 3, 11) if multi else ("clam_sb", 2, 12)
     params = {"in_dim": D, "n_classes": n_classes, "dropout": 0.0}
@@ -149,6 +159,7 @@ def clam_fixture(ref: Namespace, multi: bool) -> dict:
     theirs = cls(input_dim=D, n_classes=n_classes, dropout=0.0, act="relu")
     load_mapped(theirs, ours, by_position(theirs, ours))
     x = bag(seed, 90)
+    logits_gelu = gelu_logits(lambda act: cls(input_dim=D, n_classes=n_classes, dropout=0.0, act=act), ours, x)
     label = torch.tensor([n_classes - 1])
     theirs.eval()
     with torch.no_grad():
@@ -161,7 +172,7 @@ def clam_fixture(ref: Namespace, multi: bool) -> dict:
     grads = {k: torch.zeros_like(p) if p.grad is None else p.grad.clone()
              for k, p in theirs.instance_classifiers.named_parameters()}
     return {"model": name, "params": params, "seed": seed, "checksum": checksum, "x": x[0], "label": label,
-            "logits": logits, "attention": F.softmax(attn.reshape(-1, x.shape[1]), dim=1),
+            "logits": logits, "logits_gelu": logits_gelu, "attention": F.softmax(attn.reshape(-1, x.shape[1]), dim=1),
             "instance_loss": inst_loss.detach(), "instance_classifier_grads": grads}
 
 
@@ -172,6 +183,7 @@ def dsmil_fixture(ref: Namespace) -> dict:
     theirs = ref.dsmil.MILNet(n_classes=3, dropout=0.0, act="relu", input_dim=D)
     load_mapped(theirs, ours, by_position(theirs, ours))
     x = bag(seed, 120)
+    logits_gelu = gelu_logits(lambda act: ref.dsmil.MILNet(n_classes=3, dropout=0.0, act=act, input_dim=D), ours, x)
     theirs.eval()
     with torch.no_grad():
         bag_logits, max_logits = theirs(x)
@@ -184,21 +196,23 @@ def dsmil_fixture(ref: Namespace) -> dict:
                             loss=ref.train_utils.NLLSurvLoss(alpha=0.0))
         surv[f"bin{bin_}_censored{censored}"] = loss.detach()
     return {"model": "dsmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "label": label,
-            "logits": bag_logits, "max_instance_logits": max_logits, "max_instance_ce": ce_loss.detach(),
-            "max_instance_survival_nll": surv}
+            "logits": bag_logits, "logits_gelu": logits_gelu, "max_instance_logits": max_logits,
+            "max_instance_ce": ce_loss.detach(), "max_instance_survival_nll": surv}
 
 
 def meanmax_fixture(ref: Namespace, name: str) -> dict:
     seed, params = (31, {"in_dim": D, "n_classes": 3}) if name == "maxmil" else (32, {"in_dim": D, "n_classes": 3})
     ours = build_model(name, **params)
     checksum = fill_weights(ours, seed, bias_scale=1.0)
-    theirs = (ref.meanmax.MaxMIL if name == "maxmil" else ref.meanmax.MeanMIL)(input_dim=D, n_classes=3)
+    cls = ref.meanmax.MaxMIL if name == "maxmil" else ref.meanmax.MeanMIL
+    theirs = cls(input_dim=D, n_classes=3)
     load_mapped(theirs, ours, by_position(theirs, ours))
     x = bag(seed, 70)
     with torch.no_grad():
         logits = theirs.eval()(x)
+    logits_gelu = gelu_logits(lambda act: cls(input_dim=D, n_classes=3, act=act), ours, x)
     return {"model": name, "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits,
-            "bias_scale": 1.0}
+            "logits_gelu": logits_gelu, "bias_scale": 1.0}
 
 
 R2T_KEYS = {
@@ -248,11 +262,14 @@ def ibmil_fixture(ref: Namespace) -> dict:
         path = Path(tmp) / "confounders.npy"
         np.save(path, ours.confounders.numpy())
         theirs = ref.ibmil.Dattention_ori(D, 3, 0.0, "relu", str(path))
-    load_mapped(theirs, ours, {k: _rename(k, IBMIL_KEYS) for k in ours.state_dict() if k != "has_confounders"})
-    x = bag(seed, 80)
-    with torch.no_grad():
-        logits = theirs.eval()(x)
-    return {"model": "ibmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits}
+        mapping = {k: _rename(k, IBMIL_KEYS) for k in ours.state_dict() if k != "has_confounders"}
+        load_mapped(theirs, ours, mapping)
+        x = bag(seed, 80)
+        with torch.no_grad():
+            logits = theirs.eval()(x)
+        logits_gelu = gelu_logits(lambda act: ref.ibmil.Dattention_ori(D, 3, 0.0, act, str(path)), ours, x, mapping)
+    return {"model": "ibmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits,
+            "logits_gelu": logits_gelu}
 
 
 def kmeans_fixture() -> dict:

@@ -59,6 +59,23 @@ def test_clam_matches_reference(name):
         assert torch.allclose(torch.zeros_like(g) if mine is None else mine, g, atol=1e-6), k
 
 
+@pytest.mark.parametrize("name", ["clam_sb", "clam_mb", "dsmil", "maxmil", "meanmil", "ibmil"])
+def test_gelu_projection_matches_the_reference_training_config(name):
+    """The reference's feat_cls / feat_surv configs pass ``act: gelu`` to every baseline: ``act: gelu`` reproduces
+    those logits, the default ReLU projection misses them."""
+    fx = fixture(name)
+    x = fx["x"][None]
+    got = {}
+    for act in ("gelu", "relu"):
+        m = ours(fx, act=act)
+        if name == "ibmil":
+            m.has_confounders.fill_(True)
+        with torch.no_grad():
+            got[act] = m.eval()(x).logits
+    assert torch.allclose(got["gelu"], fx["logits_gelu"], atol=1e-5)
+    assert not torch.allclose(got["relu"], fx["logits_gelu"], atol=1e-3)
+
+
 def test_clam_survival_has_no_instance_loss_and_no_scaling():
     """The reference hands CLAM [time bin, censorship]: no instance loss, the bag loss unscaled."""
     fx = fixture("clam_mb")

@@ -20,6 +20,9 @@ logits go to ``aux_logits`` and the loop scores them with the task's own loss, c
 Open question settled by the reference: the prediction (metrics, thresholds) is the bag-stream logits alone,
 as MHIM-MIL's ``dsmil`` evaluates it; the max-instance stream only trains.
 
+Switch: ``act`` ``relu`` (default) or ``gelu`` for the instance projection; the reference's training configs
+(``feat_cls.yaml``, ``feat_surv.yaml``) pass ``act: gelu``, which ``config/paper.yaml`` selects.
+
 Deliberate deviations: softmax cross-entropy over C classes instead of the original's per-class BCE (the
 MHIM benchmark's choice, so C > 2 works); padding is excluded from the max, the critical instance and the
 attention through ``mask``. ``attention`` in the output is the column of ``A`` of the predicted class.
@@ -44,6 +47,7 @@ class DSMILConfig:
     hidden_dim: int = param(512, ge=1)
     query_dim: int = param(128, ge=1)  # dsmil-wsi BClassifier q: 128
     dropout: float = param(0.25, ge=0, lt=1)  # embedding dropout (MHIM benchmark)
+    act: str = "relu"  # instance projection: 'relu' or 'gelu' (the reference's training config: gelu)
     dropout_v: float = param(0.0, ge=0, lt=1)  # dsmil-wsi dropout_v
     max_loss_weight: float = param(0.5, ge=0, le=1)  # dsmil-wsi: 0.5 * bag + 0.5 * max
 
@@ -55,7 +59,7 @@ class DSMIL(MILModel):
     def __init__(self, cfg: DSMILConfig):
         super().__init__()
         self.cfg = cfg
-        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout, act=cfg.act)
         self.instance_classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
         self.q = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.query_dim), nn.ReLU(),
                                nn.Linear(cfg.query_dim, cfg.query_dim), nn.Tanh())

@@ -196,6 +196,117 @@ def grn_case(ref, hidden: int) -> dict:
             "z_eval": z_eval, "masked": masked[0], "z_train": z_train, "queries_after": merge.global_q_mm[0].clone()}
 
 
+def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    return model
+
+
+GRN_MAP = [("merge.norm.", "norm."), ("merge.attn.to_q.", "to_q."), ("merge.attn.to_kv.", "to_kv."),
+           ("merge.attn.to_out.0.", "out.0.")]
+
+
+@torch.no_grad()
+def keep_order_case(ref, d: int, hidden: int) -> dict:
+    """One MHIM-v2 training forward of a TransMIL (selfattn) student: high-score masking (h 0.1, r 1), random score
+    masking with the GRN (merge_ratio 0.5, K 1, its 8 x 64 heads), every dropout 0; the reference's seed right
+    before the forward, so its only random draw is the random keep (``Merge.masking``: argsort of uniform noise)."""
+    torch.manual_seed(5)
+    m = no_dropout(redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=2, act="gelu", baseline="selfattn",
+                                        head=8, dropout=0.0, mask_ratio_h=0.1, mask_ratio_hr=1.0, attn2score=True,
+                                        merge_enable=True, merge_k=1, merge_mm=0.9, merge_ratio=0.5))).train()
+    table = transmil_map("online_encoder.", "layer1", "layer2", "pos_embedding", "norm", "cls_token", "predictor.")
+    table[0] = ("feature.", "feature.")
+    sd = m.state_dict()
+    student = rename({k: v for k, v in sd.items() if not k.startswith("merge.")}, table)
+    grn = rename({k: v for k, v in sd.items() if k.startswith("merge.") and not k.startswith("merge.global_q")},
+                 GRN_MAP)
+    grn["queries"] = m.merge.global_q_mm[0].clone()
+    q0 = m.merge.global_q_mm.detach().clone()
+    bags = {}
+    for n, seed in ((40, 0), (64, 1), (90, 2)):
+        x = torch.randn(1, n, d)
+        m.merge.global_q_mm.copy_(q0)  # every bag starts from the same queries
+        _, score = m.forward_teacher(x)
+        torch.manual_seed(seed)
+        logits, _, _, n_tokens = m(x, score, None, i=0)
+        bags[f"n{n}"] = {"x": x, "seed": seed, "logits": logits, "tokens": n_tokens,
+                         "queries_after": m.merge.global_q_mm[0].clone()}
+    return {"student": student, "grn": grn, "baseline_params": {"act": "gelu", "padding": "ppeg", "dropout": 0.0,
+                                                                "attn_dropout": 0.0, "hidden_dim": hidden,
+                                                                "heads": 8, "landmarks": hidden // 2},
+            "mhim_params": {"mask_high": 0.1, "mask_high_random": 1.0, "mask_high_cosine": False, "rsm_ratio": 0.5,
+                            "grn_tokens": 1, "grn_heads": 8, "grn_head_dim": 64, "grn_dropout": 0.0,
+                            "grn_momentum": 0.9, "alpha": 0.0, "teacher_dropout": False},
+            "in_dim": d, "n_classes": 2, "bags": bags}
+
+
+DSMIL_MAP = [("feature.0.", "feature.0."), ("online_encoder.i_classifier.0.", "instance_classifier."),
+             ("online_encoder.b_classifier.q.", "q."), ("online_encoder.b_classifier.v.", "v."),
+             ("online_encoder.b_classifier.fcc.", "fcc.")]
+
+
+@torch.no_grad()
+def dsmil_internal_case(ref, d: int, hidden: int) -> dict:
+    """MHIM's internal DSMIL (``baseline='dsmil'``, act gelu, 3 classes): what it predicts and trains on (the engine's
+    0.5 bag + 0.5 max-instance logits), its bag embedding B [C, 512] and its v2 instance score."""
+    torch.manual_seed(6)
+    m = redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=3, act="gelu", baseline="dsmil",
+                             attn2score=True, merge_enable=False))
+    sd = rename({k: v for k, v in m.state_dict().items() if not k.startswith("predictor.")}, DSMIL_MAP)
+    bags = {}
+    for n in (25, 60):
+        x = torch.randn(1, n, d)
+        (bag_logits, max_logits), _ = m.forward_test(x)
+        emb, score = m.forward_teacher(x)
+        bags[f"n{n}"] = {"x": x, "bag_logits": bag_logits, "max_instance_logits": max_logits,
+                         "logits": 0.5 * bag_logits + 0.5 * max_logits, "embedding": emb, "score": score[0]}
+    return {"config": {"in_dim": d, "n_classes": 3, "hidden_dim": hidden, "act": "gelu"}, "state_dict": sd,
+            "bags": bags}
+
+
+@torch.no_grad()
+def v1_mask_cases(ref, d: int, hidden: int) -> dict:
+    """``MHIM.get_mask`` (v1 options: random ``mask_ratio``, low ``mask_ratio_l``, high ``mask_ratio_h`` with
+    ``mask_ratio_hr``) on fixed 1-D scores (AB-MIL attention) and on per-head scores [1, H, N] (TransMIL's v1
+    layer-1 class-token attention, fused by the reference's head vote); including h / r > 1 (the reference caps).
+    Also one v1 TransMIL teacher: its per-head attention on a bag and the masked set from it."""
+    g = torch.Generator().manual_seed(8)
+    settings = [  # (random, low, high, high random fraction)
+        (0.0, 0.0, 0.05, 1.0), (0.0, 0.0, 0.1, 0.5), (0.0, 0.2, 0.1, 1.0), (0.5, 0.0, 0.01, 0.5),
+        (0.5, 0.2, 0.01, 0.5), (0.3, 0.0, 0.0, 1.0), (0.0, 0.0, 0.3, 0.2), (0.0, 0.0, 0.6, 0.5)]
+    cases = []
+    for n, heads in ((37, None), (100, None), (37, 8), (100, 8), (258, 4)):
+        score = torch.rand(n, generator=g) if heads is None else torch.rand(heads, n, generator=g)
+        attn = score[None]
+        for rnd, low, high, hr in settings:
+            m = ref.mhim.MHIM(input_dim=4, mlp_dim=8, baseline="attn", merge_enable=False, mask_ratio=rnd,
+                              mask_ratio_l=low, mask_ratio_h=high, mask_ratio_hr=hr, head=heads or 8)
+            for seed in range(2 if (rnd > 0 or hr < 1 or high / hr > 1) else 1):
+                torch.manual_seed(seed)
+                len_keep, ids = m.get_mask(n, 0, attn)
+                masked = torch.zeros(n, dtype=torch.bool)
+                masked[ids[0, len_keep:]] = True
+                cases.append({"score": score, "mask_random": rnd, "mask_low": low, "mask_high": high,
+                              "mask_high_random": hr, "seed": seed, "masked": masked})
+    torch.manual_seed(9)
+    m = redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=2, act="gelu", baseline="selfattn", head=8,
+                             attn2score=False, merge_enable=False, mask_ratio_h=0.1, mask_ratio_hr=1.0))
+    table = transmil_map("online_encoder.", "layer1", "layer2", "pos_embedding", "norm", "cls_token", "predictor.")
+    table[0] = ("feature.", "feature.")
+    x = torch.randn(1, 70, d)
+    _, attn = m.forward_teacher(x)
+    len_keep, ids = m.get_mask(70, 0, attn)
+    masked = torch.zeros(70, dtype=torch.bool)
+    masked[ids[0, len_keep:]] = True
+    teacher = {"config": {"in_dim": d, "n_classes": 2, "hidden_dim": hidden, "heads": 8, "landmarks": hidden // 2,
+                          "act": "gelu", "padding": "ppeg"},
+               "state_dict": rename({k: v for k, v in m.state_dict().items() if not k.startswith("merge.")}, table),
+               "x": x, "head_attention": attn[0], "mask_high": 0.1, "masked": masked}
+    return {"cases": cases, "transmil": teacher}
+
+
 def consistency_case(ref) -> dict:
     g = torch.Generator().manual_seed(11)
     loss = ref.losses.SoftTargetCrossEntropy(0.1, 1.0)
@@ -215,7 +326,9 @@ def main() -> None:
     ref = import_reference(args.reference.resolve(), args.deps)
     d, hidden = 16, 32
     fixtures = {**abmil_cases(ref, d, hidden), **transmil_cases(ref, d, hidden), "masks": mask_cases(ref),
-                "grn": grn_case(ref, hidden), "consistency": consistency_case(ref)}
+                "grn": grn_case(ref, hidden), "consistency": consistency_case(ref),
+                "keep_order": keep_order_case(ref, d, hidden), "dsmil_internal": dsmil_internal_case(ref, d, hidden),
+                "v1_masks": v1_mask_cases(ref, d, hidden)}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, data in fixtures.items():
         path = args.out / f"mhim_{name}.pt"

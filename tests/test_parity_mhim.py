@@ -181,3 +181,79 @@ def test_per_head_pinv_normaliser_would_not_match(monkeypatch):
     with torch.no_grad():
         bag = case["bags"]["n45"]
         assert (m(bag["x"]).logits - bag["logits"]).abs().max() > 1e-3
+
+
+def mhim_step_model(case: dict, **switches) -> torch.nn.Module:
+    """MHIM over the fixture's TransMIL (selfattn) student and GRN, the teacher a copy of the student."""
+    m = build_model("mhim", in_dim=case["in_dim"], n_classes=case["n_classes"], baseline="transmil",
+                    baseline_params=case["baseline_params"], **case["mhim_params"], **switches)
+    m.student.load_state_dict(case["student"])
+    m.grn.load_state_dict(case["grn"])
+    m.init_teacher({"model": "transmil", "model_config": dataclasses.asdict(m.student.cfg),
+                    "state_dict": case["student"]})
+    return m.train()
+
+
+@pytest.mark.parametrize("keep_order", ["shuffle", "bag"])
+def test_random_keep_order_of_a_transmil_student_is_the_references(keep_order):
+    """Issue 25 item 2: the reference keeps the randomly kept instances in its random draw's order; a TransMIL
+    (PPEG) student sees that order. ``keep_order: shuffle`` reproduces the step's logits, ``bag`` misses them."""
+    case = load("keep_order")
+    for name, bag in case["bags"].items():
+        m = mhim_step_model(case, keep_order=keep_order)
+        torch.manual_seed(bag["seed"])
+        out = m(bag["x"], label=torch.tensor([1]))
+        same = torch.allclose(out.logits, bag["logits"], atol=1e-4, rtol=1e-4)
+        assert same == (keep_order == "shuffle"), (name, out.logits, bag["logits"])
+        assert torch.allclose(m.grn.queries, bag["queries_after"], atol=1e-5), name  # same recycled set
+
+
+def v1_model(c: dict, **switches) -> torch.nn.Module:
+    return build_model("mhim", in_dim=4, version="v1", mask_high=c["mask_high"], mask_high_random=c["mask_high_random"],
+                       mask_high_cosine=False, mask_low=c["mask_low"], mask_random=c["mask_random"], **switches)
+
+
+def masked_set(m, c: dict, fusion: str) -> torch.Tensor:
+    score = c["score"]
+    heads = score if score.dim() == 2 else None
+    torch.manual_seed(c["seed"])
+    kept, _ = m.select(score.mean(0) if heads is not None else score,
+                       heads if fusion == "vote" else None)
+    masked = torch.ones(score.shape[-1], dtype=torch.bool)
+    masked[kept] = False
+    return masked
+
+
+def test_v1_low_random_and_high_masks_equal_the_reference_incl_cap_and_head_vote():
+    """MHIM v1's masking rules (random, low, high with r, in the reference's draw order), h / r > 1 capped, and
+    per-head scores fused by the reference's vote: the same masked sets under the same seed. Averaging the heads
+    instead (``head_fusion: mean``) misses the per-head cases (issue 25 item 4)."""
+    cases = load("v1_masks")["cases"]
+    mean_misses = 0
+    for c in cases:
+        want = c["masked"]
+        m = v1_model(c)
+        assert torch.equal(masked_set(m, c, "vote"), want), {k: v for k, v in c.items() if k != "score"}
+        if c["score"].dim() == 2:
+            mean_misses += not torch.equal(masked_set(m, c, "mean"), want)
+    assert mean_misses == len([c for c in cases if c["score"].dim() == 2])  # 42 of 42 on this fixture
+
+
+@pytest.mark.parametrize("head_fusion", ["vote", "mean"])
+def test_v1_transmil_teacher_masks_by_the_head_vote(head_fusion):
+    """The v1 TransMIL teacher end to end: its per-head layer-1 class-token attention equals the reference's, and
+    the high-score mask taken from it equals the reference's with ``head_fusion: vote`` only."""
+    case = load("v1_masks")["transmil"]
+    m = build_model("mhim", in_dim=case["config"]["in_dim"], n_classes=2, baseline="transmil", version="v1",
+                    baseline_params={k: v for k, v in case["config"].items() if k not in ("in_dim", "n_classes")},
+                    mask_high=case["mask_high"], mask_high_random=1.0, mask_high_cosine=False, rsm_ratio=0.0,
+                    teacher_dropout=False, head_fusion=head_fusion)
+    m.init_teacher({"model": "transmil", "model_config": dataclasses.asdict(m.student.cfg),
+                    "state_dict": case["state_dict"]})
+    score, _ = m.teacher_scores(case["x"])
+    if head_fusion == "vote":
+        assert torch.allclose(m._head_scores, case["head_attention"], atol=1e-5)
+    kept, _ = m.select(score, m._head_scores)
+    masked = torch.ones(len(score), dtype=torch.bool)
+    masked[kept] = False
+    assert torch.equal(masked, case["masked"]) == (head_fusion == "vote")

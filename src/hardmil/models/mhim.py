@@ -111,6 +111,12 @@ class MHIMConfig:
     # merge_ratio 0.2); the README recipe's merge_ratio {0.8, 0.9} is rsm_ratio {0.2, 0.1}.
     rsm_ratio: float = param(0.8, ge=0, le=1)
     rsm_mode: str = "random"  # 'random' (RSM) or 'low': the lowest-scoring share instead (Table 9 "LSM+GRN")
+    # order of the instances random score masking keeps: 'shuffle' (the reference: the random draw's order) or
+    # 'bag' (their order in the bag); only order-aware students (TransMIL's PPEG) tell them apart
+    keep_order: str = "shuffle"
+    # v1 scores with one row per head (TransMIL): 'vote' (the reference: each head's top-k votes, the most-voted
+    # k are taken) or 'mean' (the top-k of the mean over heads)
+    head_fusion: str = "vote"
     grn: bool = True  # v2: Global Recycle Network
     grn_tokens: int = param(1, ge=1)  # K (grid {1, 5, 10})
     grn_heads: int = param(8, ge=1)
@@ -132,19 +138,13 @@ class MHIMConfig:
     teacher_update: str = "ema"
     init_student: str = "none"  # 'none' (v2) or 'fc' (v1: copy the baseline's instance projection)
 
-    def __post_init__(self):
-        h, r = self.mask_high, self.mask_high_random
-        # only when both are within their ranges (model_config then names the one out of range)
-        if isinstance(h, (int, float)) and isinstance(r, (int, float)) and 0 <= h < 1 and 0 < r <= 1 and h / r > 1:
-            raise ValueError(f"model 'mhim': mask_high / mask_high_random (mask.high_ratio / mask.high_random_fraction)"
-                             f" = {h!r} / {r!r} must be <= 1 (the candidates, the top ceil(N h / r), are at most N)")
 
 
 # Plain nested names (config: ``params: {mask: {high_ratio: 0.03}, ...}``) -> MHIMConfig fields.
 NESTED_NAMES = {
     "mask": {"high_ratio": "mask_high", "high_random_fraction": "mask_high_random", "decay": "mask_high_cosine",
              "low_ratio": "mask_low", "random_ratio": "rsm_ratio", "v1_random_ratio": "mask_random",
-             "random_mode": "rsm_mode", "score": "score"},
+             "random_mode": "rsm_mode", "score": "score", "keep_order": "keep_order", "head_fusion": "head_fusion"},
     "recycle": {"enabled": "grn", "queries": "grn_tokens", "momentum": "grn_momentum", "heads": "grn_heads",
                 "head_dim": "grn_head_dim", "dropout": "grn_dropout", "at_inference": "grn_at_inference",
                 "embedding_grad": "grn_embed_grad"},
@@ -197,6 +197,33 @@ def consistency_loss(student: Tensor, teacher: Tensor, groups: int, temp_teacher
     t, z = teacher.reshape(groups, -1), student.reshape(groups, -1)
     target = torch.softmax(t / temp_teacher, dim=-1)
     return -(target * F.log_softmax(z / temp_student, dim=-1)).sum(-1).mean()
+
+
+def top_instances(score: Tensor, heads: Tensor | None, k: int, largest: bool) -> Tensor:
+    """The ``k`` highest (``largest``) or lowest scoring instances. ``heads`` [H, N] (per-head scores, v1 TransMIL)
+    fuses the heads by vote, as the reference: every head's own top-k gets one vote per instance and the k
+    most-voted instances are taken (``torch.topk`` unsorted, as the reference calls it, so that a random subset
+    drawn from the candidates below is the reference's too). Without ``heads``: the top-k of ``score``, sorted."""
+    if heads is None:
+        return score.topk(k, largest=largest).indices
+    picked = heads.topk(k, dim=-1, largest=largest, sorted=False).indices
+    votes = torch.zeros_like(heads).scatter_(-1, picked, 1.0).sum(0)
+    return votes[None].topk(k, sorted=False).indices[0]
+
+
+def mask_candidates(score: Tensor, heads: Tensor | None, ratio: float, largest: bool,
+                    random_fraction: float = 1.0) -> Tensor:
+    """Instances one masking rule takes out, as the reference's ``select_mask_fn``: the top ``ceil(N ratio / r)``
+    (``r`` = ``random_fraction``), of which a random ``ceil(|cand| r)`` when ``r < 1``. When ``ratio / r > 1`` the
+    reference caps: every instance is a candidate and a random ``ceil(N ratio)`` of them is taken."""
+    n = score.shape[-1]
+    frac = ratio / random_fraction
+    if frac > 1:
+        frac, random_fraction = 1.0, ratio
+    cand = top_instances(score, heads, min(n, math.ceil(n * frac)), largest)
+    if random_fraction < 1:
+        cand = cand[torch.randperm(len(cand), device=score.device)[: math.ceil(len(cand) * random_fraction)]]
+    return cand
 
 
 def cosine(start: float, end: float, step: int, total: int) -> float:
@@ -261,6 +288,9 @@ class MHIM(MILModel):
         if cfg.score not in ("auto", "attention", "probability") or cfg.rsm_mode not in ("random", "low"):
             raise ValueError(f"score must be auto/attention/probability and rsm_mode random/low, "
                              f"got {cfg.score!r} / {cfg.rsm_mode!r}")
+        if cfg.keep_order not in ("shuffle", "bag") or cfg.head_fusion not in ("vote", "mean"):
+            raise ValueError(f"keep_order must be 'shuffle' or 'bag' and head_fusion 'vote' or 'mean', "
+                             f"got {cfg.keep_order!r} / {cfg.head_fusion!r}")
         if cfg.teacher_init not in ("baseline", "none") or cfg.teacher_update not in ("ema", "student"):
             raise ValueError(f"teacher_init must be 'baseline' or 'none' and teacher_update 'ema' or 'student', "
                              f"got {cfg.teacher_init!r} / {cfg.teacher_update!r}")
@@ -306,7 +336,9 @@ class MHIM(MILModel):
     # --- masking ------------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(instance scores [N], teacher bag embedding) for one bag x [1, N, D]."""
+        """(instance scores [N], teacher bag embedding) for one bag x [1, N, D]. With v1 scores of a model that
+        attends per head (TransMIL) and ``head_fusion: vote``, the per-head scores [H, N] are kept in
+        ``self._head_scores`` for :meth:`select`."""
         t = self.student if self.cfg.teacher_update == "student" else self.teacher
         training = t.training
         t.train(self.cfg.teacher_dropout)
@@ -315,6 +347,8 @@ class MHIM(MILModel):
         self._teacher_attention = None if out.attention is None else out.attention[0]
         kind = {"auto": self.cfg.version, "attention": "v1", "probability": "v2"}[self.cfg.score]
         score = t.instance_scores(h, out, kind)
+        heads = out.extras.get("cls_attention") if kind == "v1" and self.cfg.head_fusion == "vote" else None
+        self._head_scores = None if heads is None else heads[0]
         t.train(training)
         return score, out.embedding[0]
 
@@ -322,22 +356,22 @@ class MHIM(MILModel):
         h = self.cfg.mask_high
         return cosine(h, 0.0, int(self.step), self.total_steps) if self.cfg.mask_high_cosine else h
 
-    def select(self, score: Tensor) -> tuple[Tensor, Tensor]:
-        """(kept indices, indices for the GRN) of one bag, both in original order."""
+    def select(self, score: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(kept indices, indices for the GRN) of one bag. ``heads`` [H, N]: per-head v1 scores, fused by vote.
+        The masking rules run in the reference's order (v1 random, v1 low, high: the order of the random draws);
+        each rule's count is ceil(N ratio) of the whole bag, the masked sets are united."""
         n = score.numel()
         masked = torch.zeros(n, dtype=torch.bool, device=score.device)
-        h, r = self.high_ratio(), self.cfg.mask_high_random
-        if h > 0:
-            # ceil(N (h / r)) in the reference's order of operations (n * h / r can round up to one more)
-            cand = score.topk(min(n, math.ceil(n * (h / r)))).indices if h / r <= 1 else torch.arange(n)
-            if r < 1 and h / r <= 1:
-                cand = cand[torch.randperm(len(cand), device=score.device)[: math.ceil(len(cand) * r)]]
-            masked[cand] = True
-        if self.cfg.mask_low > 0:
-            masked[score.topk(math.ceil(n * self.cfg.mask_low), largest=False).indices] = True
         if self.cfg.mask_random > 0:
-            masked[torch.randperm(n, device=score.device)[: math.ceil(n * self.cfg.mask_random)]] = True
-        if masked.all():  # never mask a whole bag
+            # the reference draws the random subset from every instance ordered by ascending score
+            cand = top_instances(score, heads, n, largest=False)
+            masked[cand[torch.randperm(n, device=score.device)[: math.ceil(n * self.cfg.mask_random)]]] = True
+        if self.cfg.mask_low > 0:
+            masked[mask_candidates(score, heads, self.cfg.mask_low, largest=False)] = True
+        h = self.high_ratio()
+        if h > 0:
+            masked[mask_candidates(score, heads, h, largest=True, random_fraction=self.cfg.mask_high_random)] = True
+        if masked.all():  # never mask a whole bag (declared deviation: the reference would train on no instance)
             masked[score.argmin()] = False
         remaining = (~masked).nonzero().squeeze(1)
         recycled = remaining[:0]
@@ -345,10 +379,14 @@ class MHIM(MILModel):
             n_rec = rsm_count(len(remaining), self.cfg.rsm_ratio, self.cfg.rsm_mode)
             if self.cfg.rsm_mode == "low":
                 pick = score[remaining].topk(n_rec, largest=False).indices
-            else:
-                pick = torch.randperm(len(remaining), device=score.device)[:n_rec]
-            keep = torch.ones(len(remaining), dtype=torch.bool, device=score.device)
-            keep[pick] = False
+                keep = torch.ones(len(remaining), dtype=torch.bool, device=score.device)
+                keep[pick] = False
+                keep = keep.nonzero().squeeze(1)
+            else:  # the reference's draw: argsort of uniform noise, the first L - n_rec kept in the drawn order
+                order = torch.rand(len(remaining), device=score.device).argsort()
+                keep, pick = order[: len(remaining) - n_rec], order[len(remaining) - n_rec:]
+                if self.cfg.keep_order == "bag":
+                    keep = keep.sort().values
             if self.grn is not None:  # without the GRN the randomly masked instances are simply dropped
                 recycled = remaining[pick].sort().values
             remaining = remaining[keep]
@@ -374,7 +412,7 @@ class MHIM(MILModel):
         score, z_teacher = self.teacher_scores(x)
         if self.assessment is not None:
             self.assessment.add(score, self._teacher_attention, int(label[0]))
-        kept, recycled = self.select(score)
+        kept, recycled = self.select(score, self._head_scores)
         # the student embeds the bag once (embed is per instance) and takes the kept and recycled rows: no copy
         # of x is gathered and kept for the backward; the high-score-masked rows get no gradient
         if self.cfg.grn_embed_grad:

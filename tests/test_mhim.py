@@ -363,12 +363,14 @@ def test_paper_config_mhim_methods_wrap_exactly_their_teachers_config():
             assert (wrapped.act, wrapped.attention_act, wrapped.attention_bias) == ("gelu", "relu", False), name
         if cfg.baseline == "transmil":
             assert (wrapped.act, wrapped.padding) == ("gelu", "ppeg"), name
+        if cfg.baseline == "dsmil":  # the reference's MHIM-internal DSMIL (issue 25)
+            assert (wrapped.act, wrapped.prediction) == ("gelu", "mean"), name
         if m.get("teacher"):
             t = methods[m["teacher"]]
             assert t["model"] == cfg.baseline, name
             assert model_config(t["model"], **t.get("params", {})) == wrapped, name
             seen.add(m["teacher"])
-    assert {"abmil_mhim", "transmil_mhim", "dsmil"} <= seen
+    assert {"abmil_mhim", "transmil_mhim", "dsmil_mhim"} <= seen
 
 
 @pytest.mark.parametrize("name", ["abmil", "gabmil", "transmil", "mhim"])

@@ -257,3 +257,25 @@ def test_v1_transmil_teacher_masks_by_the_head_vote(head_fusion):
     masked = torch.ones(len(score), dtype=torch.bool)
     masked[kept] = False
     assert torch.equal(masked, case["masked"]) == (head_fusion == "vote")
+
+
+@pytest.mark.parametrize("prediction", ["mean", "bag"])
+def test_mhim_internal_dsmil_predicts_and_trains_on_the_stream_average(prediction):
+    """Issue 25 item 3: the reference's MHIM-internal DSMIL predicts 0.5 bag + 0.5 max-instance logits and trains
+    one loss on them. ``prediction: mean`` reproduces its logits (eval and, dropout off, training: no separate
+    max-instance loss), and its bag embedding and v2 score; ``bag`` misses the logits."""
+    case = load("dsmil_internal")
+    m = model("dsmil", case, prediction=prediction, dropout=0.0)
+    for name, bag in case["bags"].items():
+        with torch.no_grad():
+            h = m.eval().embed(bag["x"])
+            out = m.head(h)
+            assert torch.allclose(out.embedding.reshape(bag["embedding"].shape), bag["embedding"], atol=1e-5), name
+            assert torch.allclose(m.instance_scores(h, out, "v2"), bag["score"], atol=1e-5), name
+            assert torch.allclose(out.instance_logits.amax(1), bag["max_instance_logits"], atol=1e-5), name
+        same = torch.allclose(out.logits, bag["logits"], atol=1e-5)
+        assert same == (prediction == "mean"), name
+        train = m.train()(bag["x"], label=torch.tensor([2]))
+        if prediction == "mean":
+            assert torch.allclose(train.logits, bag["logits"], atol=1e-5) and not train.aux_losses, name
+            assert train.bag_loss_weight == 1.0

@@ -25,6 +25,9 @@ Deliberate deviations:
 * The smooth top-1 SVM is written out as ``tau * logsumexp((s + alpha * [j != y]) / tau) - s_y``; the
   reference imports it from the ``topk`` package (which hard-codes ``.cuda()``, so the reference CLAM fails
   on CPU).
+* Loss weights: ``bag_weight`` 0.7 (CLAM's own, and the MHIM-MIL v1 code's). The MHIM-MIL v2 code weighs the
+  instance loss by ``aux_alpha``, which its shipped configs leave at 0 (CE only); ``bag_weight: 1.0`` reproduces
+  that, but ``config/paper.yaml`` keeps CLAM's clustering loss (declared, issue 25).
 * Bags with fewer than 2k instances use ``min(k, N)`` top and bottom instances (the reference errors).
 * ``attention`` in the output is the softmax attention of the predicted class's branch (MB) or the single
   branch (SB); padded instances get zero weight and are never sampled.

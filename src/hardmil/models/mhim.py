@@ -10,11 +10,12 @@ config/README.md; parity with it is pinned by
 The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
 projection + dropout), ``head(h, mask, label) -> MILOutput`` (everything after the embedding, with its own
 auxiliary losses) and ``instance_scores(h, out, version)``. AB-MIL, gated AB-MIL, DSMIL and TransMIL provide
-them (TransMIL scores from the class token's layer-1 Nystrom attention row). DSMIL keeps
-its own semantics inside MHIM (bag-stream prediction, 0.5 / 0.5 bag and max-instance losses), so teacher and
-student are the same model as the baseline checkpoint; the reference's MHIM-internal DSMIL averages the two
-streams' logits instead. DSMIL's consistency loss is taken per class row of its [C, 512] bag embedding and
-averaged over the C rows, as the reference does.
+them (TransMIL scores from the class token's layer-1 Nystrom attention row). DSMIL inside MHIM is
+the registered ``dsmil`` with whatever ``baseline_params`` say, teacher and student the same model as the baseline
+checkpoint: ``prediction: mean`` is the reference's MHIM-internal DSMIL (0.5 bag + 0.5 max-instance logits,
+predicted and trained on; ``config/paper.yaml`` selects it), ``prediction: bag`` the standalone one (bag-stream
+prediction, 0.5 / 0.5 bag and max-instance losses). DSMIL's consistency loss is taken per class row of its [C, 512]
+bag embedding and averaged over the C rows, as the reference does.
 
 The reference's MHIM wraps its own internal baselines, which differ from its standalone ones: ``attn`` (AB-MIL with
 a bias-free ReLU attention MLP) and ``selfattn`` (TransMIL without square padding before layer 1, PPEG padded to
@@ -29,13 +30,15 @@ One training step on a bag (``forward`` with a label, in train mode):
    to every class, which cancels under the softmax).
 2. Masking of instance embeddings: high-score masking of a fraction ``mask_high`` (optionally randomly-high:
    candidates are the top ``ceil(N h / r)``, a random ``ceil(|cand| r)`` of them masked, ``r = mask_high_random``;
-   ``r = 0.5`` is "top 2x, random half"; optional cosine decay of ``h`` to 0 over the schedule); v1 low-score
-   masking ``mask_low`` and random masking ``mask_random``; v2 random score masking: a random fraction
-   ``rsm_ratio`` of the remaining instances is taken out and, with the Global Recycle Network, summarised
-   into K tokens that are appended (without the GRN they are dropped: Table 9's "RSM" row). ``rsm_ratio`` is
-   the *masked* fraction: the reference's ``merge_ratio`` is the *kept* fraction, ``rsm_ratio = 1 - merge_ratio``.
-   Of L remaining instances, ``int(L (1 - rsm_ratio))`` are kept, as the reference rounds (at least one is kept;
-   ``rsm_mode: low`` masks the ``ceil(L rsm_ratio)`` lowest-scoring, as the reference's low mode).
+   ``r = 0.5`` is "top 2x, random half"; ``h / r > 1`` is capped as the reference: every instance is a candidate and
+   a random ``ceil(N h)`` is masked; optional cosine decay of ``h`` to 0 over the schedule); v1 low-score masking
+   ``mask_low`` and random masking ``mask_random`` (the rules draw in the reference's order: random, low, high; v1
+   TransMIL scores are one row per head, fused by the reference's vote, ``head_fusion``); v2 random score masking: a
+   random fraction ``rsm_ratio`` of the remaining instances is taken out and, with the Global Recycle Network,
+   summarised into K tokens that are appended (without the GRN they are dropped: Table 9's "RSM" row). ``rsm_ratio``
+   is the *masked* fraction: the reference's ``merge_ratio`` is the *kept* fraction, ``rsm_ratio = 1 -
+   merge_ratio``. Of L remaining instances, ``int(L (1 - rsm_ratio))`` are kept, as the reference rounds (at least
+   one is kept; ``rsm_mode: low`` masks the ``ceil(L rsm_ratio)`` lowest-scoring, as the reference's low mode).
 3. GRN: K global queries (no gradient; updated after each training forward as an EMA of the GRN outputs,
    momentum ``grn_momentum``) cross-attend (8 heads x 64, one LayerNorm shared by the queries and the
    instances, as the reference; no biases on q/kv, dropout 0.1, output ``Linear(512, 512)``, no residual) to the
@@ -62,8 +65,20 @@ Deliberate deviations and choices:
   ``recycle.embedding_grad: false`` (``grn_embed_grad``) is a cost option, off by default: the recycled
   instances are embedded without gradient, so the student's instance projection learns from the kept
   instances only (the GRN's own weights still learn).
-* Kept instances stay in their original order; the reference shuffles the ones kept by random masking
-  (AB-MIL pooling is order-free, so this changes nothing for it).
+* ``keep_order`` (default ``shuffle``, the reference): the instances random score masking keeps are passed in
+  the random draw's order, as the reference's ``Merge.masking``; ``bag`` keeps them in bag order (an AB-MIL student
+  cannot tell; a TransMIL student's logits move by up to ~4 on the parity fixture). High-score masking keeps bag
+  order in both (the reference's set difference).
+* ``head_fusion`` (default ``vote``, the reference): v1 per-head scores (TransMIL) are fused by each head's top-k
+  vote; ``mean`` takes the top-k of the head average instead (the masked sets then barely overlap).
+* A bag every rule would mask entirely keeps its lowest-scoring instance (a one-instance bag is never masked
+  empty). The reference would pass no instance on: with the GRN its student sees only the GRN token computed from
+  nothing (its output bias), without it an empty attention pool. Declared, not switchable.
+* Auxiliary loss weights of the wrapped baseline are the baseline's own (CLAM 0.7 / 0.3 with ``bag_weight``, DSMIL
+  0.5 / 0.5 with ``max_loss_weight``; DSMIL ``prediction: mean`` has none). The reference weighs CE by
+  ``main_alpha`` (1.0) and its baselines' auxiliary losses by ``aux_alpha``, which its configs leave at 0 for the
+  standalone baselines (the CLAM instance loss and DSMIL max-instance loss are then ignored) and which MHIM uses for
+  the consistency loss (``alpha`` here). Declared: the standalone baselines keep their papers' weights.
 """
 
 from __future__ import annotations

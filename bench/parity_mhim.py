@@ -28,6 +28,7 @@ Cases (the reference code each compares with, and the setting of ours that must 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import types
 from pathlib import Path
@@ -61,9 +62,9 @@ def import_reference(root: Path, deps: Path | None):
     )
 
 
-def redraw(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
+def redraw(model: torch.nn.Module, scale: float = 0.3, seed: int = 1234) -> torch.nn.Module:
     """Every parameter redrawn (biases non-zero), LayerNorm weights near 1; eval mode (dropout off)."""
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
@@ -307,6 +308,94 @@ def v1_mask_cases(ref, d: int, hidden: int) -> dict:
     return {"cases": cases, "transmil": teacher}
 
 
+def import_trainer(root: Path):
+    """The reference's training loop (``engines/base_engine.py:BaseTrainer.train``) and its MHIM glue
+    (``engines/common_mil.py``), with the logging-only imports (wandb, timm's meters, git) stubbed."""
+    import importlib
+
+    class Meter:  # the interface of timm.utils.AverageMeter that the loop uses
+        def __init__(self):
+            self.val = self.avg = self.sum = self.count = 0
+
+        def update(self, val, n=1):
+            self.val, self.sum, self.count = val, self.sum + val * n, self.count + n
+            self.avg = self.sum / self.count
+
+    stubs = {"wandb": {}, "timm": {}, "timm.models": {"model_parameters": lambda m: m.parameters()},
+             "timm.utils": {"AverageMeter": Meter, "dispatch_clip_grad": None}, "git": {"Repo": None},
+             "engines.metrics": {"get_metric_val": None}}
+    for name, attrs in stubs.items():
+        mod = sys.modules.setdefault(name, types.ModuleType(name))
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+    pkg = types.ModuleType("engines")
+    pkg.__path__ = [str(root / "engines")]
+    sys.modules["engines"] = pkg
+    return (importlib.import_module("engines.base_engine"), importlib.import_module("engines.common_mil"),
+            importlib.import_module("utils"))
+
+
+def v2_run_case(ref, root: Path, d: int, hidden: int) -> dict:
+    """Two epochs of three bags through the reference's own training loop: MHIM-v2 over its internal AB-MIL (attn,
+    act gelu), teacher (other weights) scoring with the class-aware probability, RHSM (h 0.1, r 0.5) with the
+    per-iteration cosine decay of h (``mrh_sche``), random score masking with the GRN (merge_ratio 0.5, K 2, its
+    queries' EMA 0.9), consistency loss (aux_alpha 0.5, temp 0.1), an optimiser step, and the teacher's EMA with the
+    cosine momentum schedule (``mm_sche``, 0.99 -> 1). Every dropout 0, so the only random draws are the masks',
+    under a seed set before each epoch. The optimiser is plain SGD, not the reference's Adam: Adam's first steps
+    move every parameter by about lr x sign(gradient), so float rounding on a near-zero gradient component would
+    flip whole steps; SGD keeps the comparison as well-conditioned as the gradients (the optimiser is PyTorch's,
+    not the reference's code)."""
+    base, common, utils = import_trainer(root)
+    epochs, seeds, lr, wd = 2, [100, 101], 1e-3, 1e-5
+    torch.manual_seed(12)
+    bags = [(torch.randn(1, n, d), torch.tensor([y])) for n, y in ((40, 0), (57, 1), (33, 1))]
+    mrh = utils.cosine_scheduler(0.1, 0.0, epochs=epochs, niter_per_ep=len(bags))
+    mm_sche = utils.cosine_scheduler(0.99, 1.0, epochs=epochs, niter_per_ep=len(bags), start_warmup_value=1.0)
+    m = no_dropout(redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=2, act="gelu", baseline="attn",
+                                        da_act="relu", dropout=0.0, temp_t=0.1, mask_ratio_h=0.1, mask_ratio_hr=0.5,
+                                        mrh_sche=mrh, attn2score=True, merge_enable=True, merge_k=2, merge_mm=0.9,
+                                        merge_ratio=0.5)))
+    import copy
+
+    tea = no_dropout(redraw(copy.deepcopy(m), seed=4321))
+
+    def student_sd(model):
+        return rename({k: v for k, v in model.state_dict().items() if not k.startswith("merge.")}, ABMIL_ATTN_MAP)
+
+    def grn_sd(model):
+        sd = model.state_dict()
+        out = rename({k: v for k, v in sd.items() if k.startswith("merge.") and not k.startswith("merge.global_q")},
+                     GRN_MAP)
+        out["queries"] = model.merge.global_q_mm[0].detach().clone()
+        return out
+
+    start = {"student": student_sd(m), "teacher": student_sd(tea), "grn": grn_sd(m)}
+    args = argparse.Namespace(accumulation_steps=1, distributed=False, prefetch=True, patch_shuffle=False, amp=False,
+                              main_alpha=1.0, aux_alpha=0.5, model="mhim", baseline="attn", debug=False,
+                              clip_grad=None, lr_supi=False, tea_type="none", mm=0.99, log_iter=10**9, rank=0,
+                              wandb=False, fold_curr=0)
+    trainer = base.BaseTrainer(common.CommonMIL(args), args)
+    opt = torch.optim.SGD(m.parameters(), lr=lr, weight_decay=wd)
+    loader = [{"input": x, "target": y} for x, y in bags]
+    losses = []
+    for epoch in range(epochs):
+        torch.manual_seed(seeds[epoch])
+        loss, _, _ = trainer.train(args, m, tea, loader, opt, "cpu", lambda **k: contextlib.nullcontext(),
+                                   torch.nn.CrossEntropyLoss(), None, None, epoch, {"mm_sche": mm_sche})
+        losses.append(loss)
+    return {**start, "bags": [{"x": x, "label": y} for x, y in bags], "epochs": epochs, "seeds": seeds, "lr": lr,
+            "weight_decay": wd, "train_loss": torch.tensor(losses),
+            "after": {"student": student_sd(m), "teacher": student_sd(tea), "grn": grn_sd(m)},
+            "mask_schedule": torch.from_numpy(mrh), "momentum_schedule": torch.from_numpy(mm_sche),
+            "in_dim": d, "n_classes": 2,
+            "baseline_params": {"act": "gelu", "attention_act": "relu", "attention_bias": False, "dropout": 0.0,
+                                "hidden_dim": hidden},
+            "mhim_params": {"mask_high": 0.1, "mask_high_random": 0.5, "mask_high_cosine": True, "rsm_ratio": 0.5,
+                            "grn_tokens": 2, "grn_heads": 8, "grn_head_dim": 64, "grn_dropout": 0.0,
+                            "grn_momentum": 0.9, "alpha": 0.5, "temp_teacher": 0.1, "momentum": 0.99,
+                            "momentum_cosine": True, "teacher_dropout": False}}
+
+
 def consistency_case(ref) -> dict:
     g = torch.Generator().manual_seed(11)
     loss = ref.losses.SoftTargetCrossEntropy(0.1, 1.0)
@@ -328,7 +417,8 @@ def main() -> None:
     fixtures = {**abmil_cases(ref, d, hidden), **transmil_cases(ref, d, hidden), "masks": mask_cases(ref),
                 "grn": grn_case(ref, hidden), "consistency": consistency_case(ref),
                 "keep_order": keep_order_case(ref, d, hidden), "dsmil_internal": dsmil_internal_case(ref, d, hidden),
-                "v1_masks": v1_mask_cases(ref, d, hidden)}
+                "v1_masks": v1_mask_cases(ref, d, hidden),
+                "v2_run": v2_run_case(ref, args.reference.resolve(), d, hidden)}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, data in fixtures.items():
         path = args.out / f"mhim_{name}.pt"

@@ -279,3 +279,63 @@ def test_mhim_internal_dsmil_predicts_and_trains_on_the_stream_average(predictio
         if prediction == "mean":
             assert torch.allclose(train.logits, bag["logits"], atol=1e-5) and not train.aux_losses, name
             assert train.bag_loss_weight == 1.0
+
+
+def run_v2(case: dict, **switches) -> torch.nn.Module:
+    """The fixture's two epochs with this project's MHIM (what the training loop does per bag: loss, backward,
+    optimiser step, ``after_step``), from the reference's start weights and under its seeds."""
+    import torch.nn.functional as F
+
+    m = build_model("mhim", in_dim=case["in_dim"], n_classes=case["n_classes"], baseline="abmil",
+                    baseline_params=case["baseline_params"], **{**case["mhim_params"], **switches})
+    m.student.load_state_dict(case["student"])
+    m.grn.load_state_dict(case["grn"])
+    m.init_teacher({"model": "abmil", "model_config": dataclasses.asdict(m.student.cfg),
+                    "state_dict": case["teacher"]})
+    m.set_schedule(case["epochs"] * len(case["bags"]))
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=case["lr"],
+                          weight_decay=case["weight_decay"])  # as the fixture (see bench/parity_mhim.py)
+    m.train()
+    for epoch in range(case["epochs"]):
+        torch.manual_seed(case["seeds"][epoch])
+        for bag in case["bags"]:
+            out = m(bag["x"], label=bag["label"])
+            loss = out.bag_loss_weight * F.cross_entropy(out.logits, bag["label"]) + sum(out.aux_losses.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            m.after_step()
+    return m
+
+
+def departs(m: torch.nn.Module, case: dict, atol: float) -> dict:
+    after = case["after"]
+    return {part: max((sd[k] - v).abs().max().item() for k, v in after[part].items())
+            for part, sd in (("student", m.student.state_dict()), ("teacher", m.teacher.state_dict()),
+                             ("grn", m.grn.state_dict()))}
+
+
+def test_whole_mhim_v2_run_matches_the_reference_training_loop():
+    """Two epochs through the reference's own training loop (engines/base_engine.py): teacher scoring, RHSM with the
+    cosine decay of h, random score masking + GRN with its queries' EMA, consistency loss, SGD, and the teacher
+    EMA with the cosine momentum schedule. Student, teacher and GRN after the run equal the reference's (with
+    ``grn_norm_grad: reference``: the reference updates the GRN queries in place between forward and backward, so
+    its LayerNorm's weight gradient reads the updated queries)."""
+    case = load("v2_run")
+    from hardmil.models.mhim import cosine
+
+    n = len(case["mask_schedule"])
+    assert all(cosine(0.1, 0.0, i, n) == pytest.approx(float(case["mask_schedule"][i]), abs=1e-12) for i in range(n))
+    assert all(cosine(0.99, 1.0, i, n) == pytest.approx(float(case["momentum_schedule"][i]), abs=1e-12)
+               for i in range(n))
+    worst = departs(run_v2(case), case, 1e-5)
+    assert max(worst.values()) < 2e-5, worst
+
+
+@pytest.mark.parametrize("switch", [{"mask_high_cosine": False}, {"momentum_cosine": False}, {"alpha": 0.0},
+                                    {"grn_momentum": 1.0}, {"grn_norm_grad": "exact"}])
+def test_whole_mhim_v2_run_departs_with_another_setting(switch):
+    """Each of these settings changes the run on this fixture (the fixture tells them apart)."""
+    case = load("v2_run")
+    worst = departs(run_v2(case, **switch), case, 1e-5)
+    assert max(worst.values()) > 1e-3, (switch, worst)

@@ -69,6 +69,10 @@ Deliberate deviations and choices:
   the random draw's order, as the reference's ``Merge.masking``; ``bag`` keeps them in bag order (an AB-MIL student
   cannot tell; a TransMIL student's logits move by up to ~4 on the parity fixture). High-score masking keeps bag
   order in both (the reference's set difference).
+* ``grn_norm_grad`` (default ``reference``): the reference updates the GRN queries in place (``.data``) after the
+  forward and before the backward, so the gradient of the GRN LayerNorm's weight through the queries is computed
+  from the updated queries; ``exact`` computes it from the queries the forward used. Pinned by a whole two-epoch
+  run through the reference's training loop (``tests/test_parity_mhim.py``, fixture ``mhim_v2_run``).
 * ``head_fusion`` (default ``vote``, the reference): v1 per-head scores (TransMIL) are fused by each head's top-k
   vote; ``mean`` takes the top-k of the head average instead (the masked sets then barely overlap).
 * A bag every rule would mask entirely keeps its lowest-scoring instance (a one-instance bag is never masked
@@ -140,6 +144,9 @@ class MHIMConfig:
     grn_momentum: float = param(0.9999, ge=0, le=1)  # merge_mm (README recipe)
     grn_at_inference: bool = False
     grn_embed_grad: bool = True  # False: the recycled instances' embeddings carry no gradient (cost option)
+    # gradient of the GRN LayerNorm's weight through the queries: 'reference' (computed from the queries after this
+    # bag's EMA update, as the reference's in-place update between forward and backward makes it) or 'exact'
+    grn_norm_grad: str = "reference"
     alpha: float = param(0.5, ge=0)  # consistency weight (aux_alpha, README recipe)
     temp_teacher: float = param(0.1, gt=0)
     temp_student: float = param(1.0, gt=0)
@@ -162,7 +169,7 @@ NESTED_NAMES = {
              "random_mode": "rsm_mode", "score": "score", "keep_order": "keep_order", "head_fusion": "head_fusion"},
     "recycle": {"enabled": "grn", "queries": "grn_tokens", "momentum": "grn_momentum", "heads": "grn_heads",
                 "head_dim": "grn_head_dim", "dropout": "grn_dropout", "at_inference": "grn_at_inference",
-                "embedding_grad": "grn_embed_grad"},
+                "embedding_grad": "grn_embed_grad", "norm_grad": "grn_norm_grad"},
     "consistency": {"weight": "alpha", "temperature": "temp_teacher", "student_temperature": "temp_student"},
     "teacher": {"momentum": "momentum", "momentum_cosine": "momentum_cosine", "dropout": "teacher_dropout",
                 "init": "teacher_init", "update": "teacher_update"},
@@ -259,6 +266,19 @@ class GlobalRecycleNetwork(nn.Module):
         self.out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(cfg.grn_dropout))
         bound = math.sqrt(6.0 / (3 * 256 + dim))  # VPT-style uniform init of the queries (reference)
         self.register_buffer("queries", torch.empty(cfg.grn_tokens, dim).uniform_(-bound, bound))
+        self.exact_norm_grad = cfg.grn_norm_grad == "exact"
+
+    def current_queries(self) -> Tensor:
+        """The queries as this forward reads them. They are updated in place right after the forward, before the
+        backward (:meth:`update_queries`): ``grn_norm_grad: exact`` reads a copy, so the LayerNorm's backward sees
+        the values the forward used; ``reference`` reads the buffer itself, so the LayerNorm's weight gradient is
+        computed from the updated queries, as in the reference (which updates them through ``.data``)."""
+        return self.queries.clone() if self.exact_norm_grad else self.queries
+
+    @torch.no_grad()
+    def update_queries(self, summary: Tensor, momentum: float) -> None:
+        """queries <- m queries + (1 - m) summary, through ``.data`` (no version bump: the backward may read them)."""
+        self.queries.data.mul_(momentum).add_((1 - momentum) * summary.detach())
 
     def forward(self, masked: Tensor) -> Tensor:
         """masked [M, dim] -> K recycled tokens [K, dim].
@@ -270,8 +290,7 @@ class GlobalRecycleNetwork(nn.Module):
         """
         k_, dim = self.queries.shape
         heads, hd = self.heads, self.head_dim
-        # a copy: the queries are updated in place right after this forward, before the backward
-        q = self.to_q(self.norm(self.queries.clone())).reshape(k_, heads, hd).transpose(0, 1)  # [H, K, hd]
+        q = self.to_q(self.norm(self.current_queries())).reshape(k_, heads, hd).transpose(0, 1)  # [H, K, hd]
         w_k, w_v = self.to_kv.weight.reshape(2, heads, hd, dim).unbind(0)  # [H, hd, dim] each
         xn = self.norm(masked)  # [M, dim]
         q_in = (q @ w_k) * hd**-0.5  # [H, K, dim]: the queries moved into input space
@@ -282,7 +301,7 @@ class GlobalRecycleNetwork(nn.Module):
     def forward_explicit(self, masked: Tensor) -> Tensor:
         """The textbook form (keys and values for every instance); kept to test :meth:`forward` against."""
         k_, _ = self.queries.shape
-        q = self.to_q(self.norm(self.queries.clone())).reshape(k_, self.heads, self.head_dim).transpose(0, 1)
+        q = self.to_q(self.norm(self.current_queries())).reshape(k_, self.heads, self.head_dim).transpose(0, 1)
         k, v = self.to_kv(self.norm(masked)).chunk(2, dim=-1)
         k = k.reshape(-1, self.heads, self.head_dim).transpose(0, 1)
         v = v.reshape(-1, self.heads, self.head_dim).transpose(0, 1)
@@ -303,6 +322,8 @@ class MHIM(MILModel):
         if cfg.score not in ("auto", "attention", "probability") or cfg.rsm_mode not in ("random", "low"):
             raise ValueError(f"score must be auto/attention/probability and rsm_mode random/low, "
                              f"got {cfg.score!r} / {cfg.rsm_mode!r}")
+        if cfg.grn_norm_grad not in ("reference", "exact"):
+            raise ValueError(f"grn_norm_grad must be 'reference' or 'exact', got {cfg.grn_norm_grad!r}")
         if cfg.keep_order not in ("shuffle", "bag") or cfg.head_fusion not in ("vote", "mean"):
             raise ValueError(f"keep_order must be 'shuffle' or 'bag' and head_fusion 'vote' or 'mean', "
                              f"got {cfg.keep_order!r} / {cfg.head_fusion!r}")
@@ -439,9 +460,7 @@ class MHIM(MILModel):
         if len(recycled):
             summary = self.grn(rec)
             tokens = torch.cat([tokens, summary])
-            with torch.no_grad():  # the queries follow the GRN outputs by EMA, never by gradient
-                m = self.cfg.grn_momentum
-                self.grn.queries.mul_(m).add_((1 - m) * summary.detach())
+            self.grn.update_queries(summary, self.cfg.grn_momentum)  # an EMA of the GRN outputs, never a gradient
         out = s.head(tokens[None], label=label)
         if self.cfg.alpha > 0:
             cons = consistency_loss(out.embedding[0], z_teacher, s.embedding_groups,

@@ -23,15 +23,15 @@ The AB-MIL part is ``Linear(D, 512) + ReLU + Dropout(0.25)`` and tanh attention 
 dictionary is a non-trainable buffer (the reference's default; its ``confounder_learn`` option is not offered);
 a missing dictionary is an error, never a silent zero dictionary.
 
-k-means (``hardmil.mining.confounders``; issue 25, item 6; argued, not switched): the reference clusters with
-faiss (``faiss.Kmeans``: k centroids drawn at random from the points by faiss's own C++ generator seeded with the
-fixed seed, 20 Lloyd iterations, empty clusters split), this project with scikit-learn's Lloyd k-means, also k
-random points as centres, 20 iterations, its own seed. On embeddings with clear clusters both find the same
-partition whatever the start (``tests/test_parity_baselines.py`` pins the centres against faiss's with three
-seeds). On embeddings without clear clusters the result depends on the initial centres, and those come from
+k-means (``hardmil.mining.confounders``; issue 25, item 6; argued, not switched): the reference clusters with faiss
+(``faiss.Clustering`` on a flat L2 index, seed 66: k centroids drawn at random from the points by faiss's own C++
+generator seeded with the fixed seed, 20 Lloyd iterations, empty clusters split), this project with scikit-learn's
+Lloyd k-means, also k random points as centres, 20 iterations, its own seed. On embeddings with clear clusters both
+find the same partition whatever the start (``tests/test_parity_baselines.py`` pins the centres against faiss's with
+three seeds). On embeddings without clear clusters the result depends on the initial centres, and those come from
 faiss's generator (its ``rand_perm`` over the points with its own RNG), which numpy / scikit-learn cannot draw
-without reimplementing faiss's random number generator; matching there would need faiss itself, an optional
-native dependency this project does not take (the fixture script uses it). Any k-means run is one draw of this
+without reimplementing faiss's random number generator; matching there would need faiss itself, an optional native
+dependency this project does not take (the fixture script uses it). Any k-means run is one draw of this
 init-dependent procedure, so the two are equivalent in distribution, not per seed.
 """
 

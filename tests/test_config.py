@@ -112,6 +112,15 @@ CASES = [
     (lambda c: c["datasets"]["synthetic"].update(encoders=["efficientnet_lite0", "nope"]),
      "datasets.synthetic.encoders: 'nope' is not in encoders"),
     (lambda c: c["synthetic"].update(tumour=["no_texture"]), "texture 'no_texture' is not in assets"),
+    # methods.<m>.train: keys of the train block, checked as there; group is one for every method
+    (lambda c: c["methods"]["abmil"].update(train={"standardise": False}),
+     r"config methods.abmil.train: Additional properties are not allowed .'standardise' was unexpected"),
+    (lambda c: c["methods"]["abmil"].update(train={"threads": 0}),
+     "config methods.abmil.train.threads: 0 is less than the minimum of 1"),
+    (lambda c: c["methods"]["abmil"].update(train={"mem_mb": "lots"}),
+     "config methods.abmil.train.mem_mb: 'lots' matches none of the allowed forms"),
+    (lambda c: c["methods"]["abmil"].update(train={"group": "method"}),
+     "config methods.abmil.train.group: cannot be set per method"),
 ]
 
 
@@ -124,6 +133,22 @@ def test_cross_references_are_checked_before_any_job(change, message):
     change(cfg)
     with pytest.raises(ValueError, match=message):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("default", [True, False])
+def test_a_method_train_override_wins_in_either_direction(default):
+    """Every key of ``methods.<m>.train`` replaces the train block's for that method only, job keys included
+    (issue 27); the override gets no defaults filled in, so what it does not name comes from ``train``."""
+    from hardmil.config import check_config, method_train
+
+    cfg = copy.deepcopy(DEMO)
+    cfg["train"].update(standardize=default, threads=1, mem_mb="auto", runtime=120)
+    own = {"standardize": not default, "threads": 3, "mem_mb": 1234, "runtime": 9, "lr": 0.001}
+    cfg["methods"]["abmil"]["train"] = dict(own)
+    check_config(cfg)
+    assert cfg["methods"]["abmil"]["train"] == own
+    assert method_train(cfg, "abmil") == {**cfg["train"], **own}
+    assert method_train(cfg, "dsmil") == cfg["train"]  # no overrides: the train block as it is
 
 
 def broken(tmp_path, change) -> Path:
@@ -191,13 +216,15 @@ def test_snakemake_dry_run_gives_the_check_config_message(tmp_path, capsys):
 
 
 def dry_run_jobs(stdout: str) -> list[dict]:
-    """Every job block of a ``snakemake -n`` listing: rule, input and output (as sets), wildcards."""
+    """Every job block of a ``snakemake`` listing (dry or real): rule, input, output, wildcards, threads (absent
+    when 1) and resources (``k=v`` strings), each as a set."""
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
         head = re.match(r"(?:local)?rule (\w+):", block)
         if not head:
             continue
-        fields = {k: re.search(rf"^\s+{k}: (.*)$", block, re.M) for k in ("input", "output", "wildcards")}
+        keys = ("input", "output", "wildcards", "threads", "resources")
+        fields = {k: re.search(rf"^\s+{k}: (.*)$", block, re.M) for k in keys}
         jobs.append({"rule": head.group(1), **{k: set(m.group(1).split(", ")) if m else set()
                                                for k, m in fields.items()}})
     return jobs

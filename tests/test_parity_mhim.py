@@ -319,7 +319,7 @@ def test_whole_mhim_v2_run_matches_the_reference_training_loop():
     """Two epochs through the reference's own training loop (engines/base_engine.py): teacher scoring, RHSM with the
     cosine decay of h, random score masking + GRN with its queries' EMA, consistency loss, SGD, and the teacher
     EMA with the cosine momentum schedule. Student, teacher and GRN after the run equal the reference's (with
-    ``grn_norm_grad: reference``: the reference updates the GRN queries in place between forward and backward, so
+    ``grn_stale_queries`` on: the reference updates the GRN queries in place between forward and backward, so
     its LayerNorm's weight gradient reads the updated queries)."""
     case = load("v2_run")
     from hardmil.models.mhim import cosine
@@ -333,7 +333,7 @@ def test_whole_mhim_v2_run_matches_the_reference_training_loop():
 
 
 @pytest.mark.parametrize("switch", [{"mask_high_cosine": False}, {"momentum_cosine": False}, {"alpha": 0.0},
-                                    {"grn_momentum": 1.0}, {"grn_norm_grad": "exact"}])
+                                    {"grn_momentum": 1.0}, {"grn_stale_queries": False}])
 def test_whole_mhim_v2_run_departs_with_another_setting(switch):
     """Each of these settings changes the run on this fixture (the fixture tells them apart)."""
     case = load("v2_run")

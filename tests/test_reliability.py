@@ -159,7 +159,8 @@ def test_config_rejects_unsafe_dataset_names_in_one_line(name):
 @pytest.mark.parametrize("where, value, expected", [
     (("train", "epochs"), 0, "config train.epochs: 0 is less than the minimum of 1"),
     (("cv", "val_fraction"), 1.5, "config cv.val_fraction: 1.5 is greater than or equal to the maximum of 1"),
-    (("train", "selection_metric"), "f1", "config train.selection_metric: 'f1' is not one of ['auc', 'loss']"),
+    (("train", "selection_metric"), "f1", "config train.selection_metric: 'f1' is not one of "
+                                           "['auto', 'auc', 'balanced_accuracy', 'loss']"),
     (("train", "lr"), "fast", "config train.lr: 'fast' is not of type 'number'"),
 ])
 def test_schema_errors_are_one_line_without_the_schema(where, value, expected):

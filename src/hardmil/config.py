@@ -2,7 +2,8 @@
 
 :func:`check_config` is everything a config must pass before any job runs, in this order: the JSON schema
 (draft 2020-12, shipped with the package as ``hardmil/schemas/config.schema.yaml``), which also fills in its
-defaults in place as Snakemake's ``validate`` would; :func:`check_references` (names that refer to each other,
+defaults in place as Snakemake's ``validate`` would, and each method's ``train`` overrides against the ``train``
+block's schema (:func:`check_method_train`); :func:`check_references` (names that refer to each other,
 each method's model parameters, protocols, figures, cross-source pairs); :func:`check_slide_references`
 (encoders and synthetic textures of slide datasets); :func:`check_manifests` (the small input files that
 exist already: a ``source: features`` manifest's labels against ``classes``). Every failure is a
@@ -21,6 +22,8 @@ import yaml
 
 SLIDE_SOURCES = ("synthetic", "slides", "gdc", "camelyon")  # dataset sources that have slide images
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+# train keys a method cannot override: the workflow lays out every method's jobs the same way (its output paths)
+WORKFLOW_TRAIN_KEYS = ("group",)
 
 
 def load_schema(path: str | os.PathLike | None = None) -> dict:
@@ -48,9 +51,10 @@ def _short(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def schema_error_line(err) -> str:
-    """One line for a jsonschema error: the key path and the problem, never the (sub-)schema."""
-    where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+def schema_error_line(err, prefix: tuple = ()) -> str:
+    """One line for a jsonschema error: the key path (below ``prefix``, the path of the validated instance) and
+    the problem, never the (sub-)schema."""
+    where = ".".join(str(p) for p in (*prefix, *err.absolute_path)) or "<top level>"
     if "propertyNames" in err.schema_path:
         from hardmil.data.bags import SAFE_NAME_RULE
 
@@ -69,11 +73,41 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     Snakemake and the CLI report the same line."""
     from jsonschema import Draft202012Validator
 
-    validator = _with_defaults(Draft202012Validator)(load_schema() if schema is None else schema)
+    schema = load_schema() if schema is None else schema
+    validator = _with_defaults(Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         raise ValueError(schema_error_line(errors[0]))
+    check_method_train(config, schema)
     return config
+
+
+def check_method_train(config: dict, schema: dict) -> None:
+    """Each method's ``train`` overrides (``methods.<m>.train``) against the schema of the ``train`` block, whose
+    keys they override: unknown keys and bad values are errors naming the method and key, as in ``train`` itself.
+    Only the keys given are checked (no defaults are filled in: what a method does not set comes from ``train``,
+    :func:`method_train`). A key in WORKFLOW_TRAIN_KEYS (``group``) is refused: it holds for every method."""
+    from jsonschema import Draft202012Validator
+
+    train_schema = schema.get("properties", {}).get("train")
+    if train_schema is None:
+        return
+    plain = Draft202012Validator(train_schema)  # fills in no defaults
+    for name, m in config.get("methods", {}).items():
+        overrides = m.get("train", {})
+        for key in WORKFLOW_TRAIN_KEYS:
+            if key in overrides:
+                raise ValueError(f"config methods.{name}.train.{key}: cannot be set per method; train.{key} lays out "
+                                 f"the jobs of every method (set it in the train block)")
+        errors = sorted(plain.iter_errors(overrides), key=lambda e: [str(p) for p in e.absolute_path])
+        if errors:
+            raise ValueError(schema_error_line(errors[0], ("methods", name, "train")))
+
+
+def method_train(config: dict, method: str) -> dict:
+    """The train block ``method``'s jobs use: ``train`` with the method's own overrides (``methods.<m>.train``) on
+    top, job keys (standardize, threads, mem_mb, runtime) and loop keys alike. The workflow's one source for them."""
+    return {**config["train"], **config["methods"][method].get("train", {})}
 
 
 def check_config(config: dict, schema: dict | None = None) -> dict:

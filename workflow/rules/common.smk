@@ -6,7 +6,7 @@ import re
 
 from hardmil.checkpoint import RUN_FILES
 from hardmil.data.store import STORE_FILES
-from hardmil.config import SLIDE_SOURCES, check_config, method_protocols
+from hardmil.config import SLIDE_SOURCES, check_config, method_protocols, method_train
 
 
 # hardmil.config.check_config: the packaged schema (fills in its defaults), cross-references, slide references,
@@ -21,7 +21,8 @@ SPLITS = "results/splits/{dataset}/{protocol}/seed{seed}.tsv"
 EXTERNAL_DIR = "results/external/{pair}/{encoder}/{method}/{protocol}/seed{seed}/fold{fold}"
 EFFICIENCY = "results/efficiency/{dataset}/{encoder}/{method}.json"
 PATCH_REPORT = "results/patches/{dataset}/shards/{shard}-of-{n}.tsv"
-# train-block keys that configure the job, not the loop (hardmil.train.loop.TrainConfig)
+# train-block keys that configure the job, not the loop (hardmil.train.loop.TrainConfig); a method's own value
+# (methods.<m>.train, hardmil.config.method_train) wins for its jobs, except group (one layout for every method)
 JOB_KEYS = ("standardize", "group", "threads", "mem_mb", "runtime")
 SEEDS = config["cv"]["seeds"]
 FOLDS = list(range(config["cv"]["folds"]))
@@ -72,12 +73,21 @@ def bag_store(dataset, encoder):
 
 def job_mem_mb(wc, input, attempt):
     """Memory (MB) of a job that reads a bag store: hardmil.data.store.job_memory_request (the SLURM override,
-    else train.mem_mb, else the measured model of the store's largest bag and the method's models)."""
+    else the method's train.mem_mb (jobs with a {method} wildcard) or train.mem_mb, else the measured model of
+    the store's largest bag and the method's models)."""
     from hardmil.data.store import job_memory_request
 
-    method = config["methods"].get(wc.get("method", ""), {})
+    name = wc.get("method", "")
+    method = config["methods"].get(name, {})
     models = [method.get("model", ""), method.get("params", {}).get("baseline", "")]
-    return job_memory_request(input.features, models, config["train"]["mem_mb"], attempt)
+    configured = method_train(config, name)["mem_mb"] if method else config["train"]["mem_mb"]
+    return job_memory_request(input.features, models, configured, attempt)
+
+
+def method_job(key):
+    """Rule directive function: ``key`` (threads, runtime, device) of the job's {method} from its train block
+    with the method's overrides (hardmil.config.method_train)."""
+    return lambda wc: method_train(config, wc.method)[key]
 
 
 def classes(dataset):
@@ -148,9 +158,8 @@ def train_jobs(wc):
 
 
 def train_config(method):
-    """The loop's config for ``method``: the train block, then the method's own overrides."""
-    merged = {**config["train"], **config["methods"][method].get("train", {})}
-    return {k: v for k, v in merged.items() if k not in JOB_KEYS}
+    """The loop's config for ``method`` (hardmil.train.loop.TrainConfig): its train block without the JOB_KEYS."""
+    return {k: v for k, v in method_train(config, method).items() if k not in JOB_KEYS}
 
 
 def train_params(wc):
@@ -160,7 +169,7 @@ def train_params(wc):
         "model": config["methods"][wc.method]["model"],
         "model_params": config["methods"][wc.method]["params"],
         "train": train_config(wc.method),
-        "standardize": config["train"]["standardize"],
+        "standardize": method_train(config, wc.method)["standardize"],
         "task": task(wc.dataset),
         "time_bins": config["datasets"][wc.dataset]["time_bins"],
     }

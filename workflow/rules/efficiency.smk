@@ -16,10 +16,10 @@ rule efficiency:
         "results/benchmarks/efficiency/{dataset}/{encoder}/{method}.tsv"
     conda:
         "../../envs/hardmil.yaml"
-    threads: config["train"]["threads"]
+    threads: method_job("threads")
     resources:
         mem_mb=job_mem_mb,
-        runtime=config["train"]["runtime"],
+        runtime=method_job("runtime"),
         gpu=1,
     params:
         run=train_params,

@@ -25,7 +25,7 @@ rule external:
     params:
         task=lambda wc: task(config["external"][wc.pair]["test"]),
         classes=lambda wc: classes(config["external"][wc.pair]["test"]),
-        device=config["train"]["device"],
+        device=method_job("device"),
         jobs=external_jobs,
     script:
         "../scripts/external.py"

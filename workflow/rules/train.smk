@@ -24,10 +24,10 @@ rule train:
         job_log("results/benchmarks/train/{dataset}/{encoder}/{method}/{protocol}", "tsv")
     conda:
         "../../envs/hardmil.yaml"
-    threads: config["train"]["threads"]
+    threads: method_job("threads")
     resources:
         mem_mb=job_mem_mb,
-        runtime=config["train"]["runtime"],
+        runtime=method_job("runtime"),
         gpu=1,
     params:
         run=train_params,

@@ -93,7 +93,7 @@ def runs_timing(metrics_paths: list[str | os.PathLike]) -> dict:
 
 
 def measure_fold(*, job: dict, features_dir: str | os.PathLike, classes: list[str], protocol: str, model: str,
-                 model_params: dict, train_cfg: dict, standardize: bool = True, threads: int = 1) -> dict:
+                 model_params: dict, train_cfg: dict, standardize: bool = False, threads: int = 1) -> dict:
     """One extra training epoch of the fold (timed, memory measured) and the trained model's inference speed.
 
     ``job`` is one entry of the workflow's ``train_jobs`` (splits, out_dir of the trained run, extra_bags,

@@ -5,6 +5,20 @@ the model is scored on the protocol's selection set, the best epoch's weights ar
 (model, optimiser, scheduler, RNG, history, early-stopping state) is written so that a killed job
 resumes and ends bit-identical to an uninterrupted run. Shuffling uses a generator seeded by
 (seed, epoch), so the order of bags never depends on what ran before.
+
+The recipe is the MHIM-MIL reference trainer's (DearCaat/MHIM-MIL ``main.py``, ``train_utils.py``, ``utils.py``);
+element by element, with the reference's file and line and every declared difference: docs/recipe.md.
+* Selection (``main.py:338``): an epoch replaces the kept one only on a strict improvement of the selection
+  score, so a tie keeps the earlier epoch (``selection_ties: earliest``; ``loss`` breaks a tie by the lower
+  selection loss, this project's rule before 0.2).
+* Early stopping (``utils.py:252-268``): an epoch whose score is strictly worse than the best counts against
+  ``patience``; an equal score resets the count (``patience_ties: reset``; ``count`` counts it). Training ends
+  after ``patience`` such epochs, but not before epoch index ``min_epochs`` (the reference's ``max_epoch`` M is
+  ``min_epochs`` M + 2: it may stop after validating epoch M + 1).
+* Score (``options.py:338-339``, ``selection_metric: auto``): AUC for two classes, balanced (macro) accuracy at
+  argmax for more, the C-index for survival.
+* Schedule (``train_utils.py:77``): timm's per-epoch cosine from ``lr`` to ``min_lr`` over ``epochs`` without
+  warm-up, which is ``CosineAnnealingLR`` epoch for epoch (tests/test_recipe.py checks the closed form).
 """
 
 from __future__ import annotations
@@ -43,7 +57,10 @@ class TrainConfig:
     min_lr: float = 1e-7  # MHIM-MIL cosine floor
     patience: int = 20  # MHIM-MIL option default
     min_epochs: int = 0  # earliest epoch at which early stopping may end training
-    selection_metric: str = "auc"  # 'auc' (survival: the C-index; ties broken by lower loss) or 'loss'
+    selection_metric: str = "auto"  # 'auto' | 'auc' (survival: C-index) | 'balanced_accuracy' | 'loss'
+    selection_ties: str = "earliest"  # 'earliest' (the reference) | 'loss' (the lower selection loss wins a tie)
+    patience_ties: str = "reset"  # 'reset' (the reference: a tie with the best resets patience) | 'count'
+    fold_seeds: str = "shared"  # 'shared' (the reference: every fold starts from the seed) | 'distinct'
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N'
     amp: bool = True  # bf16 autocast when on CUDA; ignored on CPU
     seed: int = 0
@@ -77,27 +94,56 @@ def bag_loss(logits: Tensor, data: BagSet, index: slice, alpha: float = 0.0) -> 
     return F.cross_entropy(logits.float(), y)
 
 
-def score_name(data: BagSet) -> str:
-    return "c_index" if data.survival else "auc"
+def selection_key(cfg: TrainConfig, scores: dict[str, float]) -> str:
+    """The history column an epoch is selected on, given the selection set's ``scores`` (:func:`_score`):
+    ``select_loss``, ``select_auc``, ``select_c_index`` or ``select_balanced_accuracy``. ``auto`` is the
+    reference's rule (``options.py:338-339``): balanced accuracy for more than two classes, else AUC / C-index."""
+    metric = cfg.selection_metric
+    if metric == "auto":
+        metric = "balanced_accuracy" if "balanced_accuracy" in scores else "auc"
+    if metric == "auc":
+        metric = "c_index" if "c_index" in scores else "auc"
+    if metric not in scores:
+        raise ValueError(f"selection_metric {cfg.selection_metric!r} is not defined for this task "
+                         f"(selection scores: {sorted(scores)})")
+    return f"select_{metric}"
 
 
-def _score(model, data: BagSet, device, amp, alpha: float = 0.0) -> tuple[float, float]:
-    """(loss, primary score) on ``data``: (cross-entropy, AUC) or, for survival, (NLL, C-index)."""
+def _score(model, data: BagSet, device, amp, alpha: float = 0.0) -> dict[str, float]:
+    """The selection set's loss and scores: cross-entropy, AUC and balanced accuracy at argmax or, for survival,
+    the NLL and the C-index."""
     logits = predict_logits(model, data, amp)
     loss = bag_loss(torch.from_numpy(logits), data, slice(None), alpha).item()
     if data.survival:
-        return loss, c_index(data.times.numpy(), data.events.numpy(), risk_scores(logits))
-    return loss, auc(data.labels.numpy(), torch.softmax(torch.from_numpy(logits), dim=-1).numpy())
+        return {"loss": loss, "c_index": c_index(data.times.numpy(), data.events.numpy(), risk_scores(logits))}
+    y = data.labels.numpy()
+    out = {"loss": loss, "auc": auc(y, torch.softmax(torch.from_numpy(logits), dim=-1).numpy())}
+    if logits.shape[1] > 2:
+        out["balanced_accuracy"] = balanced_accuracy(y, logits.argmax(axis=1), logits.shape[1])
+    return out
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro recall over the classes present in ``y`` (torchmetrics' macro accuracy, the reference's ``Acc``)."""
+    recalls = [float(np.mean(pred[y == c] == c)) for c in range(n_classes) if np.any(y == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
 
 
 def _better(cfg: TrainConfig, loss: float, score: float, best: dict | None) -> bool:
+    """Does this epoch replace the kept one? ``score`` is higher-is-better (the negated loss under 'loss')."""
     if best is None:
         return True
-    if cfg.selection_metric == "loss":
-        return loss < best["loss"]
     if np.isnan(score):
-        return loss < best["loss"] and np.isnan(best["score"])
-    return score > best["score"] or (score == best["score"] and loss < best["loss"])
+        return np.isnan(best["score"]) and loss < best["loss"]
+    tie_to_loss = cfg.selection_ties == "loss" and cfg.selection_metric != "loss"
+    return score > best["score"] or (tie_to_loss and score == best["score"] and loss < best["loss"])
+
+
+def _patience_after(cfg: TrainConfig, improved: bool, score: float, best_score: float | None, bad: int) -> int:
+    """The early-stopping count after an epoch (the reference's ``EarlyStopping.__call__``)."""
+    if improved or (cfg.patience_ties == "reset" and score == best_score):
+        return 0
+    return bad + 1
 
 
 def config_digest(*parts: object) -> str:
@@ -168,18 +214,21 @@ def train(model: nn.Module, train_data: BagSet, select_data: BagSet, cfg: TrainC
                 first_step_at = time.perf_counter()
         sched.step()
         state["seconds"] += time.perf_counter() - start
-        sel_loss, sel_auc = (float(v) for v in _score(model, select_data, device, cfg.amp, cfg.nll_alpha))
+        scores = _score(model, select_data, device, cfg.amp, cfg.nll_alpha)
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": total / n,
-               "select_loss": sel_loss, f"select_{score_name(select_data)}": sel_auc}
-        if _better(cfg, sel_loss, sel_auc, state["best"]):
-            state["best"] = {"epoch": epoch, "loss": sel_loss, "score": sel_auc}
+               **{f"select_{k}": float(v) for k, v in scores.items()}}
+        sel_loss = row["select_loss"]
+        key = selection_key(cfg, scores)
+        sel_score = -sel_loss if key == "select_loss" else row[key]
+        best_score = None if state["best"] is None else state["best"]["score"]
+        improved = _better(cfg, sel_loss, sel_score, state["best"])
+        state["bad_epochs"] = _patience_after(cfg, improved, sel_score, best_score, state["bad_epochs"])
+        if improved:
+            state["best"] = {"epoch": epoch, "loss": sel_loss, "score": sel_score}
             state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-            state["bad_epochs"] = 0
-        else:
-            state["bad_epochs"] += 1
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", sel_score=f"{sel_auc:.3f}", best=state["best"]["epoch"])
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", sel_score=f"{sel_score:.3f}", best=state["best"]["epoch"])
         if extra_state is not None:
             extra_state.close_epoch(epoch)
         if ckpt is not None:

@@ -92,13 +92,19 @@ def training_bags(bags: dict[str, list], generated: list) -> list:
 
 
 
+def fold_seed(cfg: TrainConfig, seed: int, fold: int) -> int:
+    """The seed a fold's run starts from: the repetition's seed for every fold (``fold_seeds: shared``, the
+    reference's ``seed_torch(args.seed)`` at each fold start, ``main.py:207``) or ``seed * 1000 + fold``."""
+    return seed if cfg.fold_seeds == "shared" else seed * 1000 + fold
+
+
 def _fold_bags(roles: dict[str, list[dict]], source, classes: list[str]) -> dict[str, list]:
     return {role: load_bags(rows, source, classes) for role, rows in roles.items()}
 
 
 def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, classes: list[str], fold: int,
              protocol: str, seed: int, model: str, model_params: dict, train_cfg: dict, out_dir: str | os.PathLike,
-             standardize: bool = True, threads: int = 1, progress: bool = True, on_epoch_end=None,
+             standardize: bool = False, threads: int = 1, progress: bool = True, on_epoch_end=None,
              extra_bags: str | os.PathLike | None = None, confounders: str | os.PathLike | None = None,
              teacher: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
              provenance: dict | None = None,
@@ -137,7 +143,8 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     in_dim = int(source.dim)
     generated = read_generated(extra_bags, expected_dim=in_dim) if extra_bags else []
     mean, std = feature_stats(bags["train"]) if standardize else (None, None)
-    cfg = TrainConfig(**{**train_cfg, "seed": seed * 1000 + fold})
+    cfg = TrainConfig(**train_cfg)
+    cfg = dataclasses.replace(cfg, seed=fold_seed(cfg, seed, fold))
     device = resolve_device(cfg.device)
     place = {"device": device, "placement": cfg.placement, "memory_share": cfg.memory_share}
     data = {role: BagSet(b, mean, std, **place) for role, b in bags.items() if role != "train"}

@@ -48,8 +48,10 @@ output by up to 5.0, so even with both no setting would reproduce a reference fi
 means reproducing a numerical defect rather than the method: ``pscan_2d`` does not compute the 2-D recurrence
 above that 2DMamba's own CUDA kernel (and the reference's ``--cuda_pscan`` path) computes, and its hand-written
 backward is not the derivative of its forward, so the reference's pure-PyTorch training follows gradients of
-another function. This model therefore follows the CUDA kernel's recurrence (what the 2DMamba paper describes);
-a reference fixture would only pin that defect.
+another function. Its sequential variant (``--pscan`` off, ``selective_scan_seq_2d``) computes yet another
+recurrence (the left and the upper state both decayed and summed, on a square grid of side sqrt(L)), so no CPU path
+of the reference computes the kernel's. This model therefore follows the CUDA kernel's recurrence (what the
+2DMamba paper describes); a reference fixture would only pin one of those defects.
 """
 
 from __future__ import annotations

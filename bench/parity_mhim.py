@@ -335,23 +335,27 @@ def import_trainer(root: Path):
             importlib.import_module("utils"))
 
 
-def v2_run_case(ref, root: Path, d: int, hidden: int) -> dict:
-    """Two epochs of three bags through the reference's own training loop: MHIM-v2 over its internal AB-MIL (attn,
-    act gelu), teacher (other weights) scoring with the class-aware probability, RHSM (h 0.1, r 0.5) with the
-    per-iteration cosine decay of h (``mrh_sche``), random score masking with the GRN (merge_ratio 0.5, K 2, its
-    queries' EMA 0.9), consistency loss (aux_alpha 0.5, temp 0.1), an optimiser step, and the teacher's EMA with the
-    cosine momentum schedule (``mm_sche``, 0.99 -> 1). Every dropout 0, so the only random draws are the masks',
-    under a seed set before each epoch. The optimiser is plain SGD, not the reference's Adam: Adam's first steps
-    move every parameter by about lr x sign(gradient), so float rounding on a near-zero gradient component would
-    flip whole steps; SGD keeps the comparison as well-conditioned as the gradients (the optimiser is PyTorch's,
-    not the reference's code)."""
+def v2_run_case(ref, root: Path, d: int, hidden: int, baseline: str = "attn") -> dict:
+    """Two epochs of three bags through the reference's own training loop: MHIM-v2 over its internal AB-MIL
+    (``baseline='attn'``, act gelu; or its internal DSMIL, ``'dsmil'``, 3 classes: trained on 0.5 bag + 0.5
+    max-instance logits, consistency on the [C, 512] bag embedding), teacher (other weights) scoring with the
+    class-aware probability, RHSM (h 0.1, r 0.5) with the per-iteration cosine decay of h (``mrh_sche``), random
+    score masking with the GRN (merge_ratio 0.5, K 2, its queries' EMA 0.9), consistency loss (aux_alpha 0.5,
+    temp 0.1), an optimiser step, and the teacher's EMA with the cosine momentum schedule (``mm_sche``, 0.99 ->
+    1). Every dropout 0, so the only random draws are the masks', under a seed set before each epoch. The
+    optimiser is plain SGD, not the reference's Adam: Adam's first steps move every parameter by about lr x
+    sign(gradient), so float rounding on a near-zero gradient component would flip whole steps; SGD keeps the
+    comparison as well-conditioned as the gradients (the optimiser is PyTorch's, not the reference's code)."""
     base, common, utils = import_trainer(root)
     epochs, seeds, lr, wd = 2, [100, 101], 1e-3, 1e-5
     torch.manual_seed(12)
     bags = [(torch.randn(1, n, d), torch.tensor([y])) for n, y in ((40, 0), (57, 1), (33, 1))]
     mrh = utils.cosine_scheduler(0.1, 0.0, epochs=epochs, niter_per_ep=len(bags))
     mm_sche = utils.cosine_scheduler(0.99, 1.0, epochs=epochs, niter_per_ep=len(bags), start_warmup_value=1.0)
-    m = no_dropout(redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=2, act="gelu", baseline="attn",
+    n_classes = 3 if baseline == "dsmil" else 2
+    if baseline == "dsmil":
+        bags = [(x, y % 3 + (i == 2)) for i, (x, y) in enumerate(bags)]  # labels 0, 1, 2
+    m = no_dropout(redraw(ref.mhim.MHIM(input_dim=d, mlp_dim=hidden, n_classes=n_classes, act="gelu", baseline=baseline,
                                         da_act="relu", dropout=0.0, temp_t=0.1, mask_ratio_h=0.1, mask_ratio_hr=0.5,
                                         mrh_sche=mrh, attn2score=True, merge_enable=True, merge_k=2, merge_mm=0.9,
                                         merge_ratio=0.5)))
@@ -360,6 +364,9 @@ def v2_run_case(ref, root: Path, d: int, hidden: int) -> dict:
     tea = no_dropout(redraw(copy.deepcopy(m), seed=4321))
 
     def student_sd(model):
+        if baseline == "dsmil":  # its predictor is built but never used
+            return rename({k: v for k, v in model.state_dict().items()
+                           if not k.startswith(("merge.", "predictor."))}, DSMIL_MAP)
         return rename({k: v for k, v in model.state_dict().items() if not k.startswith("merge.")}, ABMIL_ATTN_MAP)
 
     def grn_sd(model):
@@ -371,7 +378,7 @@ def v2_run_case(ref, root: Path, d: int, hidden: int) -> dict:
 
     start = {"student": student_sd(m), "teacher": student_sd(tea), "grn": grn_sd(m)}
     args = argparse.Namespace(accumulation_steps=1, distributed=False, prefetch=True, patch_shuffle=False, amp=False,
-                              main_alpha=1.0, aux_alpha=0.5, model="mhim", baseline="attn", debug=False,
+                              main_alpha=1.0, aux_alpha=0.5, model="mhim", baseline=baseline, debug=False,
                               clip_grad=None, lr_supi=False, tea_type="none", mm=0.99, log_iter=10**9, rank=0,
                               wandb=False, fold_curr=0)
     trainer = base.BaseTrainer(common.CommonMIL(args), args)
@@ -387,9 +394,11 @@ def v2_run_case(ref, root: Path, d: int, hidden: int) -> dict:
             "weight_decay": wd, "train_loss": torch.tensor(losses),
             "after": {"student": student_sd(m), "teacher": student_sd(tea), "grn": grn_sd(m)},
             "mask_schedule": torch.from_numpy(mrh), "momentum_schedule": torch.from_numpy(mm_sche),
-            "in_dim": d, "n_classes": 2,
-            "baseline_params": {"act": "gelu", "attention_act": "relu", "attention_bias": False, "dropout": 0.0,
-                                "hidden_dim": hidden},
+            "in_dim": d, "n_classes": n_classes, "baseline": "dsmil" if baseline == "dsmil" else "abmil",
+            "baseline_params": ({"act": "gelu", "prediction": "mean", "dropout": 0.0, "hidden_dim": hidden}
+                                if baseline == "dsmil" else
+                                {"act": "gelu", "attention_act": "relu", "attention_bias": False, "dropout": 0.0,
+                                 "hidden_dim": hidden}),
             "mhim_params": {"mask_high": 0.1, "mask_high_random": 0.5, "mask_high_cosine": True, "rsm_ratio": 0.5,
                             "grn_tokens": 2, "grn_heads": 8, "grn_head_dim": 64, "grn_dropout": 0.0,
                             "grn_momentum": 0.9, "alpha": 0.5, "temp_teacher": 0.1, "momentum": 0.99,
@@ -418,7 +427,8 @@ def main() -> None:
                 "grn": grn_case(ref, hidden), "consistency": consistency_case(ref),
                 "keep_order": keep_order_case(ref, d, hidden), "dsmil_internal": dsmil_internal_case(ref, d, hidden),
                 "v1_masks": v1_mask_cases(ref, d, hidden),
-                "v2_run": v2_run_case(ref, args.reference.resolve(), d, hidden)}
+                "v2_run": v2_run_case(ref, args.reference.resolve(), d, hidden),
+                "v2_run_dsmil": v2_run_case(ref, args.reference.resolve(), d, hidden, "dsmil")}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, data in fixtures.items():
         path = args.out / f"mhim_{name}.pt"

@@ -23,6 +23,16 @@ Cases (the reference code each compares with, and the setting of ours that must 
 * ``grn``: ``Merge`` (K = 3 queries, dropout 0): its eval output on a bag and one training-mode merge with the EMA
   of the queries (momentum 0.9).
 * ``consistency``: ``SoftTargetCrossEntropy(0.1, 1.0)`` on a bag embedding [1, 32] and on DSMIL's [1, C, 32].
+* ``keep_order``: one MHIM-v2 training forward of a TransMIL (selfattn) student with the GRN, every dropout 0: the
+  logits after the reference's random keep (kept instances in its random draw's order) = ``keep_order: shuffle``.
+* ``dsmil_internal``: MHIM's internal DSMIL (act gelu): 0.5 bag + 0.5 max-instance logits, its bag embedding and
+  v2 score = dsmil ``{act: gelu, prediction: mean}``.
+* ``v1_masks``: ``MHIM.get_mask`` with the v1 options (random, low, high with r, h / r > 1) on 1-D and per-head
+  scores (the head vote), and one v1 TransMIL teacher's per-head attention and mask.
+* ``v2_run`` / ``v2_run_dsmil``: two epochs of three bags through the reference's own training loop
+  (``engines/base_engine.py``, logging imports stubbed): MHIM-v2 over attn / DSMIL with RHSM and the cosine
+  schedules of h and of the teacher momentum, GRN, consistency loss, SGD and the teacher EMA; the start and end
+  weights of student, teacher and GRN.
 """
 
 from __future__ import annotations

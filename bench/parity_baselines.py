@@ -13,11 +13,14 @@ and tensorboard are stubbed when missing (only names used at import time). The r
 files are not run (they import every model, torchvision included); the modules are loaded one by one. Run it in
 a virtual environment with those packages and this project (torch as pinned here).
 
-Covered: CLAM-SB (2 classes) and CLAM-MB (3 classes; logits, attention, instance loss and its gradients);
-DSMIL (3 classes; bag and max-instance logits, the cross-entropy and the censored survival loss of the
-instance stream); Max-/Mean-MIL (3 classes); R2T-MIL (3 classes; logits); IBMIL's head (3 classes) and its
-confounder k-means (faiss, IBMIL's settings) on a fixed embedding set; and one training step of the original
-DTFD-MIL (MaxMinS, 3 classes): the gradients each parameter is stepped with and the parameters after the step.
+Covered: CLAM-SB (2 classes; and 3 classes with ``subtyping``) and CLAM-MB (3 classes; logits, attention,
+instance loss and its gradients); DSMIL (3 classes; bag and max-instance logits, the cross-entropy and the censored
+survival loss of the instance stream); Max-/Mean-MIL (3 classes); gated AB-MIL (``AttentionGated``, act gelu);
+R2T-MIL (3 classes; logits, and the large-bag path with 16 R-MSA regions); IBMIL's head (3 classes) and its
+confounder k-means (faiss, IBMIL's settings) on a fixed embedding set; the logits of CLAM, DSMIL, Mean-/Max-MIL
+and IBMIL with ``act='gelu'`` (the reference's training configs); and one training step of the original
+DTFD-MIL (MaxMinS, MaxS and AFS, 3 classes): the gradients each parameter is stepped with and the parameters
+after the step.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def reference_modules(mhim: Path) -> Namespace:
     _stub("timm.models.layers", DropPath=lambda p=0.0: torch.nn.Identity())
     _stub("timm.scheduler", create_scheduler_v2=None)
     _stub("git", Repo=None)
+    _stub("torchvision.models")  # modules/abmil.py imports it for an image backbone these fixtures never build
     _package("refmil", mhim / "modules")
     sys.modules.pop("utils", None)
     sys.path.insert(0, str(mhim))
@@ -90,6 +94,7 @@ def reference_modules(mhim: Path) -> Namespace:
         dsmil=importlib.import_module("refmil.dsmil"),
         rrt=importlib.import_module("refmil.rrt"),
         ibmil=importlib.import_module("refmil.abmil_ibmil"),
+        abmil=importlib.import_module("refmil.abmil"),
         meanmax=importlib.import_module("refmil.mean_max"),
         train_utils=_load(mhim / "train_utils.py", "ref_train_utils"),
     )
@@ -140,15 +145,28 @@ def bag(seed: int, n: int) -> torch.Tensor:
     return torch.from_numpy(np.random.Generator(np.random.PCG64(seed)).standard_normal((1, n, D))).float()
 
 
-def clam_fixture(ref: Namespace, multi: bool) -> dict:
+def gelu_logits(build, ours: torch.nn.Module, x: torch.Tensor, mapping=None) -> torch.Tensor:
+    """Eval logits of the reference model built with ``act='gelu'`` (what its feat_cls / feat_surv configs pass to
+    every baseline), given the same weights as ``ours`` (the activation has no parameters)."""
+    theirs = build("gelu")
+    load_mapped(theirs, ours, by_position(theirs, ours) if mapping is None else mapping)
+    with torch.no_grad():
+        out = theirs.eval()(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def clam_fixture(ref: Namespace, multi: bool, subtyping: bool = False) -> dict:
     name, n_classes, seed = ("clam_mb", 3, 11) if multi else ("clam_sb", 2, 12)
     params = {"in_dim": D, "n_classes": n_classes, "dropout": 0.0}
+    if subtyping:  # CLAM-SB, 3 classes, the out-of-class instance loss on
+        n_classes, seed, params = 3, 13, {**params, "n_classes": 3, "subtyping": True}
     ours = build_model(name, **params)
     checksum = fill_weights(ours, seed)
     cls = ref.clam.CLAM_MB if multi else ref.clam.CLAM_SB
-    theirs = cls(input_dim=D, n_classes=n_classes, dropout=0.0, act="relu")
+    theirs = cls(input_dim=D, n_classes=n_classes, dropout=0.0, act="relu", subtyping=subtyping)
     load_mapped(theirs, ours, by_position(theirs, ours))
     x = bag(seed, 90)
+    logits_gelu = gelu_logits(lambda act: cls(input_dim=D, n_classes=n_classes, dropout=0.0, act=act), ours, x)
     label = torch.tensor([n_classes - 1])
     theirs.eval()
     with torch.no_grad():
@@ -161,8 +179,22 @@ def clam_fixture(ref: Namespace, multi: bool) -> dict:
     grads = {k: torch.zeros_like(p) if p.grad is None else p.grad.clone()
              for k, p in theirs.instance_classifiers.named_parameters()}
     return {"model": name, "params": params, "seed": seed, "checksum": checksum, "x": x[0], "label": label,
-            "logits": logits, "attention": F.softmax(attn.reshape(-1, x.shape[1]), dim=1),
+            "logits": logits, "logits_gelu": logits_gelu, "attention": F.softmax(attn.reshape(-1, x.shape[1]), dim=1),
             "instance_loss": inst_loss.detach(), "instance_classifier_grads": grads}
+
+
+def gabmil_fixture(ref: Namespace) -> dict:
+    """The reference's gated AB-MIL (``modules/abmil.py:AttentionGated``, act gelu as its training config): its
+    attention dimension is hard-coded to 384, so ours is built with ``attn_dim: 384``."""
+    seed, params = 81, {"in_dim": D, "n_classes": 3, "attn_dim": 384, "act": "gelu", "dropout": 0.0}
+    ours = build_model("gabmil", **params)
+    checksum = fill_weights(ours, seed)
+    theirs = ref.abmil.AttentionGated(input_dim=D, n_classes=3, act="gelu", dropout=0.0)
+    load_mapped(theirs, ours, by_position(theirs, ours))
+    x = bag(seed, 75)
+    with torch.no_grad():
+        logits = theirs.eval()(x)
+    return {"model": "gabmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits}
 
 
 def dsmil_fixture(ref: Namespace) -> dict:
@@ -172,6 +204,7 @@ def dsmil_fixture(ref: Namespace) -> dict:
     theirs = ref.dsmil.MILNet(n_classes=3, dropout=0.0, act="relu", input_dim=D)
     load_mapped(theirs, ours, by_position(theirs, ours))
     x = bag(seed, 120)
+    logits_gelu = gelu_logits(lambda act: ref.dsmil.MILNet(n_classes=3, dropout=0.0, act=act, input_dim=D), ours, x)
     theirs.eval()
     with torch.no_grad():
         bag_logits, max_logits = theirs(x)
@@ -184,21 +217,23 @@ def dsmil_fixture(ref: Namespace) -> dict:
                             loss=ref.train_utils.NLLSurvLoss(alpha=0.0))
         surv[f"bin{bin_}_censored{censored}"] = loss.detach()
     return {"model": "dsmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "label": label,
-            "logits": bag_logits, "max_instance_logits": max_logits, "max_instance_ce": ce_loss.detach(),
-            "max_instance_survival_nll": surv}
+            "logits": bag_logits, "logits_gelu": logits_gelu, "max_instance_logits": max_logits,
+            "max_instance_ce": ce_loss.detach(), "max_instance_survival_nll": surv}
 
 
 def meanmax_fixture(ref: Namespace, name: str) -> dict:
     seed, params = (31, {"in_dim": D, "n_classes": 3}) if name == "maxmil" else (32, {"in_dim": D, "n_classes": 3})
     ours = build_model(name, **params)
     checksum = fill_weights(ours, seed, bias_scale=1.0)
-    theirs = (ref.meanmax.MaxMIL if name == "maxmil" else ref.meanmax.MeanMIL)(input_dim=D, n_classes=3)
+    cls = ref.meanmax.MaxMIL if name == "maxmil" else ref.meanmax.MeanMIL
+    theirs = cls(input_dim=D, n_classes=3)
     load_mapped(theirs, ours, by_position(theirs, ours))
     x = bag(seed, 70)
     with torch.no_grad():
         logits = theirs.eval()(x)
+    logits_gelu = gelu_logits(lambda act: cls(input_dim=D, n_classes=3, act=act), ours, x)
     return {"model": name, "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits,
-            "bias_scale": 1.0}
+            "logits_gelu": logits_gelu, "bias_scale": 1.0}
 
 
 R2T_KEYS = {
@@ -233,7 +268,12 @@ def r2t_fixture(ref: Namespace) -> dict:
     x = bag(seed, 150)
     with torch.no_grad():
         logits = theirs.eval()(x)
-    return {"model": "r2tmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits}
+        # the reference's large-bag path (R-MSA with 16 regions when a bag has more than 100,000 instances; CR-MSA
+        # keeps its 8) on this small bag: R-MSA's region count set to what that rule picks
+        theirs.online_encoder.layers[0].attn.region_num = 16
+        logits16 = theirs.eval()(x)
+    return {"model": "r2tmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits,
+            "logits_16_regions": logits16}
 
 
 IBMIL_KEYS = {"feature.0": "embedding.embed.0", "attn": "attention", "w_q": "W_q", "w_k": "W_k",
@@ -248,11 +288,14 @@ def ibmil_fixture(ref: Namespace) -> dict:
         path = Path(tmp) / "confounders.npy"
         np.save(path, ours.confounders.numpy())
         theirs = ref.ibmil.Dattention_ori(D, 3, 0.0, "relu", str(path))
-    load_mapped(theirs, ours, {k: _rename(k, IBMIL_KEYS) for k in ours.state_dict() if k != "has_confounders"})
-    x = bag(seed, 80)
-    with torch.no_grad():
-        logits = theirs.eval()(x)
-    return {"model": "ibmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits}
+        mapping = {k: _rename(k, IBMIL_KEYS) for k in ours.state_dict() if k != "has_confounders"}
+        load_mapped(theirs, ours, mapping)
+        x = bag(seed, 80)
+        with torch.no_grad():
+            logits = theirs.eval()(x)
+        logits_gelu = gelu_logits(lambda act: ref.ibmil.Dattention_ori(D, 3, 0.0, act, str(path)), ours, x, mapping)
+    return {"model": "ibmil", "params": params, "seed": seed, "checksum": checksum, "x": x[0], "logits": logits,
+            "logits_gelu": logits_gelu}
 
 
 def kmeans_fixture() -> dict:
@@ -282,12 +325,13 @@ def kmeans_fixture() -> dict:
             "assignments": torch.from_numpy(assign.astype(np.int64))}
 
 
-def dtfd_fixture(dtfd: Namespace) -> dict:
-    """One step of the original DTFD-MIL training function (MaxMinS, 3 classes, 2 instances per pseudo-bag)."""
-    seed, n, groups, total = 71, 60, 4, 8
+def dtfd_fixture(dtfd: Namespace, distill: str = "MaxMinS") -> dict:
+    """One step of the original DTFD-MIL training function (3 classes, 2 instances per pseudo-bag); ``distill``
+    the tier-2 input: MaxMinS, MaxS or AFS."""
+    seed, n, groups, total = {"MaxMinS": 71, "MaxS": 72, "AFS": 73}[distill], 60, 4, 8
     clip = 0.05  # small enough that every group's gradient is clipped, so the clipping rule shows in the fixture
     params = {"in_dim": D, "n_classes": 3, "hidden_dim": 32, "attn_dim": 16, "groups": groups,
-              "total_instance": total, "distill": "MaxMinS", "grad_clip": clip}
+              "total_instance": total, "distill": distill, "grad_clip": clip}
     ours = build_model("dtfd", **params)
     checksum = fill_weights(ours, seed, bias_scale=3.0)  # large classifier biases: ranking with them differs
     classifier = dtfd.network.Classifier_1fc(32, 3, 0.0)
@@ -338,10 +382,14 @@ def dtfd_fixture(dtfd: Namespace) -> dict:
     run_params = Namespace(batch_size=1, device="cpu", grad_clipping=clip, train_show_freq=10**9)
     writer = Namespace(add_scalar=lambda *a, **k: None)
     label = 2
-    dtfd.main.train_attention_preFeature_DTFD(
-        [["slide"], [x], {0: label}], classifier, reduction, attention, tier2, opt0, opt1, epoch=0,
-        ce_cri=torch.nn.CrossEntropyLoss(reduction="none"), params=run_params, f_log=io.StringIO(), writer=writer,
-        numGroup=groups, total_instance=total, distill="MaxMinS")
+    # AFS: the tier-2 loss's backward runs through tier 1's attention, whose weights tier 1's Adam has just changed
+    # in place, which current PyTorch refuses (the code predates the version check). Allowing the mutation lets it
+    # run; tier 2's gradients do not depend on those saved weights, and tier 1 has already been stepped.
+    with torch.autograd.graph.allow_mutation_on_saved_tensors():
+        dtfd.main.train_attention_preFeature_DTFD(
+            [["slide"], [x], {0: label}], classifier, reduction, attention, tier2, opt0, opt1, epoch=0,
+            ce_cri=torch.nn.CrossEntropyLoss(reduction="none"), params=run_params, f_log=io.StringIO(),
+            writer=writer, numGroup=groups, total_instance=total, distill=distill)
     grads, after = {}, {}
     for k, (m, rk) in ours_keys.items():
         p = dict(modules[m].named_parameters())[rk]
@@ -367,6 +415,8 @@ def main() -> None:
         "dsmil": dsmil_fixture(ref), "maxmil": meanmax_fixture(ref, "maxmil"),
         "meanmil": meanmax_fixture(ref, "meanmil"), "r2tmil": r2t_fixture(ref), "ibmil": ibmil_fixture(ref),
         "ibmil_kmeans": kmeans_fixture(), "dtfd_step": dtfd_fixture(dt),
+        "dtfd_step_maxs": dtfd_fixture(dt, "MaxS"), "dtfd_step_afs": dtfd_fixture(dt, "AFS"),
+        "clam_sb_subtyping": clam_fixture(ref, multi=False, subtyping=True), "gabmil": gabmil_fixture(ref),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for name, fx in fixtures.items():

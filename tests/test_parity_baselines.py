@@ -32,13 +32,13 @@ def fixture(name: str) -> dict:
 
 
 def ours(fx: dict, **switches):
-    model = build_model(fx["model"], **fx["params"], **switches)
+    model = build_model(fx["model"], **{**fx["params"], **switches})
     checksum = fill_weights(model, fx["seed"], bias_scale=fx.get("bias_scale", 0.1))
     assert checksum == pytest.approx(fx["checksum"], rel=1e-12)  # the same weights as the reference got
     return model
 
 
-@pytest.mark.parametrize("name", ["clam_sb", "clam_mb"])
+@pytest.mark.parametrize("name", ["clam_sb", "clam_mb", "clam_sb_subtyping"])
 def test_clam_matches_reference(name):
     fx = fixture(name)
     m = ours(fx).eval()
@@ -46,7 +46,7 @@ def test_clam_matches_reference(name):
     with torch.no_grad():
         out = m(x)
     assert torch.allclose(out.logits, fx["logits"], atol=1e-5)
-    shown = fx["attention"][out.logits.argmax(1)] if name == "clam_mb" else fx["attention"][0:1]
+    shown = fx["attention"][out.logits.argmax(1)] if fx["model"] == "clam_mb" else fx["attention"][0:1]
     assert torch.allclose(out.attention, shown, atol=1e-6)
     m.train()
     out = m(x, label=fx["label"])
@@ -57,6 +57,46 @@ def test_clam_matches_reference(name):
     for k, g in fx["instance_classifier_grads"].items():
         mine = dict(m.instance_classifiers.named_parameters())[k].grad
         assert torch.allclose(torch.zeros_like(g) if mine is None else mine, g, atol=1e-6), k
+
+
+@pytest.mark.parametrize("name", ["clam_sb", "clam_mb", "dsmil", "maxmil", "meanmil", "ibmil"])
+def test_gelu_projection_matches_the_reference_training_config(name):
+    """The reference's feat_cls / feat_surv configs pass ``act: gelu`` to every baseline: ``act: gelu`` reproduces
+    those logits, the default ReLU projection misses them."""
+    fx = fixture(name)
+    x = fx["x"][None]
+    got = {}
+    for act in ("gelu", "relu"):
+        m = ours(fx, act=act)
+        if name == "ibmil":
+            m.has_confounders.fill_(True)
+        with torch.no_grad():
+            got[act] = m.eval()(x).logits
+    assert torch.allclose(got["gelu"], fx["logits_gelu"], atol=1e-5)
+    assert not torch.allclose(got["relu"], fx["logits_gelu"], atol=1e-3)
+
+
+def test_clam_subtyping_instance_loss_is_the_references_only_with_subtyping():
+    """CLAM with ``subtyping`` (3 classes): the out-of-class instance loss, divided by the number of classes, is the
+    reference's; without ``subtyping`` the instance loss misses it."""
+    fx = fixture("clam_sb_subtyping")
+    x = fx["x"][None]
+    got = {}
+    for subtyping in (True, False):
+        m = ours(fx, subtyping=subtyping).train()
+        got[subtyping] = (m(x, label=fx["label"]).aux_losses["instance"] / (1 - m.cfg.bag_weight)).item()
+    assert got[True] == pytest.approx(fx["instance_loss"].item(), abs=1e-5)
+    assert got[False] != pytest.approx(fx["instance_loss"].item(), abs=1e-3)
+
+
+def test_gated_abmil_matches_reference_with_its_attention_size():
+    """The reference's gated AB-MIL (attention 384, act gelu): reproduced with ``attn_dim: 384, act: gelu``; the
+    ReLU projection misses it."""
+    fx = fixture("gabmil")
+    x = fx["x"][None]
+    with torch.no_grad():
+        assert torch.allclose(ours(fx).eval()(x).logits, fx["logits"], atol=1e-5)
+        assert not torch.allclose(ours(fx, act="relu").eval()(x).logits, fx["logits"], atol=1e-3)
 
 
 def test_clam_survival_has_no_instance_loss_and_no_scaling():
@@ -131,6 +171,18 @@ def test_r2t_switches_to_16_regions_above_100000_instances():
         assert small(torch.randn(1, 40, 4)).logits.shape == (1, 2)
 
 
+def test_r2t_16_region_path_matches_reference():
+    """The reference's large-bag path (R-MSA 16 regions, CR-MSA 8) on the fixture's bag of 150: ours with the
+    threshold lowered below 150 reproduces it; the 8-region path (the default threshold) misses it."""
+    fx = fixture("r2tmil")
+    x = fx["x"][None]
+    with torch.no_grad():
+        large = ours(fx, large_bag_instances=100).eval()(x).logits
+        small = ours(fx).eval()(x).logits
+    assert torch.allclose(large, fx["logits_16_regions"], atol=1e-5)
+    assert not torch.allclose(small, fx["logits_16_regions"], atol=1e-3)
+
+
 def test_ibmil_head_matches_reference():
     fx = fixture("ibmil")
     m = ours(fx)
@@ -174,8 +226,10 @@ def _dtfd_step(fx: dict, **switches) -> tuple[dict, dict]:
     return grads, {k: p.detach().clone() for k, p in m.named_parameters()}
 
 
-def test_dtfd_training_step_matches_reference():
-    fx = fixture("dtfd_step")
+@pytest.mark.parametrize("name", ["dtfd_step", "dtfd_step_maxs", "dtfd_step_afs"])
+def test_dtfd_training_step_matches_reference(name):
+    """One step of the original training function, each distillation (MaxMinS, MaxS, AFS = the default)."""
+    fx = fixture(name)
     grads, after = _dtfd_step(fx)
     for k, g in fx["grads"].items():
         assert torch.allclose(grads[k], g, atol=1e-6, rtol=1e-4), k
@@ -188,6 +242,14 @@ def test_dtfd_each_deviation_switch_departs_from_the_reference(switch):
     """The non-reference setting of each switch changes the step on this fixture (the fixture can tell)."""
     fx = fixture("dtfd_step")
     grads, _ = _dtfd_step(fx, **switch)
+    assert any(not torch.allclose(grads[k], g, atol=1e-4, rtol=1e-3) for k, g in fx["grads"].items())
+
+
+@pytest.mark.parametrize("name,other", [("dtfd_step_afs", "MaxMinS"), ("dtfd_step_maxs", "AFS"),
+                                        ("dtfd_step", "MaxS")])
+def test_dtfd_other_distillation_misses_the_reference_step(name, other):
+    fx = fixture(name)
+    grads, _ = _dtfd_step(fx, distill=other)
     assert any(not torch.allclose(grads[k], g, atol=1e-4, rtol=1e-3) for k, g in fx["grads"].items())
 
 

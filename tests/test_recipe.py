@@ -124,7 +124,7 @@ def mhim_net(fx):
     kept, recycled = list(fx["kept"]), list(fx["recycled"])
     steps = iter(range(len(kept)))
 
-    def replay(score):  # the reference's masks of this step (high-score top-k, then its random keep, in its order)
+    def replay(score, heads=None):  # the reference's masks of this step (high-score top-k, then its random keep)
         i = next(steps)
         return kept[i], recycled[i]
 

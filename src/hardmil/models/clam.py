@@ -18,10 +18,16 @@ loss is the smooth top-1 SVM (Berrada et al., 2018; tau = alpha = 1) or cross-en
 (weight 1, not 0.7) when the training loop sets ``survival_task`` (the label is a time bin, not a class), as the
 MHIM-MIL reference, which passes ``[time bin, censorship]`` and so turns CLAM's instance loss off.
 
+Switch: ``act`` ``relu`` (default, CLAM's own) or ``gelu`` for the instance projection; the MHIM-MIL reference's
+training configs (``feat_cls.yaml``, ``feat_surv.yaml``) pass ``act: gelu``, which ``config/paper.yaml`` selects.
+
 Deliberate deviations:
 * The smooth top-1 SVM is written out as ``tau * logsumexp((s + alpha * [j != y]) / tau) - s_y``; the
   reference imports it from the ``topk`` package (which hard-codes ``.cuda()``, so the reference CLAM fails
   on CPU).
+* Loss weights: ``bag_weight`` 0.7 (CLAM's own, and the MHIM-MIL v1 code's). The MHIM-MIL v2 code weighs the
+  instance loss by ``aux_alpha``, which its shipped configs leave at 0 (CE only); ``bag_weight: 1.0`` reproduces
+  that, but ``config/paper.yaml`` keeps CLAM's clustering loss (declared, issue 25).
 * Bags with fewer than 2k instances use ``min(k, N)`` top and bottom instances (the reference errors).
 * ``attention`` in the output is the softmax attention of the predicted class's branch (MB) or the single
   branch (SB); padded instances get zero weight and are never sampled.
@@ -45,6 +51,7 @@ class CLAMConfig:
     hidden_dim: int = param(512, ge=1)  # CLAM size 'small' [1024, 512, 256]
     attn_dim: int = param(256, ge=1)
     dropout: float = param(0.25, ge=0, lt=1)  # CLAM --drop_out 0.25
+    act: str = "relu"  # instance projection: 'relu' or 'gelu' (the reference's training config: gelu)
     k_sample: int = param(8, ge=1)  # CLAM --B 8
     bag_weight: float = param(0.7, ge=0, le=1)  # CLAM --bag_weight 0.7
     inst_loss: str = "svm"  # CLAM --inst_loss svm | ce
@@ -69,7 +76,7 @@ class CLAM(MILModel):
             raise ValueError(f"inst_loss must be 'svm' or 'ce', got {cfg.inst_loss!r}")
         self.cfg = cfg
         n_branch = cfg.n_classes if cfg.multi_branch else 1
-        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout, act=cfg.act)
         self.attn_a = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.attn_dim), nn.Tanh(), nn.Dropout(cfg.dropout))
         self.attn_b = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.attn_dim), nn.Sigmoid(), nn.Dropout(cfg.dropout))
         self.attn_c = nn.Linear(cfg.attn_dim, n_branch)

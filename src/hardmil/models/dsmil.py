@@ -18,7 +18,19 @@ censorship]`` to the instance stream's loss): with ``survival_task`` (set by the
 logits go to ``aux_logits`` and the loop scores them with the task's own loss, censoring included.
 
 Open question settled by the reference: the prediction (metrics, thresholds) is the bag-stream logits alone,
-as MHIM-MIL's ``dsmil`` evaluates it; the max-instance stream only trains.
+as MHIM-MIL's ``dsmil`` evaluates it; the max-instance stream only trains. ``prediction: mean`` is the DSMIL that
+the reference's MHIM wraps (its internal ``dsmil`` baseline, and ``mhim_pure``, which trains the teacher): the
+prediction is ``0.5 * bag + 0.5 * max-instance`` logits, in training (one loss on them, no separate max-instance
+loss) and in evaluation (``engines/common_mil.py``). ``config/paper.yaml`` selects it for the MHIM(DSMIL) rows and
+their teacher (``dsmil_mhim``).
+
+Switch: ``act`` ``relu`` (default) or ``gelu`` for the instance projection; the reference's training configs
+(``feat_cls.yaml``, ``feat_surv.yaml``) pass ``act: gelu``, which ``config/paper.yaml`` selects.
+
+Loss weights: ``max_loss_weight`` 0.5 (dsmil-wsi's and the MHIM-MIL v1 code's). The MHIM-MIL v2 code weighs the
+max-instance loss of its standalone ``dsmil`` by ``aux_alpha``, which its shipped configs leave at 0, so its instance
+classifier never trains (it only picks the critical instance, without gradient); ``max_loss_weight: 0`` reproduces
+that, but ``config/paper.yaml`` keeps 0.5 (declared, issue 25).
 
 Deliberate deviations: softmax cross-entropy over C classes instead of the original's per-class BCE (the
 MHIM benchmark's choice, so C > 2 works); padding is excluded from the max, the critical instance and the
@@ -44,8 +56,12 @@ class DSMILConfig:
     hidden_dim: int = param(512, ge=1)
     query_dim: int = param(128, ge=1)  # dsmil-wsi BClassifier q: 128
     dropout: float = param(0.25, ge=0, lt=1)  # embedding dropout (MHIM benchmark)
+    act: str = "relu"  # instance projection: 'relu' or 'gelu' (the reference's training config: gelu)
     dropout_v: float = param(0.0, ge=0, lt=1)  # dsmil-wsi dropout_v
     max_loss_weight: float = param(0.5, ge=0, le=1)  # dsmil-wsi: 0.5 * bag + 0.5 * max
+    # 'bag': the bag stream predicts, trained 0.5 CE(bag) + 0.5 CE(max-instance); 'mean': 0.5 bag + 0.5 max-instance
+    # logits predict and are trained with one loss (the reference's MHIM-internal DSMIL, also its teacher)
+    prediction: str = "bag"
 
 
 class DSMIL(MILModel):
@@ -54,8 +70,10 @@ class DSMIL(MILModel):
 
     def __init__(self, cfg: DSMILConfig):
         super().__init__()
+        if cfg.prediction not in ("bag", "mean"):
+            raise ValueError(f"prediction must be 'bag' or 'mean', got {cfg.prediction!r}")
         self.cfg = cfg
-        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout, act=cfg.act)
         self.instance_classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
         self.q = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.query_dim), nn.ReLU(),
                                nn.Linear(cfg.query_dim, cfg.query_dim), nn.Tanh())
@@ -97,9 +115,11 @@ class DSMIL(MILModel):
         attn = masked_softmax(scores.transpose(1, 2), None if mask is None else mask[:, None, :])  # [B, C, N]
         bag_feat = attn @ self.v(h)  # [B, C, H]
         logits = self.fcc(bag_feat).squeeze(-1)  # [B, C]
+        if self.cfg.prediction == "mean":  # one prediction, one loss on it (the training loop's)
+            logits = 0.5 * logits + 0.5 * max_logits
         shown = attn[torch.arange(len(h)), logits.argmax(1)]
         out = MILOutput(logits=logits, attention=shown, embedding=bag_feat.flatten(1), instance_logits=inst)
-        if label is not None and self.training:
+        if label is not None and self.training and self.cfg.prediction == "bag":
             w = self.cfg.max_loss_weight
             if self.survival_task:  # the loop scores the instance stream with the censored survival loss
                 out.aux_logits["max_instance"] = (w, max_logits)

@@ -37,6 +37,9 @@ Switches and deliberate deviations:
   reference shuffles at random at test time too. DTFD is therefore *not* permutation invariant: which
   instances share a pseudo-bag depends on their order (the documented exception).
 * With ``mask``, each bag is processed on its real instances only.
+Parity fixtures cover one training step of each distillation (MaxMinS, MaxS, AFS). The original code's AFS step
+fails on current PyTorch (its tier-2 backward runs through tier-1 attention weights that tier 1's Adam has just
+changed in place); the fixture script runs it allowing that mutation, which does not change tier 2's gradients.
 """
 
 from __future__ import annotations

@@ -18,9 +18,21 @@ Three stages, each its own rule in the workflow:
    concatenated to ``z`` and classified by ``Linear(2 * 512, C)``.
 
 The AB-MIL part is ``Linear(D, 512) + ReLU + Dropout(0.25)`` and tanh attention 512 -> 128 -> 1 (as our
-``abmil``). Deliberate deviations: the dictionary is a non-trainable buffer (the reference's default; its
-``confounder_learn`` option is not offered); a missing dictionary is an error, never a silent zero
-dictionary.
+``abmil``); ``act: gelu`` switches the projection to GELU, as the MHIM-MIL reference's training configs
+(``feat_cls.yaml``, ``feat_surv.yaml``) run it (``config/paper.yaml`` selects it). Deliberate deviations: the
+dictionary is a non-trainable buffer (the reference's default; its ``confounder_learn`` option is not offered);
+a missing dictionary is an error, never a silent zero dictionary.
+
+k-means (``hardmil.mining.confounders``; issue 25, item 6; argued, not switched): the reference clusters with faiss
+(``faiss.Clustering`` on a flat L2 index, seed 66: k centroids drawn at random from the points by faiss's own C++
+generator seeded with the fixed seed, 20 Lloyd iterations, empty clusters split), this project with scikit-learn's
+Lloyd k-means, also k random points as centres, 20 iterations, its own seed. On embeddings with clear clusters both
+find the same partition whatever the start (``tests/test_parity_baselines.py`` pins the centres against faiss's with
+three seeds). On embeddings without clear clusters the result depends on the initial centres, and those come from
+faiss's generator (its ``rand_perm`` over the points with its own RNG), which numpy / scikit-learn cannot draw
+without reimplementing faiss's random number generator; matching there would need faiss itself, an optional native
+dependency this project does not take (the fixture script uses it). Any k-means run is one draw of this
+init-dependent procedure, so the two are equivalent in distribution, not per seed.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ class IBMILConfig:
     hidden_dim: int = param(512, ge=1)
     attn_dim: int = param(128, ge=1)
     dropout: float = param(0.25, ge=0, lt=1)
+    act: str = "relu"  # instance projection: 'relu' or 'gelu' (the reference's training config: gelu)
     confounder_dim: int = param(128, ge=1)  # IBMIL confounder_W_q / W_k: Linear(L, 128)
     n_confounders: int = param(8, ge=1)  # K: set from the dictionary the workflow builds
 
@@ -53,7 +66,7 @@ class IBMIL(MILModel):
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_dim
-        self.feature = instance_projection(cfg.in_dim, d, cfg.dropout)
+        self.feature = instance_projection(cfg.in_dim, d, cfg.dropout, act=cfg.act)
         self.attn = nn.Sequential(nn.Linear(d, cfg.attn_dim), nn.Tanh(), nn.Linear(cfg.attn_dim, 1))
         self.w_q = nn.Linear(d, cfg.confounder_dim)
         self.w_k = nn.Linear(d, cfg.confounder_dim)

@@ -39,6 +39,19 @@ Deliberate deviations:
 * Attention pools over real patches only (the reference also gives weight to pad cells).
 * Bags without coordinates are an error (the reference fails with a TypeError).
 Permutation: permuting patches *together with* their coordinates leaves the output unchanged (tested).
+
+Why no setting reproduces the MHIM-MIL reference's forward (issue 25, item 5; argued, not switched): the reference
+as configured (``--pscan`` on, ``--cuda_pscan`` off) differs in three independent places: its one dataset-wide
+grid (``mamba_2d_max_w`` x ``mamba_2d_max_h``, hard-coded per dataset in ``options.py``), attention pooling over
+pad cells, and its pure-PyTorch ``pscan_2d``. The first two could be switches, but the third alone moves the
+output by up to 5.0, so even with both no setting would reproduce a reference fixture. Reproducing the third
+means reproducing a numerical defect rather than the method: ``pscan_2d`` does not compute the 2-D recurrence
+above that 2DMamba's own CUDA kernel (and the reference's ``--cuda_pscan`` path) computes, and its hand-written
+backward is not the derivative of its forward, so the reference's pure-PyTorch training follows gradients of
+another function. Its sequential variant (``--pscan`` off, ``selective_scan_seq_2d``) computes yet another
+recurrence (the left and the upper state both decayed and summed, on a square grid of side sqrt(L)), so no CPU path
+of the reference computes the kernel's. This model therefore follows the CUDA kernel's recurrence (what the
+2DMamba paper describes); a reference fixture would only pin one of those defects.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ the logits. For Mean-MIL this equals classifying the mean embedding (the classif
 does not: the bag logit of class c is the max over instances of that class's logit.
 
 Switches and deliberate deviations:
+* ``act``: ``relu`` (default) or ``gelu`` for the instance projection; the reference's training configs
+  (``feat_cls.yaml``, ``feat_surv.yaml``) pass ``act: gelu``.
 * ``pool: embedding`` (Max-MIL only differs) takes the per-dimension max of the instance embeddings and then
   classifies it: this project's earlier Max-MIL, offered for ablation.
 * Padding is excluded from the pooling through ``mask``.
@@ -35,6 +37,7 @@ class MeanMaxConfig:
     n_classes: int = param(2, ge=2)
     hidden_dim: int = param(512, ge=1)
     dropout: float = param(0.25, ge=0, lt=1)
+    act: str = "relu"  # instance projection: 'relu' or 'gelu' (the reference's training config: gelu)
     pooling: str = "mean"  # 'mean' or 'max'
     pool: str = "instance_logits"  # 'instance_logits' (reference) or 'embedding' (pool, then classify)
 
@@ -59,7 +62,7 @@ class MeanMIL(MILModel):
         if cfg.pool not in ("instance_logits", "embedding"):
             raise ValueError(f"pool must be 'instance_logits' or 'embedding', got {cfg.pool!r}")
         self.cfg = cfg
-        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout)
+        self.feature = instance_projection(cfg.in_dim, cfg.hidden_dim, cfg.dropout, act=cfg.act)
         self.classifier = nn.Linear(cfg.hidden_dim, cfg.n_classes)
         init_xavier(self)
 

@@ -10,11 +10,12 @@ config/README.md; parity with it is pinned by
 The framework wraps a registered baseline (no forked copy): the baseline provides ``embed`` (instance
 projection + dropout), ``head(h, mask, label) -> MILOutput`` (everything after the embedding, with its own
 auxiliary losses) and ``instance_scores(h, out, version)``. AB-MIL, gated AB-MIL, DSMIL and TransMIL provide
-them (TransMIL scores from the class token's layer-1 Nystrom attention row). DSMIL keeps
-its own semantics inside MHIM (bag-stream prediction, 0.5 / 0.5 bag and max-instance losses), so teacher and
-student are the same model as the baseline checkpoint; the reference's MHIM-internal DSMIL averages the two
-streams' logits instead. DSMIL's consistency loss is taken per class row of its [C, 512] bag embedding and
-averaged over the C rows, as the reference does.
+them (TransMIL scores from the class token's layer-1 Nystrom attention row). DSMIL inside MHIM is
+the registered ``dsmil`` with whatever ``baseline_params`` say, teacher and student the same model as the baseline
+checkpoint: ``prediction: mean`` is the reference's MHIM-internal DSMIL (0.5 bag + 0.5 max-instance logits,
+predicted and trained on; ``config/paper.yaml`` selects it), ``prediction: bag`` the standalone one (bag-stream
+prediction, 0.5 / 0.5 bag and max-instance losses). DSMIL's consistency loss is taken per class row of its [C, 512]
+bag embedding and averaged over the C rows, as the reference does.
 
 The reference's MHIM wraps its own internal baselines, which differ from its standalone ones: ``attn`` (AB-MIL with
 a bias-free ReLU attention MLP) and ``selfattn`` (TransMIL without square padding before layer 1, PPEG padded to
@@ -29,13 +30,15 @@ One training step on a bag (``forward`` with a label, in train mode):
    to every class, which cancels under the softmax).
 2. Masking of instance embeddings: high-score masking of a fraction ``mask_high`` (optionally randomly-high:
    candidates are the top ``ceil(N h / r)``, a random ``ceil(|cand| r)`` of them masked, ``r = mask_high_random``;
-   ``r = 0.5`` is "top 2x, random half"; optional cosine decay of ``h`` to 0 over the schedule); v1 low-score
-   masking ``mask_low`` and random masking ``mask_random``; v2 random score masking: a random fraction
-   ``rsm_ratio`` of the remaining instances is taken out and, with the Global Recycle Network, summarised
-   into K tokens that are appended (without the GRN they are dropped: Table 9's "RSM" row). ``rsm_ratio`` is
-   the *masked* fraction: the reference's ``merge_ratio`` is the *kept* fraction, ``rsm_ratio = 1 - merge_ratio``.
-   Of L remaining instances, ``int(L (1 - rsm_ratio))`` are kept, as the reference rounds (at least one is kept;
-   ``rsm_mode: low`` masks the ``ceil(L rsm_ratio)`` lowest-scoring, as the reference's low mode).
+   ``r = 0.5`` is "top 2x, random half"; ``h / r > 1`` is capped as the reference: every instance is a candidate and
+   a random ``ceil(N h)`` is masked; optional cosine decay of ``h`` to 0 over the schedule); v1 low-score masking
+   ``mask_low`` and random masking ``mask_random`` (the rules draw in the reference's order: random, low, high; v1
+   TransMIL scores are one row per head, fused by the reference's vote, ``head_fusion``); v2 random score masking: a
+   random fraction ``rsm_ratio`` of the remaining instances is taken out and, with the Global Recycle Network,
+   summarised into K tokens that are appended (without the GRN they are dropped: Table 9's "RSM" row). ``rsm_ratio``
+   is the *masked* fraction: the reference's ``merge_ratio`` is the *kept* fraction, ``rsm_ratio = 1 -
+   merge_ratio``. Of L remaining instances, ``int(L (1 - rsm_ratio))`` are kept, as the reference rounds (at least
+   one is kept; ``rsm_mode: low`` masks the ``ceil(L rsm_ratio)`` lowest-scoring, as the reference's low mode).
 3. GRN: K global queries (no gradient; updated after each training forward as an EMA of the GRN outputs,
    momentum ``grn_momentum``) cross-attend (8 heads x 64, one LayerNorm shared by the queries and the
    instances, as the reference; no biases on q/kv, dropout 0.1, output ``Linear(512, 512)``, no residual) to the
@@ -62,8 +65,20 @@ Deliberate deviations and choices:
   ``recycle.embedding_grad: false`` (``grn_embed_grad``) is a cost option, off by default: the recycled
   instances are embedded without gradient, so the student's instance projection learns from the kept
   instances only (the GRN's own weights still learn).
-* Kept instances stay in their original order; the reference shuffles the ones kept by random masking
-  (AB-MIL pooling is order-free, so this changes nothing for it).
+* ``keep_order`` (default ``shuffle``, the reference): the instances random score masking keeps are passed in
+  the random draw's order, as the reference's ``Merge.masking``; ``bag`` keeps them in bag order (an AB-MIL student
+  cannot tell; a TransMIL student's logits move by up to ~4 on the parity fixture). High-score masking keeps bag
+  order in both (the reference's set difference).
+* ``head_fusion`` (default ``vote``, the reference): v1 per-head scores (TransMIL) are fused by each head's top-k
+  vote; ``mean`` takes the top-k of the head average instead (the masked sets then barely overlap).
+* A bag every rule would mask entirely keeps its lowest-scoring instance (a one-instance bag is never masked
+  empty). The reference would pass no instance on: with the GRN its student sees only the GRN token computed from
+  nothing (its output bias), without it an empty attention pool. Declared, not switchable.
+* Auxiliary loss weights of the wrapped baseline are the baseline's own (CLAM 0.7 / 0.3 with ``bag_weight``, DSMIL
+  0.5 / 0.5 with ``max_loss_weight``; DSMIL ``prediction: mean`` has none). The reference weighs CE by
+  ``main_alpha`` (1.0) and its baselines' auxiliary losses by ``aux_alpha``, which its configs leave at 0 for the
+  standalone baselines (the CLAM instance loss and DSMIL max-instance loss are then ignored) and which MHIM uses for
+  the consistency loss (``alpha`` here). Declared: the standalone baselines keep their papers' weights.
 * ``recycle.stale_queries`` (``grn_stale_queries``, default True = the reference): the reference updates the GRN's
   queries in place (``.data``) right after its forward and before the backward, so the LayerNorm of the queries
   back-propagates with its saved input already moved by the EMA (``merge.py``, ``Merge.merge`` /
@@ -118,6 +133,12 @@ class MHIMConfig:
     # merge_ratio 0.2); the README recipe's merge_ratio {0.8, 0.9} is rsm_ratio {0.2, 0.1}.
     rsm_ratio: float = param(0.8, ge=0, le=1)
     rsm_mode: str = "random"  # 'random' (RSM) or 'low': the lowest-scoring share instead (Table 9 "LSM+GRN")
+    # order of the instances random score masking keeps: 'shuffle' (the reference: the random draw's order) or
+    # 'bag' (their order in the bag); only order-aware students (TransMIL's PPEG) tell them apart
+    keep_order: str = "shuffle"
+    # v1 scores with one row per head (TransMIL): 'vote' (the reference: each head's top-k votes, the most-voted
+    # k are taken) or 'mean' (the top-k of the mean over heads)
+    head_fusion: str = "vote"
     grn: bool = True  # v2: Global Recycle Network
     grn_tokens: int = param(1, ge=1)  # K (grid {1, 5, 10})
     grn_heads: int = param(8, ge=1)
@@ -140,19 +161,13 @@ class MHIMConfig:
     teacher_update: str = "ema"
     init_student: str = "none"  # 'none' (v2) or 'fc' (v1: copy the baseline's instance projection)
 
-    def __post_init__(self):
-        h, r = self.mask_high, self.mask_high_random
-        # only when both are within their ranges (model_config then names the one out of range)
-        if isinstance(h, (int, float)) and isinstance(r, (int, float)) and 0 <= h < 1 and 0 < r <= 1 and h / r > 1:
-            raise ValueError(f"model 'mhim': mask_high / mask_high_random (mask.high_ratio / mask.high_random_fraction)"
-                             f" = {h!r} / {r!r} must be <= 1 (the candidates, the top ceil(N h / r), are at most N)")
 
 
 # Plain nested names (config: ``params: {mask: {high_ratio: 0.03}, ...}``) -> MHIMConfig fields.
 NESTED_NAMES = {
     "mask": {"high_ratio": "mask_high", "high_random_fraction": "mask_high_random", "decay": "mask_high_cosine",
              "low_ratio": "mask_low", "random_ratio": "rsm_ratio", "v1_random_ratio": "mask_random",
-             "random_mode": "rsm_mode", "score": "score"},
+             "random_mode": "rsm_mode", "score": "score", "keep_order": "keep_order", "head_fusion": "head_fusion"},
     "recycle": {"enabled": "grn", "queries": "grn_tokens", "momentum": "grn_momentum", "heads": "grn_heads",
                 "head_dim": "grn_head_dim", "dropout": "grn_dropout", "at_inference": "grn_at_inference",
                 "embedding_grad": "grn_embed_grad", "stale_queries": "grn_stale_queries"},
@@ -205,6 +220,33 @@ def consistency_loss(student: Tensor, teacher: Tensor, groups: int, temp_teacher
     t, z = teacher.reshape(groups, -1), student.reshape(groups, -1)
     target = torch.softmax(t / temp_teacher, dim=-1)
     return -(target * F.log_softmax(z / temp_student, dim=-1)).sum(-1).mean()
+
+
+def top_instances(score: Tensor, heads: Tensor | None, k: int, largest: bool) -> Tensor:
+    """The ``k`` highest (``largest``) or lowest scoring instances. ``heads`` [H, N] (per-head scores, v1 TransMIL)
+    fuses the heads by vote, as the reference: every head's own top-k gets one vote per instance and the k
+    most-voted instances are taken (``torch.topk`` unsorted, as the reference calls it, so that a random subset
+    drawn from the candidates below is the reference's too). Without ``heads``: the top-k of ``score``, sorted."""
+    if heads is None:
+        return score.topk(k, largest=largest).indices
+    picked = heads.topk(k, dim=-1, largest=largest, sorted=False).indices
+    votes = torch.zeros_like(heads).scatter_(-1, picked, 1.0).sum(0)
+    return votes[None].topk(k, sorted=False).indices[0]
+
+
+def mask_candidates(score: Tensor, heads: Tensor | None, ratio: float, largest: bool,
+                    random_fraction: float = 1.0) -> Tensor:
+    """Instances one masking rule takes out, as the reference's ``select_mask_fn``: the top ``ceil(N ratio / r)``
+    (``r`` = ``random_fraction``), of which a random ``ceil(|cand| r)`` when ``r < 1``. When ``ratio / r > 1`` the
+    reference caps: every instance is a candidate and a random ``ceil(N ratio)`` of them is taken."""
+    n = score.shape[-1]
+    frac = ratio / random_fraction
+    if frac > 1:
+        frac, random_fraction = 1.0, ratio
+    cand = top_instances(score, heads, min(n, math.ceil(n * frac)), largest)
+    if random_fraction < 1:
+        cand = cand[torch.randperm(len(cand), device=score.device)[: math.ceil(len(cand) * random_fraction)]]
+    return cand
 
 
 def cosine(start: float, end: float, step: int, total: int) -> float:
@@ -272,6 +314,9 @@ class MHIM(MILModel):
         if cfg.score not in ("auto", "attention", "probability") or cfg.rsm_mode not in ("random", "low"):
             raise ValueError(f"score must be auto/attention/probability and rsm_mode random/low, "
                              f"got {cfg.score!r} / {cfg.rsm_mode!r}")
+        if cfg.keep_order not in ("shuffle", "bag") or cfg.head_fusion not in ("vote", "mean"):
+            raise ValueError(f"keep_order must be 'shuffle' or 'bag' and head_fusion 'vote' or 'mean', "
+                             f"got {cfg.keep_order!r} / {cfg.head_fusion!r}")
         if cfg.teacher_init not in ("baseline", "none") or cfg.teacher_update not in ("ema", "student"):
             raise ValueError(f"teacher_init must be 'baseline' or 'none' and teacher_update 'ema' or 'student', "
                              f"got {cfg.teacher_init!r} / {cfg.teacher_update!r}")
@@ -317,7 +362,9 @@ class MHIM(MILModel):
     # --- masking ------------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(instance scores [N], teacher bag embedding) for one bag x [1, N, D]."""
+        """(instance scores [N], teacher bag embedding) for one bag x [1, N, D]. With v1 scores of a model that
+        attends per head (TransMIL) and ``head_fusion: vote``, the per-head scores [H, N] are kept in
+        ``self._head_scores`` for :meth:`select`."""
         t = self.student if self.cfg.teacher_update == "student" else self.teacher
         training = t.training
         t.train(self.cfg.teacher_dropout)
@@ -326,6 +373,8 @@ class MHIM(MILModel):
         self._teacher_attention = None if out.attention is None else out.attention[0]
         kind = {"auto": self.cfg.version, "attention": "v1", "probability": "v2"}[self.cfg.score]
         score = t.instance_scores(h, out, kind)
+        heads = out.extras.get("cls_attention") if kind == "v1" and self.cfg.head_fusion == "vote" else None
+        self._head_scores = None if heads is None else heads[0]
         t.train(training)
         return score, out.embedding[0]
 
@@ -333,22 +382,22 @@ class MHIM(MILModel):
         h = self.cfg.mask_high
         return cosine(h, 0.0, int(self.step), self.total_steps) if self.cfg.mask_high_cosine else h
 
-    def select(self, score: Tensor) -> tuple[Tensor, Tensor]:
-        """(kept indices, indices for the GRN) of one bag, both in original order."""
+    def select(self, score: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(kept indices, indices for the GRN) of one bag. ``heads`` [H, N]: per-head v1 scores, fused by vote.
+        The masking rules run in the reference's order (v1 random, v1 low, high: the order of the random draws);
+        each rule's count is ceil(N ratio) of the whole bag, the masked sets are united."""
         n = score.numel()
         masked = torch.zeros(n, dtype=torch.bool, device=score.device)
-        h, r = self.high_ratio(), self.cfg.mask_high_random
-        if h > 0:
-            # ceil(N (h / r)) in the reference's order of operations (n * h / r can round up to one more)
-            cand = score.topk(min(n, math.ceil(n * (h / r)))).indices if h / r <= 1 else torch.arange(n)
-            if r < 1 and h / r <= 1:
-                cand = cand[torch.randperm(len(cand), device=score.device)[: math.ceil(len(cand) * r)]]
-            masked[cand] = True
-        if self.cfg.mask_low > 0:
-            masked[score.topk(math.ceil(n * self.cfg.mask_low), largest=False).indices] = True
         if self.cfg.mask_random > 0:
-            masked[torch.randperm(n, device=score.device)[: math.ceil(n * self.cfg.mask_random)]] = True
-        if masked.all():  # never mask a whole bag
+            # the reference draws the random subset from every instance ordered by ascending score
+            cand = top_instances(score, heads, n, largest=False)
+            masked[cand[torch.randperm(n, device=score.device)[: math.ceil(n * self.cfg.mask_random)]]] = True
+        if self.cfg.mask_low > 0:
+            masked[mask_candidates(score, heads, self.cfg.mask_low, largest=False)] = True
+        h = self.high_ratio()
+        if h > 0:
+            masked[mask_candidates(score, heads, h, largest=True, random_fraction=self.cfg.mask_high_random)] = True
+        if masked.all():  # never mask a whole bag (declared deviation: the reference would train on no instance)
             masked[score.argmin()] = False
         remaining = (~masked).nonzero().squeeze(1)
         recycled = remaining[:0]
@@ -356,10 +405,14 @@ class MHIM(MILModel):
             n_rec = rsm_count(len(remaining), self.cfg.rsm_ratio, self.cfg.rsm_mode)
             if self.cfg.rsm_mode == "low":
                 pick = score[remaining].topk(n_rec, largest=False).indices
-            else:
-                pick = torch.randperm(len(remaining), device=score.device)[:n_rec]
-            keep = torch.ones(len(remaining), dtype=torch.bool, device=score.device)
-            keep[pick] = False
+                keep = torch.ones(len(remaining), dtype=torch.bool, device=score.device)
+                keep[pick] = False
+                keep = keep.nonzero().squeeze(1)
+            else:  # the reference's draw: argsort of uniform noise, the first L - n_rec kept in the drawn order
+                order = torch.rand(len(remaining), device=score.device).argsort()
+                keep, pick = order[: len(remaining) - n_rec], order[len(remaining) - n_rec:]
+                if self.cfg.keep_order == "bag":
+                    keep = keep.sort().values
             if self.grn is not None:  # without the GRN the randomly masked instances are simply dropped
                 recycled = remaining[pick].sort().values
             remaining = remaining[keep]
@@ -385,7 +438,7 @@ class MHIM(MILModel):
         score, z_teacher = self.teacher_scores(x)
         if self.assessment is not None:
             self.assessment.add(score, self._teacher_attention, int(label[0]))
-        kept, recycled = self.select(score)
+        kept, recycled = self.select(score, self._head_scores)
         # the student embeds the bag once (embed is per instance) and takes the kept and recycled rows: no copy
         # of x is gathered and kept for the backward; the high-score-masked rows get no gradient
         if self.cfg.grn_embed_grad:

@@ -298,7 +298,7 @@ def demo_bags(work: Path, n_bags: int = 48, dim: int = 1280, seed: int = 0) -> t
 
 
 def worker_demo(device: str, path: str, epochs: int, work: str, n_bags: int = 48, dim: int = 1280) -> int:
-    """AB-MIL, then MHIM-v2(AB-MIL) with the AB-MIL model as teacher: fold 0, protocol clean, seed 0."""
+    """AB-MIL, then MHIM-v2(AB-MIL) with the demo's teacher (trained first): fold 0, protocol clean, seed 0."""
     import yaml
 
     from hardmil.data.bags import read_manifest
@@ -316,14 +316,16 @@ def worker_demo(device: str, path: str, epochs: int, work: str, n_bags: int = 48
     train_cfg = {"epochs": epochs, "patience": 20, "device": device, "amp": True}
     threads = 1 if device == "cuda" else min(4, max(1, (os.cpu_count() or 2) // 2))
     rows = []
-    teacher = None
-    for method in ("abmil", "mhim_v2_abmil"):
+    teacher = demo["mhim_v2_abmil"]["teacher"]  # the demo's MHIM teacher (the reference's internal attn baseline)
+    for method in dict.fromkeys(("abmil", teacher, "mhim_v2_abmil")):
         spec = demo[method]
         out = work_dir / device / method
         m = run_fold(splits=splits, features_dir=feats, classes=classes, fold=0, protocol="clean", seed=0,
                      model=spec["model"], model_params=spec.get("params", {}), train_cfg=train_cfg, out_dir=out,
-                     threads=threads, progress=False, teacher=teacher if spec.get("teacher") else None)
-        teacher = out / "model.pt" if method == "abmil" else teacher
+                     threads=threads, progress=False,
+                     teacher=work_dir / device / spec["teacher"] / "model.pt" if spec.get("teacher") else None)
+        if method == teacher and teacher != "abmil":
+            continue  # trained only to be the teacher
         rows.append({"method": method, "device": device, "source": source, "epochs_cap": epochs,
                      **{k: m.get(k) for k in ("auc", "balanced_accuracy", "accuracy", "selected_epoch", "epochs_run")},
                      **m["timing"]})

@@ -310,6 +310,9 @@ def run_reference(ref_root: Path, deps: list[Path], work: Path, dim: int, seed: 
     seconds = {}
     for title, extra in runs.items():
         log = out / "parity" / f"{title}_fold{fold}.log"
+        if log.exists() and "Main Model Loaded" in log.read_text():  # finished earlier (resume)
+            seconds[title] = float("nan")
+            continue
         t0 = time.perf_counter()
         with open(log, "w") as fh:
             rc = subprocess.run([sys.executable, "main.py", *common, f"--title={title}", *extra], cwd=ref_root,
@@ -355,12 +358,26 @@ def run_project(store: Path, splits: Path, work: Path, seed: int, fold: int, bud
                                          ("attn", "abmil", ATTN, None),
                                          ("mhim_v2", "mhim", OUR_MHIM, out / "attn" / "model.pt")):
         t0 = time.perf_counter()
-        m = run_fold(model=model, model_params=params, out_dir=out / name, teacher=teacher, **kw)
-        res[name] = {"auc": m["auc"], "epoch": m["selected_epoch"], "seconds": time.perf_counter() - t0}
+        done = out / name / "metrics.json"
+        if done.exists():  # finished earlier (resume)
+            m, seconds = json.loads(done.read_text()), float("nan")
+        else:
+            m = run_fold(model=model, model_params=params, out_dir=out / name, teacher=teacher, **kw)
+            seconds = time.perf_counter() - t0
+        res[name] = {"auc": m["auc"], "epoch": m["selected_epoch"], "seconds": seconds}
     return res
 
 
 def _task(spec: dict) -> list[dict]:
+    """One side's three runs of one (seed, fold); a failure comes back as a row naming it."""
+    try:
+        return _runs(spec)
+    except Exception as err:  # noqa: BLE001 - reported, not hidden: the summary counts error rows
+        return [{"side": spec["side"], "method": "error", "seed": spec["seed"], "fold": spec["fold"],
+                 "auc": float("nan"), "epoch": -1, "seconds": f"{type(err).__name__}: {err}".replace("\t", " ")}]
+
+
+def _runs(spec: dict) -> list[dict]:
     torch.set_num_threads(1)
     a = spec["args"]
     rows = []
@@ -412,6 +429,9 @@ def distributions(ref, args, rest: list[str]) -> None:
     keys = ["side", "method", "seed", "fold", "auc", "epoch", "seconds"]
     args.out.write_text("\t".join(keys) + "\n" + "".join("\t".join(str(r[k]) for k in keys) + "\n" for r in rows))
     print(f"{len(rows)} runs in {wall / 60:.1f} min -> {args.out}")
+    for r in rows:
+        if r["method"] == "error":
+            print(f"FAILED {r['side']} seed {r['seed']} fold {r['fold']}: {r['seconds']}")
     summary = {}
     for method in ("abmil", "attn", "mhim_v2"):
         a = np.array([r["auc"] for r in rows if r["method"] == method and r["side"] == "reference"])

@@ -243,8 +243,10 @@ def test_survival_training_end_to_end_abmil_ranks_cases(tmp_path):
     scores = []
     for fold in range(3):
         m = run_fold(splits=splits, features_dir=feats, classes=[], fold=fold, protocol="clean", seed=0,
-                     model="abmil", model_params={}, train_cfg={"epochs": 30, "patience": 30},
+                     model="abmil", model_params={}, train_cfg={"epochs": 30, "patience": 30, "lr": 1e-3},
                      out_dir=tmp_path / f"run{fold}", progress=False, task="survival", time_bins=4)
+        # raw features (the reference recipe): at lr 2e-4 30 epochs are too few here (C-index 0.41 / 0.35 / 0.51,
+        # z-scored 0.59 / 0.69 / 0.67); at 1e-3 0.74 / 0.65 / 0.74 (measured when standardize became opt-in)
         scores.append(m["c_index"])
         assert m["n_test"] == 30 and "threshold" in m and m["threshold"] is None
     print(f"AB-MIL survival C-index per fold {np.round(scores, 3).tolist()}, mean {np.mean(scores):.3f}")

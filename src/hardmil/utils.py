@@ -245,6 +245,9 @@ class InputError(ValueError):
         self.path = str(path)
         self.problem = problem
 
+    def __reduce__(self):  # picklable (a worker process can hand it back), with both arguments
+        return type(self), (self.path, self.problem)
+
 
 class _LogStream:
     """A rule's log as a text stream that never raises: the first failed write (a full disk) is kept in ``error``

@@ -269,12 +269,12 @@ def bag_summary(bag: SimBag) -> dict:
 
 # --- files ----------------------------------------------------------------------------------------------------
 
-def write_truth(path: str | os.PathLike, bags: list[SimBag]) -> None:
-    """One h5: a dataset ``kind`` (int8 per instance, codes in attribute ``codes``) per bag, in file order."""
+def write_truth(path: str | os.PathLike, bags: list[SimBag], codes: dict[int, str] = KINDS) -> None:
+    """One h5: a dataset ``kind`` (int8 per instance, ``codes`` in attribute ``codes``) per bag, in file order."""
     import h5py
 
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["codes"] = ";".join(f"{k}={v}" for k, v in KINDS.items())
+        f.attrs["codes"] = ";".join(f"{k}={v}" for k, v in codes.items())
         for b in bags:
             f.create_dataset(b.slide, data=b.kind)
 

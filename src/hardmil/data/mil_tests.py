@@ -71,7 +71,7 @@ class TestModel:
     bag_size: tuple[int, int] = (10, 20)
     witnesses: tuple[int, int] = (1, 3)
     dim: int = 32
-    concept: float = 3.0
+    concept: float = 4.0
     poison: float = 6.0
     test_frequency: int = 4
     seed: int = 0

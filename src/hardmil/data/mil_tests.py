@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardmil.data.simulated import CELL, SimBag
+from hardmil.data.simulated import SimBag, dataclass_from_config, grid_coords, pool_labels
 from hardmil.utils import write_json, write_tsv
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,7 @@ class TestModel:
 
     @classmethod
     def from_config(cls, cfg: dict) -> TestModel:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"mil_test: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+        return dataclass_from_config(cls, cfg, "mil_test")
 
 
 def _special(model: TestModel, label: int, pool: str, rng: np.random.Generator) -> list[int]:
@@ -135,20 +131,15 @@ def generate_test_bags(model: TestModel, cohort: str = "mil") -> list[SimBag]:
              CONCEPT_B: model.concept * q[:, 1], POISON: model.poison * q[:, 2]}
     bags = []
     for pool, n_bags in (("train", model.n_train), ("test", model.n_test)):
-        n_pos = round(n_bags * model.positive_fraction)
-        labels = np.array([1] * n_pos + [0] * (n_bags - n_pos))
-        rng.shuffle(labels)
-        for i, label in enumerate(labels):
+        for i, label in enumerate(pool_labels(rng, n_bags, model.positive_fraction)):
             n = int(rng.integers(model.bag_size[0], model.bag_size[1] + 1))
             special = _special(model, int(label), pool, rng)
             kind = np.full(n, BACKGROUND, dtype=np.int8)
             kind[:len(special)] = special
             kind = kind[rng.permutation(n)]
             x = rng.normal(size=(n, model.dim)) + np.stack([shift[int(c)] for c in kind])
-            side = int(np.ceil(np.sqrt(n)))
-            cells = rng.permutation(side * side)[:n]
-            coords = np.stack([cells % side, cells // side], axis=1).astype(np.int64) * CELL
-            bags.append(SimBag(f"{cohort}_{pool}_{i:04d}", int(label), pool, x.astype(np.float32), coords, kind))
+            bags.append(SimBag(f"{cohort}_{pool}_{i:04d}", int(label), pool, x.astype(np.float32),
+                               grid_coords(rng, n), kind))
     return bags
 
 

@@ -119,3 +119,20 @@ def test_max_mil_passes_and_mean_mil_fails_the_poison_test():
     assert summarise(max_aucs)["verdict"] == "pass", max_aucs
     assert summarise(mean_aucs)["verdict"] == "fail", mean_aucs
     assert min(max_aucs) > 0.5 > max(mean_aucs)
+
+
+def test_instance_score_max_mil_cannot_use_negative_evidence():
+    """Adding an instance never lowers the positive probability of max-MIL's standard-MIL form; the reference
+    per-class max can (its negative logit is a max over instances too)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 12, 8)
+    extra = torch.randn(1, 200, 8) * 3
+    for pool, monotone in (("instance_score", True), ("instance_logits", False)):
+        model = build_model("maxmil", in_dim=8, dropout=0.0, pool=pool).eval()
+        with torch.no_grad():
+            base = torch.softmax(model(x).logits, -1)[0, 1]
+            more = torch.stack([torch.softmax(model(torch.cat([x, extra[:, i:i + 1]], 1)).logits, -1)[0, 1]
+                                for i in range(extra.shape[1])])
+        assert bool((more >= base - 1e-6).all()) is monotone, pool
+    with pytest.raises(ValueError, match="instance_score"):
+        build_model("meanmil", in_dim=8, pool="instance_score")

@@ -3,8 +3,8 @@
 
 Per seed, the out-of-fold test predictions of all folds are pooled (every test bag is predicted once per seed)
 and scored by ROC AUC; the row reports the mean over seeds, the standard deviation, the seeds' minimum and
-maximum, and a ``level`` t interval of the mean (``mean ± t_{n-1} sd / sqrt(n)``). The verdict
-(docs/mil_tests.md):
+maximum, how many seeds scored below 0.5, and a ``level`` t interval of the mean
+(``mean ± t_{n-1} sd / sqrt(n)``). The verdict (docs/mil_tests.md):
 
 * **pass**: the interval lies above 0.5: the model ranks the test bags the right way round although the
   forbidden shortcut of the development bags is reversed in them;
@@ -27,7 +27,7 @@ from hardmil.utils import InputError, write_text, write_tsv
 log = logging.getLogger(__name__)
 
 COLUMNS = ("test", "dataset", "method", "row", "n_seeds", "n_bags", "auc", "sd", "lo", "hi", "min", "max",
-           "verdict", "seed_aucs")
+           "seeds_below", "verdict", "seed_aucs")
 
 
 def seed_aucs(runs: list[dict], positive: str) -> dict[int, float]:
@@ -59,13 +59,13 @@ def summarise(aucs: list[float], level: float = 0.95) -> dict:
     a = np.asarray([x for x in aucs if np.isfinite(x)], dtype=float)
     if len(a) == 0:
         return {"n_seeds": 0, "auc": float("nan"), "sd": float("nan"), "lo": float("nan"), "hi": float("nan"),
-                "min": float("nan"), "max": float("nan"), "verdict": "undecided"}
+                "min": float("nan"), "max": float("nan"), "seeds_below": 0, "verdict": "undecided"}
     mean = float(a.mean())
     sd = float(a.std(ddof=1)) if len(a) > 1 else 0.0
     half = float(t.ppf(0.5 + level / 2, len(a) - 1) * sd / np.sqrt(len(a))) if len(a) > 1 else float("inf")
     lo, hi = mean - half, mean + half
     return {"n_seeds": len(a), "auc": mean, "sd": sd, "lo": lo, "hi": hi, "min": float(a.min()),
-            "max": float(a.max()), "verdict": verdict(lo, hi)}
+            "max": float(a.max()), "seeds_below": int((a < 0.5).sum()), "verdict": verdict(lo, hi)}
 
 
 def mil_test_records(cfg: dict, jobs: dict, classes: dict[str, list[str]]) -> list[dict]:
@@ -87,7 +87,7 @@ def mil_test_records(cfg: dict, jobs: dict, classes: dict[str, list[str]]) -> li
 
 def _cell(r: dict) -> str:
     mark = {"pass": "**pass**", "fail": "**FAIL**", "undecided": "undecided"}[r["verdict"]]
-    return f"{r['auc']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] {mark}"
+    return f"{r['auc']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] {mark} ({r['seeds_below']}/{r['n_seeds']} < 0.5)"
 
 
 def markdown(records: list[dict], title: str, note: str) -> str:

@@ -96,7 +96,8 @@ def markdown(records: list[dict], title: str, note: str) -> str:
     cell = {(r["row"], r["test"]): r for r in records}
     lines = [f"# {title}", "", "| model | " + " | ".join(tests) + " |", "|---|" + "---|" * len(tests)]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(_cell(cell[row, t]) for t in tests) + " |")
+        lines.append(f"| {row} | " + " | ".join(_cell(cell[row, t]) if (row, t) in cell else "not run"
+                                               for t in tests) + " |")
     return "\n".join(lines + ["", note, ""])
 
 
@@ -116,7 +117,9 @@ def figure(records: list[dict], path: str | os.PathLike) -> None:
                              squeeze=False)
     for ax, test in zip(axes[0], tests, strict=True):
         for y, row in enumerate(rows):
-            r = next(x for x in records if x["test"] == test and x["row"] == row)
+            r = next((x for x in records if x["test"] == test and x["row"] == row), None)
+            if r is None:
+                continue
             seeds = [float(v.split(":")[1]) for v in r["seed_aucs"].split(";") if v]
             ax.plot([r["lo"], r["hi"]], [y, y], color=colour[r["verdict"]], lw=3, alpha=0.6)
             ax.plot(seeds, [y] * len(seeds), "o", ms=3, color="black", alpha=0.6)

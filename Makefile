@@ -49,7 +49,7 @@ claims: $(STAMP)
 
 # The MIL-assumption unit tests (config/mil_tests.yaml, docs/mil_tests.md): every registered model on three
 # algorithmic unit tests (Raff & Holt, NeurIPS 2023); results/tables/mil_tests.md and results/figures/mil_tests.png,
-# copied to docs/ (about 35 minutes on 2 cores; docs/mil_tests.md).
+# copied to docs/ (45 CPU-minutes: 65 min measured on 2 shared, loaded cores, about 25 on 2 idle; docs/mil_tests.md).
 mil-tests: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/mil_tests.yaml
 	cp results/tables/mil_tests.md docs/mil_tests_table.md

@@ -29,6 +29,7 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/external.smk"
 include: "workflow/rules/survival.smk"
 include: "workflow/rules/simulated.smk"
+include: "workflow/rules/mil_tests.smk"
 
 
 rule all:

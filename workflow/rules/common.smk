@@ -229,10 +229,11 @@ def external_runs(name, encoder, method, protocol, file="metrics.json"):
 
 
 def all_targets():
-    """Every table, figure, run, cross-source run (inputs/external.smk) and the claims report (inputs/simulated.smk)."""
+    """Every table, figure, run, cross-source run (inputs/external.smk), the claims report (inputs/simulated.smk) and
+    the MIL unit tests' report (inputs/mil_tests.smk)."""
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
     figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
-    return tables + figures + all_runs() + all_external() + claims_targets()
+    return tables + figures + all_runs() + all_external() + claims_targets() + mil_tests_targets()
 
 
 # --- slides: downloaded (gdc, camelyon), synthetic or user-provided; patched and embedded per shard ---

@@ -33,11 +33,12 @@ rule simulated:
         runtime=30,
     params:
         classes=lambda wc: classes(wc.dataset),
+        mil_test=lambda wc: is_mil_test(wc.dataset),
         model=lambda wc: {k: v for k, v in simulated_config(wc.dataset).items()
-                          if k not in ("bank", "bank_encoder", "dim", "tumour_min")},
+                          if is_mil_test(wc.dataset) or k not in ("bank", "bank_encoder", "dim", "tumour_min")},
         dim=lambda wc: simulated_config(wc.dataset)["dim"],
-        tumour_min=lambda wc: simulated_config(wc.dataset)["tumour_min"],
-        slides_dir=lambda wc: slides_dir(simulated_bank(wc.dataset)[0]),
+        tumour_min=lambda wc: simulated_config(wc.dataset).get("tumour_min"),
+        slides_dir=lambda wc: None if is_mil_test(wc.dataset) else slides_dir(simulated_bank(wc.dataset)[0]),
         patch_size=config["patching"]["patch_size"],
         protocols=config["protocols"],
         seeds=SEEDS,

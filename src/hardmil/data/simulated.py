@@ -87,6 +87,15 @@ class Bank:
                              f"({self.normal.shape[1]} vs {self.tumour.shape[1]})")
 
 
+def dataclass_from_config(cls, cfg: dict, what: str):
+    """``cls(**cfg)`` with lists as tuples; an unknown key is an error naming ``what`` and the valid keys."""
+    known = set(cls.__dataclass_fields__)
+    unknown = set(cfg) - known
+    if unknown:
+        raise ValueError(f"{what}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
 @dataclass(frozen=True)
 class BagModel:
     """The declared generative model (see the module docstring); ranges are ``[low, high]``."""
@@ -131,11 +140,7 @@ class BagModel:
 
     @classmethod
     def from_config(cls, cfg: dict) -> BagModel:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"simulated: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+        return dataclass_from_config(cls, cfg, "simulated")
 
 
 @dataclass
@@ -234,6 +239,21 @@ class _Sampler:
         return out.astype(np.float32)
 
 
+def pool_labels(rng: np.random.Generator, n_bags: int, positive_fraction: float) -> np.ndarray:
+    """A shuffled 0/1 label per bag of a pool, ``round(n_bags * positive_fraction)`` of them positive."""
+    n_pos = round(n_bags * positive_fraction)
+    labels = np.array([1] * n_pos + [0] * (n_bags - n_pos))
+    rng.shuffle(labels)
+    return labels
+
+
+def grid_coords(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` distinct random cells of the smallest square grid that holds them, in pixels ([n, 2] int64)."""
+    side = int(np.ceil(np.sqrt(n)))
+    cells = rng.permutation(side * side)[:n]
+    return np.stack([cells % side, cells // side], axis=1).astype(np.int64) * CELL
+
+
 def generate_bags(bank: Bank, model: BagModel, cohort: str = "sim") -> list[SimBag]:
     """Draw the development bags (pool ``train``), then the test bags (pool ``test``)."""
     rng = np.random.default_rng(model.seed)
@@ -241,10 +261,7 @@ def generate_bags(bank: Bank, model: BagModel, cohort: str = "sim") -> list[SimB
     bags = []
     for pool, n_bags, p_salient in (("train", model.n_train, model.salient_train),
                                     ("test", model.n_test, model.salient_test)):
-        n_pos = round(n_bags * model.positive_fraction)
-        labels = np.array([1] * n_pos + [0] * (n_bags - n_pos))
-        rng.shuffle(labels)
-        for i, label in enumerate(labels):
+        for i, label in enumerate(pool_labels(rng, n_bags, model.positive_fraction)):
             n = max(1, round(_log_uniform(rng, *model.bag_size)))
             kind = np.full(n, NEGATIVE, dtype=np.int8)
             if label:
@@ -253,9 +270,7 @@ def generate_bags(bank: Bank, model: BagModel, cohort: str = "sim") -> list[SimB
             rest = kind == NEGATIVE
             kind[rest] = np.where(rng.random(int(rest.sum())) < model.hard_rate, HARD, NEGATIVE)
             kind = kind[rng.permutation(n)]
-            side = int(np.ceil(np.sqrt(n)))
-            cells = rng.permutation(side * side)[:n]
-            coords = np.stack([cells % side, cells // side], axis=1).astype(np.int64) * CELL
+            coords = grid_coords(rng, n)
             bags.append(SimBag(f"{cohort}_{pool}_{i:04d}", int(label), pool, sampler.draw(kind), coords, kind))
     return bags
 
@@ -269,12 +284,12 @@ def bag_summary(bag: SimBag) -> dict:
 
 # --- files ----------------------------------------------------------------------------------------------------
 
-def write_truth(path: str | os.PathLike, bags: list[SimBag]) -> None:
-    """One h5: a dataset ``kind`` (int8 per instance, codes in attribute ``codes``) per bag, in file order."""
+def write_truth(path: str | os.PathLike, bags: list[SimBag], codes: dict[int, str] = KINDS) -> None:
+    """One h5: a dataset ``kind`` (int8 per instance, ``codes`` in attribute ``codes``) per bag, in file order."""
     import h5py
 
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["codes"] = ";".join(f"{k}={v}" for k, v in KINDS.items())
+        f.attrs["codes"] = ";".join(f"{k}={v}" for k, v in codes.items())
         for b in bags:
             f.create_dataset(b.slide, data=b.kind)
 

@@ -4,7 +4,13 @@ SIM_ENCODER = "provided"  # the generated features are the dataset's own
 
 
 def simulated_config(dataset):
-    return config["datasets"][dataset]["simulated"]
+    """The dataset's generator block: simulated (the bank benchmark) or mil_test (a MIL-assumption unit test)."""
+    d = config["datasets"][dataset]
+    return d["mil_test"] if "mil_test" in d else d["simulated"]
+
+
+def is_mil_test(dataset):
+    return "mil_test" in config["datasets"][dataset]
 
 
 def simulated_bank(dataset):
@@ -15,6 +21,8 @@ def simulated_bank(dataset):
 
 
 def simulated_inputs(wc):
+    if is_mil_test(wc.dataset):
+        return {}
     bank, encoder = simulated_bank(wc.dataset)
     from types import SimpleNamespace
 
@@ -27,6 +35,8 @@ def _validate_simulated():
         where = f"config datasets.{d}"
         if config["datasets"][d]["encoders"] != [SIM_ENCODER]:
             raise ValueError(f"{where}.encoders: a simulated dataset's features are its own: use [{SIM_ENCODER}]")
+        if is_mil_test(d):
+            continue
         bank, encoder = simulated_bank(d)
         if bank not in config["datasets"] or config["datasets"][bank]["source"] != "synthetic":
             raise ValueError(f"{where}.simulated.bank: {bank!r} must be a dataset with source synthetic "

@@ -306,6 +306,7 @@ def run_reference(ref_root: Path, deps: list[Path], work: Path, dim: int, seed: 
                            f"--seed={seed}", f"--output_path={out}", "--project=parity"]
     runs = {"abmil": ["--model=abmil"], "attn": ["--model=mhim_pure", "--baseline=attn"],
             "mhim_v2": REF_MHIM + [f"--teacher_init={out / 'parity' / 'attn'}"]}
+    runs = {k: v for k, v in runs.items() if k in budget["methods"]}
     (out / "parity").mkdir(parents=True, exist_ok=True)
     seconds = {}
     for title, extra in runs.items():
@@ -357,6 +358,8 @@ def run_project(store: Path, splits: Path, work: Path, seed: int, fold: int, bud
     for name, model, params, teacher in (("abmil", "abmil", {"act": "gelu"}, None),
                                          ("attn", "abmil", ATTN, None),
                                          ("mhim_v2", "mhim", OUR_MHIM, out / "attn" / "model.pt")):
+        if name not in budget["methods"]:
+            continue
         t0 = time.perf_counter()
         done = out / name / "metrics.json"
         if done.exists():  # finished earlier (resume)
@@ -390,7 +393,7 @@ def _runs(spec: dict) -> list[dict]:
     test = spec["roles"]["test"]
     bags = [torch.load(a.work / "data" / "pt_files" / f"{r['slide']}.pt", weights_only=True) for r in test]
     labels = [int(r["label"] not in ("0", "negative", "normal")) for r in test]
-    for method in ("abmil", "attn", "mhim_v2"):
+    for method in spec["budget"]["methods"]:
         auc, epoch = reference_test_auc(ref, paths[method], method, spec["dim"], bags, labels)
         rows.append({"side": "reference", "method": method, "seed": spec["seed"], "fold": spec["fold"], "auc": auc,
                      "epoch": epoch, "seconds": paths["seconds"][method]})
@@ -412,11 +415,13 @@ def distributions(ref, args, rest: list[str]) -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--val-ratio", type=float, default=0.2, help="> 0 so that the reference selects on the val rows")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", default=["abmil", "attn", "mhim_v2"],
+                    help="a subset (mhim_v2 needs attn)")
     extra = ap.parse_args(rest)
     for k, v in vars(extra).items():
         setattr(args, k, v)
     budget = {"epochs": args.epochs, "patience": args.patience, "min_epochs": args.min_epochs, "lr": args.lr,
-              "val_ratio": args.val_ratio}
+              "val_ratio": args.val_ratio, "methods": args.methods}
     dim, roles = prepare(args.store, args.splits, args.folds, args.work)
     specs = [{"side": side, "seed": s, "fold": f, "budget": budget, "dim": dim, "roles": roles[f], "args": args}
              for s in args.seeds for f in args.folds for side in ("reference", "ours")]
@@ -433,7 +438,7 @@ def distributions(ref, args, rest: list[str]) -> None:
         if r["method"] == "error":
             print(f"FAILED {r['side']} seed {r['seed']} fold {r['fold']}: {r['seconds']}")
     summary = {}
-    for method in ("abmil", "attn", "mhim_v2"):
+    for method in args.methods:
         a = np.array([r["auc"] for r in rows if r["method"] == method and r["side"] == "reference"])
         b = np.array([r["auc"] for r in rows if r["method"] == method and r["side"] == "ours"])
         test = two_sample(a, b)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -119,14 +120,9 @@ def _score(model, data: BagSet, device, amp, alpha: float = 0.0) -> dict[str, fl
     y = data.labels.numpy()
     out = {"loss": loss, "auc": auc(y, torch.softmax(torch.from_numpy(logits), dim=-1).numpy())}
     if logits.shape[1] > 2:
-        out["balanced_accuracy"] = balanced_accuracy(y, logits.argmax(axis=1), logits.shape[1])
+        # at argmax, as hardmil.eval.metrics reports it (scikit-learn; the reference's torchmetrics macro accuracy)
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y, logits.argmax(axis=1)))
     return out
-
-
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Macro recall over the classes present in ``y`` (torchmetrics' macro accuracy, the reference's ``Acc``)."""
-    recalls = [float(np.mean(pred[y == c] == c)) for c in range(n_classes) if np.any(y == c)]
-    return float(np.mean(recalls)) if recalls else float("nan")
 
 
 def _better(cfg: TrainConfig, loss: float, score: float, best: dict | None) -> bool:

@@ -101,23 +101,33 @@ def task(dataset):
     return config["datasets"][dataset]["task"]
 
 
-# --- job grouping: one fold per job ('fold') or every seed x fold of a method per job ('method') ---
+# --- job grouping: one fold per job ('fold'), every fold of one seed ('seed') or every seed x fold of a method
+# ('method') per job. 'fold' and 'seed' keep finished jobs when seeds are added; 'method' reruns them.
 def per_job(pattern):
     """Output paths of one job for a per-fold ``pattern`` (seed and fold stay wildcards or are expanded)."""
     if GROUP == "fold":
         return pattern
+    if GROUP == "seed":
+        return expand(pattern, fold=FOLDS, allow_missing=True)
     return expand(pattern, seed=SEEDS, fold=FOLDS, allow_missing=True)
 
 
 def job_log(prefix, ext="log"):
-    return f"{prefix}/seed{{seed}}/fold{{fold}}.{ext}" if GROUP == "fold" else f"{prefix}/all.{ext}"
+    return {"fold": f"{prefix}/seed{{seed}}/fold{{fold}}.{ext}", "seed": f"{prefix}/seed{{seed}}/all.{ext}",
+            "method": f"{prefix}/all.{ext}"}[GROUP]
 
 
 def fold_fields(wc):
     """The wildcard values of every (seed, fold) one job covers, in order: a dict per fold with ``seed`` and
-    ``fold`` set (one fold with train.group: fold, every seed x fold with group: method)."""
+    ``fold`` set (one fold with train.group: fold, every fold of the seed with 'seed', every seed x fold with
+    'method')."""
     fields = {k: v for k, v in wc.items() if k not in ("seed", "fold")}
-    folds = [(int(wc.seed), int(wc.fold))] if hasattr(wc, "fold") else [(s, f) for s in SEEDS for f in FOLDS]
+    if hasattr(wc, "fold"):
+        folds = [(int(wc.seed), int(wc.fold))]
+    elif hasattr(wc, "seed"):
+        folds = [(int(wc.seed), f) for f in FOLDS]
+    else:
+        folds = [(s, f) for s in SEEDS for f in FOLDS]
     return [fields | {"seed": s, "fold": f} for s, f in folds]
 
 

@@ -7,7 +7,7 @@
 include: "inputs/simulated.smk"
 
 
-ruleorder: simulated > splits
+ruleorder: simulated_splits > splits
 
 
 rule simulated:
@@ -18,7 +18,6 @@ rule simulated:
         features=directory(f"results/features/{{dataset}}/{SIM_ENCODER}"),
         truth="results/simulated/{dataset}/truth.h5",
         summary="results/simulated/{dataset}/summary.json",
-        splits=expand("results/splits/{{dataset}}/{protocol}/seed{seed}.tsv", protocol=config["protocols"], seed=SEEDS),
     log:
         "results/logs/simulated/{dataset}.log",
     benchmark:
@@ -40,12 +39,32 @@ rule simulated:
         tumour_min=lambda wc: simulated_config(wc.dataset).get("tumour_min"),
         slides_dir=lambda wc: None if is_mil_test(wc.dataset) else slides_dir(simulated_bank(wc.dataset)[0]),
         patch_size=config["patching"]["patch_size"],
-        protocols=config["protocols"],
-        seeds=SEEDS,
+    script:
+        "../scripts/simulated.py"
+
+
+# The development pool -> train / val and the test pool -> test, k folds, for one protocol and seed (adding a seed
+# adds its own splits and leaves the generated bags and every finished run in place).
+rule simulated_splits:
+    input:
+        manifest="results/manifests/{dataset}.tsv",
+    output:
+        SPLITS,
+    log:
+        "results/logs/splits/{dataset}/{protocol}/seed{seed}.log",
+    wildcard_constraints:
+        dataset=one_of(datasets_from("simulated")),
+    conda:
+        "../../envs/hardmil.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
         folds=config["cv"]["folds"],
         val_fraction=config["cv"]["val_fraction"],
     script:
-        "../scripts/simulated.py"
+        "../scripts/simulated_splits.py"
 
 
 if config.get("claims"):

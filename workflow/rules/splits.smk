@@ -1,4 +1,5 @@
-# Case-level stratified k-fold for every seed and protocol of a dataset (one cheap job per dataset).
+# Case-level stratified k-fold of a dataset for one protocol and seed (one cheap job each, so that adding a seed
+# writes only its own splits and leaves every finished fold of the other seeds in place).
 
 
 rule splits:
@@ -8,15 +9,11 @@ rule splits:
             features_dir(wc.dataset, e) for e in config["datasets"][wc.dataset]["encoders"]
         ],
     output:
-        expand(
-            "results/splits/{{dataset}}/{protocol}/seed{seed}.tsv",
-            protocol=config["protocols"],
-            seed=SEEDS,
-        ),
+        SPLITS,
     log:
-        "results/logs/splits/{dataset}.log",
+        "results/logs/splits/{dataset}/{protocol}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/splits/{dataset}.tsv"
+        "results/benchmarks/splits/{dataset}/{protocol}/seed{seed}.tsv"
     conda:
         "../../envs/hardmil.yaml"
     threads: 1
@@ -27,8 +24,6 @@ rule splits:
         classes=lambda wc: classes(wc.dataset),
         folds=config["cv"]["folds"],
         val_fraction=config["cv"]["val_fraction"],
-        protocols=config["protocols"],
-        seeds=SEEDS,
         task=lambda wc: task(wc.dataset),
         stratify=lambda wc: config["datasets"][wc.dataset]["stratify"],
     script:

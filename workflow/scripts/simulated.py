@@ -1,5 +1,6 @@
 """Adapter: a slide cohort's patch features + true masks -> the simulated benchmark cohort (hardmil.data.simulated),
-or, for a dataset with block mil_test, an algorithmic unit test of the MIL assumption (hardmil.data.mil_tests)."""
+or, for a dataset with block mil_test, an algorithmic unit test of the MIL assumption (hardmil.data.mil_tests).
+Its splits are rule simulated_splits's (scripts/simulated_splits.py)."""
 
 from hardmil.data.mil_tests import TestModel, make_mil_test
 from hardmil.data.simulated import BagModel, bank_from_slides, make_simulated
@@ -7,11 +8,8 @@ from hardmil.utils import rule_log
 
 p, inp, out = snakemake.params, snakemake.input, snakemake.output
 with rule_log(snakemake.log[0]):
-    outputs = iter(out.splits)
-    splits = {(protocol, seed): next(outputs) for protocol in p.protocols for seed in p.seeds}
     files = dict(classes=list(p.classes), features_dir=out.features, manifest=out.manifest, truth=out.truth,
-                 summary=out.summary, splits=splits, folds=p.folds, val_fraction=p.val_fraction,
-                 cohort=snakemake.wildcards.dataset)
+                 summary=out.summary, cohort=snakemake.wildcards.dataset)
     if p.mil_test:
         make_mil_test(TestModel.from_config(dict(p.model)), **files)
     else:

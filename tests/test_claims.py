@@ -117,6 +117,13 @@ def test_claims_records_table_and_forest_from_trained_runs(trained, tmp_path):
     sd = deltas[0]["fold_delta_sd"]
     assert deltas[0]["n_folds"] == 2 and deltas[0]["folds_to_resolve"] == int(np.ceil((1.96 * sd / 0.02) ** 2))
     assert [r["method"] for r in locs] == ["abmil", "mhim"]
+    # failed runs: fold runs below the default 0.6, recounted from each fold's predictions
+    for r in locs:
+        from hardmil.report.claims import fold_aucs
+
+        a = fold_aucs(jobs["sim"][r["method"]], "pos")
+        assert r["runs"] == 2 and r["failed_runs"] == int((a < 0.6).sum())
+    assert deltas[0]["verdict"] in ("better", "worse", "within ±0.03", "not resolved")
     # recomputed independently: every positive test bag under its own fold's model, attention vs the truth file
     from sklearn.metrics import roc_auc_score
 
@@ -151,11 +158,27 @@ def test_claims_records_table_and_forest_from_trained_runs(trained, tmp_path):
 def test_markdown_says_not_resolved_when_the_interval_holds_zero(tmp_path):
     from hardmil.report.claims import claims_markdown
 
-    d = {"regime": "r", "row": "M", "baseline_row": "B", "auc": 0.8, "auc_baseline": 0.79, "delta": 0.01,
-         "lo": -0.02, "hi": 0.04, "excludes_zero": False, "fold_delta_mean": 0.01, "fold_delta_sd": 0.03, "n_folds": 8}
-    md = claims_markdown([d, {**d, "delta": -0.05, "lo": -0.08, "hi": -0.02, "excludes_zero": True}], [],
+    d = {"regime": "r", "dataset": "sim", "method": "m", "baseline": "b", "row": "M", "baseline_row": "B",
+         "auc": 0.8, "auc_baseline": 0.79, "delta": 0.01, "lo": -0.02, "hi": 0.04, "excludes_zero": False,
+         "fold_delta_mean": 0.01, "fold_delta_sd": 0.03, "n_folds": 8}
+    locs = [{"dataset": "sim", "method": "m", "runs": 8, "failed_runs": 0, "regime": "r", "row": "M",
+             "bag_auc_mean": 0.8, "bag_auc_sd": 0.1},
+            {"dataset": "sim", "method": "b", "runs": 8, "failed_runs": 3, "regime": "r", "row": "B",
+             "bag_auc_mean": 0.7, "bag_auc_sd": 0.2}]
+    md = claims_markdown([d, {**d, "delta": -0.05, "lo": -0.08, "hi": -0.02, "excludes_zero": True}], locs,
                          title="T", note="")
-    assert "| not resolved |" in md and "| yes, worse |" in md and "folds to resolve ±0.02" in md
+    assert "| not resolved |" in md and "| worse |" in md and "folds to resolve ±0.02" in md
+    assert "| 8 | 0/8 / 3/8 |" in md  # runs done, failed runs of the method / of its baseline
+
+
+@pytest.mark.parametrize("lo, hi, excludes, expected", [(-0.02, 0.025, False, "within ±0.03"),
+                                                         (-0.02, 0.04, False, "not resolved"),
+                                                         (0.01, 0.05, True, "better"),
+                                                         (-0.035, 0.01, False, "not resolved")])
+def test_verdict_separates_resolved_equivalent_and_unresolved(lo, hi, excludes, expected):
+    from hardmil.report.claims import verdict
+
+    assert verdict((lo + hi) / 2, lo, hi, excludes, 0.03) == expected
 
 
 @pytest.mark.workflow

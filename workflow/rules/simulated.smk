@@ -75,9 +75,9 @@ if config.get("claims"):
         output:
             **CLAIMS_OUTPUTS,
         log:
-            "results/logs/claims.log",
+            f"results/logs/{CLAIMS_NAME}.log",
         benchmark:
-            "results/benchmarks/claims.tsv"
+            f"results/benchmarks/{CLAIMS_NAME}.tsv"
         conda:
             "../../envs/hardmil.yaml"
         threads: 1

@@ -1,4 +1,4 @@
-"""Adapter: every claims run + the regimes' ground truth -> results/tables/claims.{md,tsv}, the localisation
+"""Adapter: every claims run + the regimes' ground truth -> results/tables/<claims.name>.{md,tsv}, the localisation
 table and the forest plot (hardmil.report.claims)."""
 
 from hardmil.report.claims import claims_records, write_claims
@@ -18,4 +18,4 @@ with rule_log(snakemake.log[0]):
             "every seed together). "
             "Generator and regimes: docs/benchmark.md.")
     write_claims(deltas, locs, md=out.md, tsv=out.tsv, localisation_tsv=out.localisation, forest=out.forest,
-                 title=c["title"], note=note, level=c["level"], resolve=c["resolve"])
+                 title=c["title"], note=note, level=c["level"], resolve=c["resolve"], fail_below=c["fail_below"])

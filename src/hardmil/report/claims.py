@@ -9,7 +9,11 @@ excludes 0): the AUC of each seed's pooled out-of-fold predictions (``groups``),
 bags resampled within their class and a bag's predictions under every seed kept together (``clusters``).
 The per-fold Δ and its standard deviation ``sd`` are reported too, that is the fold variance the benchmark's
 size is argued from (docs/benchmark.md), with the number of test folds (fold x seed runs) whose mean Δ would
-have a 95 % half-width of ``resolve``: ``ceil((1.96 sd / resolve)^2)``.
+have a 95 % half-width of ``resolve``: ``ceil((1.96 sd / resolve)^2)``, and the runs done. Verdict: *better* /
+*worse* when the interval excludes 0; *within ±e* when it lies inside ``[-equivalence, +equivalence]`` (the data
+resolve that any difference is small: two one-sided tests at the interval's level); else *not resolved*.
+Per method: the rate of fold runs whose test AUC is below ``fail_below`` (runs that did not train; a comparison
+against a baseline that fails often measures the baseline's failures, not the method's gain).
 
 Instance level: every positive test bag (at most ``localisation_bags`` per fold, the first by name) is scored
 by its own test fold's trained model (for MHIM the student,
@@ -33,10 +37,10 @@ from hardmil.utils import InputError, write_text, write_tsv
 log = logging.getLogger(__name__)
 
 DELTA_COLUMNS = ("regime", "dataset", "method", "row", "baseline", "baseline_row", "n_bags", "n_predictions",
-                 "auc", "auc_baseline", "delta", "lo", "hi", "excludes_zero", "fold_delta_mean", "fold_delta_sd",
-                 "n_folds", "folds_to_resolve", "procedure")
-LOC_COLUMNS = ("regime", "dataset", "method", "row", "bag_auc_mean", "bag_auc_sd", "loc_auc", "loc_auc_sd",
-               "loc_auc_subtle", "loc_auc_vs_hard", "n_bags")
+                 "auc", "auc_baseline", "delta", "lo", "hi", "excludes_zero", "verdict", "fold_delta_mean",
+                 "fold_delta_sd", "n_folds", "folds_to_resolve", "procedure")
+LOC_COLUMNS = ("regime", "dataset", "method", "row", "runs", "failed_runs", "bag_auc_mean", "bag_auc_sd", "loc_auc",
+               "loc_auc_sd", "loc_auc_subtle", "loc_auc_vs_hard", "n_bags")
 
 
 def read_predictions(path: str | os.PathLike, positive: str) -> dict[str, tuple[int, float]]:
@@ -96,6 +100,15 @@ def delta_record(pairs: dict, *, n_boot: int = 2000, level: float = 0.95, seed: 
             "excludes_zero": bool(res["excludes_zero"]), "fold_delta_mean": float(fd.mean()) if len(fd) else None,
             "fold_delta_sd": float(fd.std(ddof=1)) if len(fd) > 1 else None, "n_folds": len(fd),
             "procedure": res.get("method", "")}
+
+
+def verdict(delta: float, lo: float, hi: float, excludes_zero: bool, equivalence: float) -> str:
+    """'better' / 'worse' (the interval excludes 0), 'within ±e' (it lies inside ±equivalence), 'not resolved'."""
+    if excludes_zero:
+        return "better" if delta > 0 else "worse"
+    if -equivalence <= lo and hi <= equivalence:
+        return f"within ±{equivalence:g}"
+    return "not resolved"
 
 
 def fold_aucs(runs: list[dict], positive: str) -> np.ndarray:
@@ -185,12 +198,15 @@ def claims_records(claims: dict, jobs: dict, classes: dict[str, list[str]], *, f
                 sd, resolve = rec["fold_delta_sd"], claims.get("resolve", 0.02)
                 # test folds (fold x seed runs) whose mean Δ would have a 95 % half-width of `resolve`
                 rec["folds_to_resolve"] = int(np.ceil((1.96 * sd / resolve) ** 2)) if sd is not None else None
+                rec["verdict"] = verdict(rec["delta"], rec["lo"], rec["hi"], rec["excludes_zero"],
+                                         claims.get("equivalence", 0.03))
                 deltas.append({"regime": regime, "dataset": dataset, "method": method, "row": spec["row"],
                                "baseline": base, "baseline_row": rows.get(base, {}).get("row", base), **rec})
         for method in dict.fromkeys(list(rows) + [r["baseline"] for r in rows.values() if r.get("baseline")]):
             a = fold_aucs(jobs[dataset][method], positive)
             rec = {"regime": regime, "dataset": dataset, "method": method,
-                   "row": rows.get(method, {}).get("row", method),
+                   "row": rows.get(method, {}).get("row", method), "runs": len(a),
+                   "failed_runs": int((a < claims.get("fail_below", 0.6)).sum()),
                    "bag_auc_mean": float(np.nanmean(a)),
                    "bag_auc_sd": float(np.nanstd(a, ddof=1)) if len(a) > 1 else None}
             if with_localisation:
@@ -207,24 +223,34 @@ def _f(v, digits: int = 3) -> str:
 
 
 def claims_markdown(deltas: list[dict], locs: list[dict], *, title: str, note: str, level: float = 0.95,
-                    resolve: float = 0.02) -> str:
+                    resolve: float = 0.02, fail_below: float = 0.6) -> str:
     pct = f"{100 * level:g} %"
+    failed = {(r["dataset"], r["method"]): r for r in locs if "failed_runs" in r}
+
+    def fails(dataset, method):
+        r = failed.get((dataset, method))
+        return f"{r['failed_runs']}/{r['runs']}" if r else "—"
+
     lines = [f"# {title}", "", note, "", f"## Bag level: paired Δ AUC (method − baseline) with {pct} interval", "",
-             "| Regime | Method | Baseline | AUC | AUC baseline | Δ AUC | " + pct + " interval | resolved | "
-             "fold Δ (mean ± sd) | folds to resolve ±" + f"{resolve:g} |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"*failed*: fold runs ending below test AUC {fail_below:g} (did not train), method / baseline.", "",
+             "| Regime | Method | Baseline | runs done | failed | AUC | AUC baseline | Δ AUC | " + pct + " interval | "
+             "verdict | fold Δ (mean ± sd) | folds to resolve ±" + f"{resolve:g} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in deltas:
-        resolved = ("yes, better" if d["delta"] > 0 else "yes, worse") if d["excludes_zero"] else "not resolved"
-        lines.append(f"| {d['regime']} | {d['row']} | {d['baseline_row']} | {_f(d['auc'])} | {_f(d['auc_baseline'])} "
-                     f"| {d['delta']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | {resolved} | "
-                     f"{_f(d['fold_delta_mean'])} ± {_f(d['fold_delta_sd'])} (n={d['n_folds']}) | "
+        verdict_ = d.get("verdict") or verdict(d["delta"], d["lo"], d["hi"], d["excludes_zero"], 0.0)
+        lines.append(f"| {d['regime']} | {d['row']} | {d['baseline_row']} | {d['n_folds']} | "
+                     f"{fails(d['dataset'], d['method'])} / {fails(d['dataset'], d['baseline'])} | {_f(d['auc'])} | "
+                     f"{_f(d['auc_baseline'])} | {d['delta']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | {verdict_} | "
+                     f"{_f(d['fold_delta_mean'])} ± {_f(d['fold_delta_sd'])} | "
                      f"{d.get('folds_to_resolve') if d.get('folds_to_resolve') is not None else '—'} |")
     lines += ["", "## Instance level: localisation AUC of the attention against the known witnesses", "",
               "Mean over the scored positive test bags (each under its own fold's model); ± sd over folds. *subtle*: "
               "salient witnesses left out; *vs hard neg.*: witnesses against hard negatives only.", "",
-              "| Regime | Method | bag AUC (mean ± sd over folds) | localisation AUC | subtle only | vs hard neg. "
-              "| positive bags |", "|---|---|---|---|---|---|---|"]
+              "| Regime | Method | runs | failed | bag AUC (mean ± sd over folds) | localisation AUC | subtle only | "
+              "vs hard neg. | positive bags |", "|---|---|---|---|---|---|---|---|---|"]
     for r in locs:
-        lines.append(f"| {r['regime']} | {r['row']} | {_f(r['bag_auc_mean'])} ± {_f(r['bag_auc_sd'])} | "
+        lines.append(f"| {r['regime']} | {r['row']} | {r.get('runs', '—')} | {r.get('failed_runs', '—')} | "
+                     f"{_f(r['bag_auc_mean'])} ± {_f(r['bag_auc_sd'])} | "
                      f"{_f(r.get('loc_auc'))} ± {_f(r.get('loc_auc_sd'))} | {_f(r.get('loc_auc_subtle'))} | "
                      f"{_f(r.get('loc_auc_vs_hard'))} | {r.get('n_bags', '—')} |")
     return "\n".join(lines) + "\n"
@@ -269,12 +295,13 @@ def forest_figure(deltas: list[dict], *, title: str = "", resolve: float | None 
 
 def write_claims(deltas: list[dict], locs: list[dict], *, md: str | os.PathLike, tsv: str | os.PathLike,
                  localisation_tsv: str | os.PathLike, forest: str | os.PathLike, title: str, note: str,
-                 level: float = 0.95, resolve: float | None = 0.02) -> None:
+                 level: float = 0.95, resolve: float | None = 0.02, fail_below: float = 0.6) -> None:
     from hardmil.report.figures import save_figure
 
     if not deltas:
         raise ValueError("claims: no row has a baseline, nothing to compare")
     write_tsv(tsv, deltas, list(DELTA_COLUMNS))
     write_tsv(localisation_tsv, locs, list(LOC_COLUMNS))
-    write_text(md, claims_markdown(deltas, locs, title=title, note=note, level=level, resolve=resolve or 0.02))
+    write_text(md, claims_markdown(deltas, locs, title=title, note=note, level=level, resolve=resolve or 0.02,
+                                   fail_below=fail_below))
     save_figure(forest_figure(deltas, title=title, resolve=resolve, level=level), forest)

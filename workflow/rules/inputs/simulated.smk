@@ -59,9 +59,10 @@ def _validate_simulated():
 _validate_simulated()
 
 
-CLAIMS_OUTPUTS = {"md": "results/tables/claims.md", "tsv": "results/tables/claims.tsv",
-                  "localisation": "results/tables/claims_localisation.tsv",
-                  "forest": "results/figures/claims_forest.png"}
+CLAIMS_NAME = config["claims"]["name"] if config.get("claims") else "claims"
+CLAIMS_OUTPUTS = {"md": f"results/tables/{CLAIMS_NAME}.md", "tsv": f"results/tables/{CLAIMS_NAME}.tsv",
+                  "localisation": f"results/tables/{CLAIMS_NAME}_localisation.tsv",
+                  "forest": f"results/figures/{CLAIMS_NAME}_forest.png"}
 
 
 def claims_targets():

@@ -23,35 +23,43 @@ passes ``inner_layernorms``), ``delta = softplus(dt_proj(dt))``, ``A = -exp(A_lo
 then LayerNorm, tanh attention pooling (128 -> 128 -> 1) and ``Linear(128, C)``; every Linear
 Xavier-normal with zero bias (dt_proj included, as the reference does).
 
-Deliberate deviations:
-* The scan is written as two plain loops (rows, then columns) differentiated by autograd. The reference's
-  pure-PyTorch ``pscan_2d`` reads the horizontally-updated A in its vertical pass and has a hand-written
-  backward that does not match; both disagree with the recurrence above, which the CUDA kernel computes.
-* Grid cells as the reference: cell = coord // patch_size (level-0 patch footprint; ``patch_size: 0`` infers
-  it as the most common spacing of horizontally adjacent patches, since the bag carries coordinates only),
-  which works for CLAM-style coordinates where each tissue region is tiled from its own origin. The grid is
-  that cell grid cropped to the bag's bounding box instead of a dataset-wide ``max_w x max_h`` grid hard-coded
-  per dataset (so the scan does not start in empty padding above and left of the tissue).
-  ``grid: gcd`` (this project's earlier rule) uses the greatest common divisor of the offsets as the step,
+Deliberate deviations (defaults; each has a switch to the reference's behaviour, below):
+* ``scan: kernel``: the scan is the 2-D recurrence above (what the CUDA kernel, the reference's ``--cuda_pscan``
+  path and the paper compute), written as two plain loops (rows, then columns) differentiated by autograd. The
+  reference as configured (``--pscan`` on, ``--cuda_pscan`` off) runs its pure-PyTorch ``pscan_2d`` instead, which
+  does not compute that recurrence (its column pass carries the state across blocks with the row pass's leftover
+  decay products; :func:`scan_2d_pscan`); on the fixture's random 7 x 8 grid the two states differ by up to 4.5.
+* ``grid_extent: bag``: grid cells as the reference: cell = coord // patch_size (level-0 patch footprint;
+  ``patch_size: 0`` infers it as the most common spacing of horizontally adjacent patches, since the bag carries
+  coordinates only), which works for CLAM-style coordinates where each tissue region is tiled from its own origin.
+  The grid is that cell grid cropped to the bag's bounding box instead of the reference's one dataset-wide
+  ``max_w x max_h`` grid hard-coded per dataset (so the scan does not start in empty padding above and left of the
+  tissue). ``grid: gcd`` (this project's earlier rule) uses the greatest common divisor of the offsets as the step,
   which fails on such coordinates (a step of a few pixels and a huge grid).
+* ``pool: patches``: attention pools over real patches only (the reference also gives weight to pad cells).
 * ``max_grid_cells`` (ours) guards against coordinates that are not a patch grid; its default 350,000 admits
   every dataset grid of the reference (NSCLC 385 x 216, CAMELYON 432 x 432, BRCA 413 x 821).
-* Attention pools over real patches only (the reference also gives weight to pad cells).
 * Bags without coordinates are an error (the reference fails with a TypeError).
 Permutation: permuting patches *together with* their coordinates leaves the output unchanged (tested).
 
-Why no setting reproduces the MHIM-MIL reference's forward (issue 25, item 5; argued, not switched): the reference
-as configured (``--pscan`` on, ``--cuda_pscan`` off) differs in three independent places: its one dataset-wide
-grid (``mamba_2d_max_w`` x ``mamba_2d_max_h``, hard-coded per dataset in ``options.py``), attention pooling over
-pad cells, and its pure-PyTorch ``pscan_2d``. The first two could be switches, but the third alone moves the
-output by up to 5.0, so even with both no setting would reproduce a reference fixture. Reproducing the third
-means reproducing a numerical defect rather than the method: ``pscan_2d`` does not compute the 2-D recurrence
-above that 2DMamba's own CUDA kernel (and the reference's ``--cuda_pscan`` path) computes, and its hand-written
-backward is not the derivative of its forward, so the reference's pure-PyTorch training follows gradients of
-another function. Its sequential variant (``--pscan`` off, ``selective_scan_seq_2d``) computes yet another
-recurrence (the left and the upper state both decayed and summed, on a square grid of side sqrt(L)), so no CPU path
-of the reference computes the kernel's. This model therefore follows the CUDA kernel's recurrence (what the
-2DMamba paper describes); a reference fixture would only pin one of those defects.
+The reference's forward by switches (issue 25, item 5; pinned by ``tests/test_parity_mamba2d.py``, fixture written
+from the reference by ``bench/parity_mamba2d.py``): ``grid_extent: dataset`` with ``grid_w``, ``grid_h`` (the
+reference's ``mamba_2d_max_w`` x ``mamba_2d_max_h`` of ``options.py``: CAMELYON 432 x 432, NSCLC / LUAD / LUSC
+385 x 216, BRCA 413 x 821, BLCA 381 x 275, PANDA 384 x 216) places each patch at its absolute cell
+coord // patch_size of that one grid, pad token elsewhere (a patch outside it is an error; the reference fails with
+an IndexError); ``pool: grid`` pools over every cell, pad cells included; ``scan: pscan`` computes what ``pscan_2d``
+computes. With all three the logits match the reference's within 1e-7; each one set back misses them by 0.02-0.26.
+What still differs with all three on:
+* Gradients: autograd of the ``pscan_2d`` forward. The reference's hand-written backward of ``pscan_2d`` is not the
+  derivative of its forward, so its pure-PyTorch training follows the gradients of another function; this one is
+  not reproduced.
+* The reference's sequential CPU path (``--pscan`` off, ``selective_scan_seq_2d``: the left and the upper state
+  both decayed and summed, on a square grid of side sqrt(L)) is not offered.
+* The reference's attention MLP is ``dim -> 128 -> 1`` whatever ``dim``; ours ``dim -> dim -> 1`` (equal at the
+  default 128). Its ``zero`` pad token and ``linear`` positional embedding (both off in MHIM-MIL's runs) are not
+  offered.
+* Cells: the reference divides by the patch footprint its h5 attributes give (``patch_size x downsample``); ours by
+  ``patch_size`` or the inferred spacing, the same for CLAM coordinates of one footprint.
 """
 
 from __future__ import annotations

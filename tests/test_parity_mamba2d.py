@@ -82,3 +82,18 @@ def test_dataset_grid_places_patches_at_their_absolute_cells_and_refuses_outside
         build_model("mamba2d", in_dim=4, grid_extent="dataset")
     with pytest.raises(ValueError, match="scan must be one of 'kernel', 'pscan'"):
         build_model("mamba2d", in_dim=4, scan="cuda")
+
+
+def test_reference_setting_trains_and_ignores_patch_order():
+    fx = fixture("mamba2d")
+    m = ours(fx)
+    x, coords = fx["x"][None], fx["coords"][None]
+    perm = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.eval()
+        assert torch.allclose(m(x, coords=coords).logits, m(x[:, perm], coords=coords[:, perm]).logits, atol=1e-6)
+    m.train()
+    m(x, coords=coords).logits.sum().backward()
+    grads = {k: p.grad for k, p in m.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["pad_token"].abs().sum() > 0  # pad cells feed the scan and the pooling

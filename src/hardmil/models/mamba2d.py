@@ -23,35 +23,43 @@ passes ``inner_layernorms``), ``delta = softplus(dt_proj(dt))``, ``A = -exp(A_lo
 then LayerNorm, tanh attention pooling (128 -> 128 -> 1) and ``Linear(128, C)``; every Linear
 Xavier-normal with zero bias (dt_proj included, as the reference does).
 
-Deliberate deviations:
-* The scan is written as two plain loops (rows, then columns) differentiated by autograd. The reference's
-  pure-PyTorch ``pscan_2d`` reads the horizontally-updated A in its vertical pass and has a hand-written
-  backward that does not match; both disagree with the recurrence above, which the CUDA kernel computes.
-* Grid cells as the reference: cell = coord // patch_size (level-0 patch footprint; ``patch_size: 0`` infers
-  it as the most common spacing of horizontally adjacent patches, since the bag carries coordinates only),
-  which works for CLAM-style coordinates where each tissue region is tiled from its own origin. The grid is
-  that cell grid cropped to the bag's bounding box instead of a dataset-wide ``max_w x max_h`` grid hard-coded
-  per dataset (so the scan does not start in empty padding above and left of the tissue).
-  ``grid: gcd`` (this project's earlier rule) uses the greatest common divisor of the offsets as the step,
+Deliberate deviations (defaults; each has a switch to the reference's behaviour, below):
+* ``scan: kernel``: the scan is the 2-D recurrence above (what the CUDA kernel, the reference's ``--cuda_pscan``
+  path and the paper compute), written as two plain loops (rows, then columns) differentiated by autograd. The
+  reference as configured (``--pscan`` on, ``--cuda_pscan`` off) runs its pure-PyTorch ``pscan_2d`` instead, which
+  does not compute that recurrence (its column pass carries the state across blocks with the row pass's leftover
+  decay products; :func:`scan_2d_pscan`); on the fixture's random 7 x 8 grid the two states differ by up to 4.5.
+* ``grid_extent: bag``: grid cells as the reference: cell = coord // patch_size (level-0 patch footprint;
+  ``patch_size: 0`` infers it as the most common spacing of horizontally adjacent patches, since the bag carries
+  coordinates only), which works for CLAM-style coordinates where each tissue region is tiled from its own origin.
+  The grid is that cell grid cropped to the bag's bounding box instead of the reference's one dataset-wide
+  ``max_w x max_h`` grid hard-coded per dataset (so the scan does not start in empty padding above and left of the
+  tissue). ``grid: gcd`` (this project's earlier rule) uses the greatest common divisor of the offsets as the step,
   which fails on such coordinates (a step of a few pixels and a huge grid).
+* ``pool: patches``: attention pools over real patches only (the reference also gives weight to pad cells).
 * ``max_grid_cells`` (ours) guards against coordinates that are not a patch grid; its default 350,000 admits
   every dataset grid of the reference (NSCLC 385 x 216, CAMELYON 432 x 432, BRCA 413 x 821).
-* Attention pools over real patches only (the reference also gives weight to pad cells).
 * Bags without coordinates are an error (the reference fails with a TypeError).
 Permutation: permuting patches *together with* their coordinates leaves the output unchanged (tested).
 
-Why no setting reproduces the MHIM-MIL reference's forward (issue 25, item 5; argued, not switched): the reference
-as configured (``--pscan`` on, ``--cuda_pscan`` off) differs in three independent places: its one dataset-wide
-grid (``mamba_2d_max_w`` x ``mamba_2d_max_h``, hard-coded per dataset in ``options.py``), attention pooling over
-pad cells, and its pure-PyTorch ``pscan_2d``. The first two could be switches, but the third alone moves the
-output by up to 5.0, so even with both no setting would reproduce a reference fixture. Reproducing the third
-means reproducing a numerical defect rather than the method: ``pscan_2d`` does not compute the 2-D recurrence
-above that 2DMamba's own CUDA kernel (and the reference's ``--cuda_pscan`` path) computes, and its hand-written
-backward is not the derivative of its forward, so the reference's pure-PyTorch training follows gradients of
-another function. Its sequential variant (``--pscan`` off, ``selective_scan_seq_2d``) computes yet another
-recurrence (the left and the upper state both decayed and summed, on a square grid of side sqrt(L)), so no CPU path
-of the reference computes the kernel's. This model therefore follows the CUDA kernel's recurrence (what the
-2DMamba paper describes); a reference fixture would only pin one of those defects.
+The reference's forward by switches (issue 25, item 5; pinned by ``tests/test_parity_mamba2d.py``, fixture written
+from the reference by ``bench/parity_mamba2d.py``): ``grid_extent: dataset`` with ``grid_w``, ``grid_h`` (the
+reference's ``mamba_2d_max_w`` x ``mamba_2d_max_h`` of ``options.py``: CAMELYON 432 x 432, NSCLC / LUAD / LUSC
+385 x 216, BRCA 413 x 821, BLCA 381 x 275, PANDA 384 x 216) places each patch at its absolute cell
+coord // patch_size of that one grid, pad token elsewhere (a patch outside it is an error; the reference fails with
+an IndexError); ``pool: grid`` pools over every cell, pad cells included; ``scan: pscan`` computes what ``pscan_2d``
+computes. With all three the logits match the reference's within 1e-7; each one set back misses them by 0.02-0.26.
+What still differs with all three on:
+* Gradients: autograd of the ``pscan_2d`` forward. The reference's hand-written backward of ``pscan_2d`` is not the
+  derivative of its forward, so its pure-PyTorch training follows the gradients of another function; this one is
+  not reproduced.
+* The reference's sequential CPU path (``--pscan`` off, ``selective_scan_seq_2d``: the left and the upper state
+  both decayed and summed, on a square grid of side sqrt(L)) is not offered.
+* The reference's attention MLP is ``dim -> 128 -> 1`` whatever ``dim``; ours ``dim -> dim -> 1`` (equal at the
+  default 128). Its ``zero`` pad token and ``linear`` positional embedding (both off in MHIM-MIL's runs) are not
+  offered.
+* Cells: the reference divides by the patch footprint its h5 attributes give (``patch_size x downsample``); ours by
+  ``patch_size`` or the inferred spacing, the same for CLAM coordinates of one footprint.
 """
 
 from __future__ import annotations
@@ -82,6 +90,13 @@ class Mamba2DConfig:
     max_grid_cells: int = param(350_000, ge=1)
     grid: str = "patch"  # 'patch': cell = coord // patch_size (reference); 'gcd': step = gcd of the offsets
     patch_size: int = param(0, ge=0)  # level-0 patch footprint in pixels; 0: inferred from the coordinates
+    # 'bag': the bag's cells cropped to their bounding box; 'dataset': the reference's one grid_w x grid_h grid
+    # (mamba_2d_max_w x mamba_2d_max_h), patches at their absolute cells
+    grid_extent: str = "bag"
+    grid_w: int = param(0, ge=0)  # columns of the 'dataset' grid (reference: 432 CAMELYON, 385 NSCLC, 413 BRCA)
+    grid_h: int = param(0, ge=0)  # rows of the 'dataset' grid (reference: 432 CAMELYON, 216 NSCLC, 821 BRCA)
+    pool: str = "patches"  # attention pooling over 'patches' (real ones) or every 'grid' cell (reference)
+    scan: str = "kernel"  # 'kernel': the CUDA kernel's 2-D recurrence; 'pscan': the reference's pure-PyTorch pscan_2d
 
 
 class RMSNorm(nn.Module):
@@ -93,22 +108,55 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def scan_2d(decay: Tensor, inp: Tensor) -> Tensor:
-    """The 2-D recurrence on [H, W, ...] tensors: along rows, then down columns, same decay.
+def _scan_along(decay: Tensor, inp: Tensor, dim: int) -> Tensor:
+    """``s[t] = decay[t] * s[t-1] + inp[t]`` along ``dim`` (from zero).
 
-    ``unbind`` (not indexing) keeps the backward linear in the grid size: the gradient of an index is a
-    full-size scatter per step.
+    ``unbind`` (not indexing) keeps the backward linear in the length: the gradient of an index is a full-size
+    scatter per step.
     """
-    rows, g = [], torch.zeros_like(inp[:, 0])
-    for a, b in zip(decay.unbind(1), inp.unbind(1), strict=True):
-        g = a * g + b
-        rows.append(g)
-    g_all = torch.stack(rows, dim=1)
-    cols, h = [], torch.zeros_like(inp[0])
-    for a, b in zip(decay.unbind(0), g_all.unbind(0), strict=True):
-        h = a * h + b
-        cols.append(h)
-    return torch.stack(cols, dim=0)
+    steps, s = [], torch.zeros_like(inp.select(dim, 0))
+    for a, b in zip(decay.unbind(dim), inp.unbind(dim), strict=True):
+        s = a * s + b
+        steps.append(s)
+    return torch.stack(steps, dim=dim)
+
+
+def scan_2d(decay: Tensor, inp: Tensor) -> Tensor:
+    """The 2-D recurrence on [H, W, ...] tensors: along rows, then down columns, same decay (the CUDA kernel)."""
+    return _scan_along(decay, _scan_along(decay, inp, 1), 0)
+
+
+def scan_2d_pscan(decay: Tensor, inp: Tensor) -> Tensor:
+    """What the MHIM-MIL reference's pure-PyTorch ``pscan_2d`` computes, on [H, W, ...] tensors (``scan: pscan``).
+
+    Its row pass is the exact row recurrence ``g``. Its column pass is a tree scan whose carries between blocks use
+    the wrong factor: down each column, row ``i``'s state is the exact scan of ``g`` over the aligned block of
+    ``L = lowbit(i + 1)`` rows ending at ``i`` (from zero), plus, unless the block starts at row 0, the state of the
+    row above the block times ``coef[i, j]`` where the recurrence has the block's product of decays down the
+    column. ``coef`` is what the row pass leaves in the decay buffer the column pass reads: the row's running
+    product ``prod_{t <= j} decay[i, t]``, except in the last column of a power-of-two width ``W >= 2``, which
+    holds the product of the last ``max(1, W // 4)`` columns. Rows ``i`` with ``i + 1`` a power of two (one block
+    from row 0) are therefore exact, and so is every grid of at most two rows. Derived from the reference's
+    behaviour (checked on every grid up to 19 x 19 and on larger ones, to 1e-14 in float64); written here as a
+    stream of aligned blocks merged like a binary counter, differentiated by autograd.
+    """
+    width = decay.shape[1]
+    g = _scan_along(decay, inp, 1)
+    coef = torch.cumprod(decay, dim=1)
+    if width > 1 and width & (width - 1) == 0:
+        last = decay[:, width - max(1, width // 4):].prod(dim=1, keepdim=True)
+        coef = torch.cat([coef[:, :-1], last], dim=1)
+    blocks: list[tuple[Tensor, Tensor]] = []  # (decay product, scan) of the aligned blocks completed so far
+    rows: list[Tensor] = []
+    for i, (a, s, c) in enumerate(zip(decay.unbind(0), g.unbind(0), coef.unbind(0), strict=True)):
+        size = 1
+        while (i + 1) % (2 * size) == 0:  # merge with the equally long block just above
+            above_a, above_s = blocks.pop()
+            a, s, size = a * above_a, a * above_s + s, 2 * size
+        blocks.append((a, s))
+        start = i + 1 - size
+        rows.append(s if start == 0 else s + c * rows[start - 1])
+    return torch.stack(rows, dim=0)
 
 
 class Mixer2D(nn.Module):
@@ -125,6 +173,7 @@ class Mixer2D(nn.Module):
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, cfg.dim, bias=False)
         self.ds = ds
+        self.scan = scan_2d_pscan if cfg.scan == "pscan" else scan_2d
 
     def forward(self, grid: Tensor) -> Tensor:
         h, w, _ = grid.shape
@@ -136,7 +185,7 @@ class Mixer2D(nn.Module):
             dt, b, c = (norm(t) for norm, t in zip(self.norms, (dt, b, c), strict=True))
         delta = F.softplus(self.dt_proj(dt))  # [H, W, di]
         decay = torch.exp(delta[..., None] * -torch.exp(self.A_log))  # [H, W, di, ds]
-        state = scan_2d(decay, delta[..., None] * b[:, :, None, :] * x[..., None])
+        state = self.scan(decay, delta[..., None] * b[:, :, None, :] * x[..., None])
         y = (state * c[:, :, None, :]).sum(-1) + self.D * x
         return self.out_proj(y * F.silu(z))
 
@@ -173,14 +222,33 @@ def grid_cells(coords: Tensor, patch_size: int = 0, rule: str = "patch") -> tupl
     return row, col, int(row.max()) + 1, int(col.max()) + 1
 
 
+def dataset_cells(coords: Tensor, patch_size: int, grid_w: int, grid_h: int) -> tuple[Tensor, Tensor, int, int]:
+    """(row, col, grid_h, grid_w): each patch at its absolute cell coord // patch_size on the reference's one
+    dataset-wide grid (``grid_extent: dataset``); a patch outside it is an error."""
+    cells = coords // (patch_size or patch_spacing(coords))
+    row, col = cells[:, 1], cells[:, 0]
+    outside = (row < 0) | (row >= grid_h) | (col < 0) | (col >= grid_w)
+    if bool(outside.any()):
+        k = int(outside.nonzero()[0, 0])
+        raise ValueError(f"patch at {coords[k].tolist()} is cell (x {int(col[k])}, y {int(row[k])}), outside the "
+                         f"dataset grid of grid_w={grid_w} x grid_h={grid_h} cells ({int(outside.sum())} such "
+                         "patches): raise grid_w / grid_h or check patch_size")
+    return row, col, grid_h, grid_w
+
+
 class Mamba2DMIL(MILModel):
     config_class = Mamba2DConfig
     needs_coords = True
 
     def __init__(self, cfg: Mamba2DConfig):
         super().__init__()
-        if cfg.grid not in ("patch", "gcd"):
-            raise ValueError(f"grid must be 'patch' or 'gcd', got {cfg.grid!r}")
+        for key, allowed in (("grid", ("patch", "gcd")), ("grid_extent", ("bag", "dataset")),
+                             ("pool", ("patches", "grid")), ("scan", ("kernel", "pscan"))):
+            if getattr(cfg, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {getattr(cfg, key)!r}")
+        if cfg.grid_extent == "dataset" and (cfg.grid != "patch" or not cfg.grid_w or not cfg.grid_h):
+            raise ValueError("grid_extent 'dataset' needs grid 'patch' and the grid's size grid_w, grid_h > 0 "
+                             f"(got grid {cfg.grid!r}, grid_w {cfg.grid_w}, grid_h {cfg.grid_h})")
         self.cfg = cfg
         self.feature = nn.Sequential(nn.Linear(cfg.in_dim, cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout))
         self.pad_token = nn.Parameter(torch.rand(cfg.dim))
@@ -196,14 +264,22 @@ class Mamba2DMIL(MILModel):
                     nn.init.zeros_(m.bias)
 
     def _bag(self, h: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
-        row, col, hh, ww = grid_cells(coords, self.cfg.patch_size, self.cfg.grid)
-        if hh * ww > self.cfg.max_grid_cells:
-            raise ValueError(f"patch grid of {hh} x {ww} cells exceeds max_grid_cells={self.cfg.max_grid_cells} "
+        cfg = self.cfg
+        if cfg.grid_extent == "dataset":
+            row, col, hh, ww = dataset_cells(coords, cfg.patch_size, cfg.grid_w, cfg.grid_h)
+        else:
+            row, col, hh, ww = grid_cells(coords, cfg.patch_size, cfg.grid)
+        if hh * ww > cfg.max_grid_cells:
+            raise ValueError(f"patch grid of {hh} x {ww} cells exceeds max_grid_cells={cfg.max_grid_cells} "
                              f"({len(coords)} patches): are the coords a regular patch grid?")
         grid = self.pad_token.to(h.dtype).expand(hh, ww, -1).clone()  # h's dtype: bf16 under CUDA autocast
         grid[row, col] = h  # a duplicate cell keeps the last patch, as the reference
         for norm, mixer in zip(self.block_norms, self.mixers, strict=True):
             grid = grid + mixer(norm(grid))
+        if cfg.pool == "grid":  # every cell, pad cells included, as the reference
+            cells = self.norm(grid)
+            a = torch.softmax(self.attention(cells).flatten(), dim=0)
+            return a @ cells.flatten(0, 1), a.view(hh, ww)[row, col]
         tokens = self.norm(grid[row, col])
         a = torch.softmax(self.attention(tokens).squeeze(-1), dim=0)
         return a @ tokens, a

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from hardmil.config import load_config
-from hardmil.data.simulated import BagModel, bank_from_slides, make_simulated
+from hardmil.data.bags import read_manifest_rows
+from hardmil.data.simulated import BagModel, bank_from_slides, make_simulated, simulated_splits
+from hardmil.data.splits import write_splits
 from hardmil.data.store import build_store
 from hardmil.data.survival import manifest_slides
 
@@ -60,9 +62,14 @@ def prepare(work: Path, name: str, model: dict, cfg: dict, bank, seeds: list[int
     """The regime's features, splits (one file per seed) and store, written once."""
     d = work / name
     store = d / "store"
-    if (store / "index.json").exists():
-        return d
     splits = {("clean", s): str(d / f"splits_seed{s}.tsv") for s in seeds}
+    if (store / "index.json").exists():  # generated earlier: only the splits of seeds added since
+        rows = read_manifest_rows(d / "manifest.tsv", ("slide", "case", "label", "pool"))
+        folds, val = cfg["cv"]["folds"], cfg["cv"]["val_fraction"]
+        for (protocol, seed), path in splits.items():
+            if not Path(path).exists():
+                write_splits(path, simulated_splits(rows, folds, seed, protocol, val))
+        return d
     make_simulated(bank, BagModel.from_config(model), classes=["negative", "positive"],
                    features_dir=d / "features", manifest=d / "manifest.tsv", truth=d / "truth.h5",
                    summary=d / "summary.json", splits=splits, folds=cfg["cv"]["folds"],

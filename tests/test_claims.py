@@ -195,7 +195,7 @@ def test_claims_config_dry_run_plans_the_benchmark(tmp_path):
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     assert counts["simulated"] == 3 and counts["claims"] == 1 and "splits" not in counts
-    assert counts["simulated_splits"] == 3  # one per regime x protocol x seed
-    assert counts["synthetic_cohort"] == 1 and counts["hardneg"] == 2 * 3
-    # group: method -> one job per method and regime (7 methods: MHIM's teacher, abmil_mhim, is one)
-    assert counts["train"] == 7 * 3
+    assert counts["simulated_splits"] == 3 * 2  # one per regime x protocol x seed
+    assert counts["synthetic_cohort"] == 1 and counts["hardneg"] == 2 * 3 * 2  # train.group: seed, seeds 0-1
+    # group: seed -> one job per method, regime and seed (7 methods: MHIM's teacher, abmil_mhim, is one)
+    assert counts["train"] == 7 * 3 * 2

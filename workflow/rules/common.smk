@@ -151,7 +151,15 @@ def fold_job(method, fields):
         "confounders": f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None,
         "teacher": run_file("model.pt", **(fields | {"method": m["teacher"]})) if m.get("teacher") else None,
         "init_from": run_file("model.pt", **(fields | {"method": m["init_from"]})) if m.get("init_from") else None,
+        "truth": instance_truth(fields["dataset"]),
     }
+
+
+def instance_truth(dataset):
+    """The instance ground truth of a controlled-benchmark dataset (source simulated, not a MIL unit test), read by
+    its training jobs for the per-epoch instance diagnostics (hardmil.train.diagnostics); None for others."""
+    d = config["datasets"][dataset]
+    return f"results/simulated/{dataset}/truth.h5" if d["source"] == "simulated" and "mil_test" not in d else None
 
 
 def train_jobs(wc):

@@ -188,7 +188,7 @@ def test_sweep_report_and_figure(sweep_runs, tmp_path):
 
     _, jobs = sweep_runs
     sweep = {"regimes": {"sim": {"label": "5-10 %", "witness_rate": [0.05, 0.1]}}, "baseline": "base",
-             "methods": {"mhim": 0.1}, "n_boot": 200, "level": 0.95}
+             "methods": {"mhim": {"mask": {"high_ratio": 0.1}}}, "n_boot": 200, "level": 0.95}
     deltas, diags = sweep_records(sweep, {"sim": jobs}, {"sim": ["neg", "pos"]})
     assert len(deltas) == 1 and deltas[0]["h"] == 0.1 and deltas[0]["lo"] <= deltas[0]["delta"] <= deltas[0]["hi"]
     assert deltas[0]["n_runs"] == 2
@@ -220,3 +220,27 @@ def test_sweep_config_dry_run_plans_the_sweep(tmp_path):
             counts[parts[0]] = int(parts[1])
     assert counts["simulated"] == 3 and counts["mhim_sweep"] == 1 and counts["synthetic_cohort"] == 1
     assert counts["train"] == 4 * 3 and "claims" not in counts and "splits" not in counts
+
+
+def test_sweep_config_keeps_the_claims_bank_budget_and_mhim_v2():
+    """The sweep is the claims benchmark's generator, recipe and MHIM-v2 but for the witness rate and h: the bank,
+    the train block, the baseline and MHIM-v2's other parameters must stay config/claims.yaml's (update the sweep
+    when the claims budget changes)."""
+    from hardmil.config import load_config
+
+    sweep, claims = load_config(REPO / "config/mhim_sweep.yaml"), load_config(REPO / "config/claims.yaml")
+    assert sweep["datasets"]["claims_bank"] == claims["datasets"]["claims_bank"]
+    assert sweep["train"] == claims["train"], "sync config/mhim_sweep.yaml's train block with config/claims.yaml"
+    assert sweep["methods"]["abmil_mhim"] == claims["methods"]["abmil_mhim"]
+    ref = {k: v for k, v in claims["methods"]["mhim_v2_abmil"]["params"].items() if k != "mask_high"}
+    hs = []
+    for m in sweep["mhim_sweep"]["methods"]:
+        spec = sweep["methods"][m]
+        assert spec["teacher"] == sweep["mhim_sweep"]["baseline"] == "abmil_mhim"
+        assert {k: v for k, v in spec["params"].items() if k != "mask_high"} == ref, m
+        hs.append(spec["params"]["mask_high"])
+    assert hs == [0.0, 0.01, 0.03]
+    sims = [sweep["datasets"][d]["simulated"] for d in sweep["mhim_sweep"]["regimes"]]
+    assert [s["witness_rate"] for s in sims] == [[0.005, 0.02], [0.02, 0.08], [0.08, 0.3]]
+    assert len({s["n_train"] for s in sims}) == 1 and sweep["cv"]["seeds"] == [0, 1, 2]
+    assert sweep["cv"]["folds"] == 3

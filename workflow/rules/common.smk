@@ -238,10 +238,10 @@ def external_runs(name, encoder, method, protocol, file="metrics.json"):
 
 def all_targets():
     """Every table, figure, run, cross-source run (inputs/external.smk), the claims report (inputs/simulated.smk) and
-    the MIL unit tests' report (inputs/mil_tests.smk)."""
+    the MIL unit tests' report (inputs/mil_tests.smk) and the MHIM-v2 sweep's (inputs/mhim_sweep.smk)."""
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
     figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
-    return tables + figures + all_runs() + all_external() + claims_targets() + mil_tests_targets()
+    return tables + figures + all_runs() + all_external() + claims_targets() + mil_tests_targets() + mhim_sweep_targets()
 
 
 # --- slides: downloaded (gdc, camelyon), synthetic or user-provided; patched and embedded per shard ---

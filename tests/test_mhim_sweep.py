@@ -5,7 +5,6 @@ sweep's report and figure (hardmil.report.mhim_sweep) and the sweep config's dry
 from __future__ import annotations
 
 import csv
-import dataclasses
 import subprocess
 import sys
 
@@ -16,20 +15,13 @@ import torch
 from hardmil.data.bags import Bag
 from hardmil.data.bagset import BagSet
 from hardmil.data.simulated import NEGATIVE, SALIENT, SUBTLE, BagModel, Bank, make_simulated
-from hardmil.models import build_model
 from hardmil.models.base import MILOutput
 from hardmil.train.diagnostics import InstanceDiagnostics, localisation_auc
 from hardmil.utils import InputError
 
 from .conftest import REPO
-
-
-def tiny_mhim(**params):
-    torch.manual_seed(0)
-    m = build_model("mhim", in_dim=8, **params)
-    m.init_teacher({"model": "abmil", "model_config": dataclasses.asdict(m.student.cfg),
-                    "state_dict": m.student.state_dict()})
-    return m
+from .test_config import dry_run_jobs
+from .test_mhim import mhim as tiny_mhim
 
 
 def read_tsv(path):
@@ -209,38 +201,17 @@ def test_sweep_config_dry_run_plans_the_sweep(tmp_path):
     """config/mhim_sweep.yaml: the bank, one simulated job per witness-rate regime, the attn baseline (every
     MHIM-v2's teacher) trained once per regime, three MHIM-v2 jobs per regime reading its models, the sweep report,
     no claims report and no rule splits."""
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                          "--configfile", str(REPO / "config/mhim_sweep.yaml"), "-n", "--cores", "2", "--quiet",
-                          "rules"], capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "2",
+           "--configfile", str(REPO / "config/mhim_sweep.yaml")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
-    counts = {}
-    for line in res.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    assert counts["simulated"] == 3 and counts["mhim_sweep"] == 1 and counts["synthetic_cohort"] == 1
-    assert counts["train"] == 4 * 3 and "claims" not in counts and "splits" not in counts
-
-
-def test_sweep_config_keeps_the_claims_bank_budget_and_mhim_v2():
-    """The sweep is the claims benchmark's generator, recipe and MHIM-v2 but for the witness rate and h: the bank,
-    the train block, the baseline and MHIM-v2's other parameters must stay config/claims.yaml's (update the sweep
-    when the claims budget changes)."""
-    from hardmil.config import load_config
-
-    sweep, claims = load_config(REPO / "config/mhim_sweep.yaml"), load_config(REPO / "config/claims.yaml")
-    assert sweep["datasets"]["claims_bank"] == claims["datasets"]["claims_bank"]
-    assert sweep["train"] == claims["train"], "sync config/mhim_sweep.yaml's train block with config/claims.yaml"
-    assert sweep["methods"]["abmil_mhim"] == claims["methods"]["abmil_mhim"]
-    ref = {k: v for k, v in claims["methods"]["mhim_v2_abmil"]["params"].items() if k != "mask_high"}
-    hs = []
-    for m in sweep["mhim_sweep"]["methods"]:
-        spec = sweep["methods"][m]
-        assert spec["teacher"] == sweep["mhim_sweep"]["baseline"] == "abmil_mhim"
-        assert {k: v for k, v in spec["params"].items() if k != "mask_high"} == ref, m
-        hs.append(spec["params"]["mask_high"])
-    assert hs == [0.0, 0.01, 0.03]
-    sims = [sweep["datasets"][d]["simulated"] for d in sweep["mhim_sweep"]["regimes"]]
-    assert [s["witness_rate"] for s in sims] == [[0.005, 0.02], [0.02, 0.08], [0.08, 0.3]]
-    assert len({s["n_train"] for s in sims}) == 1 and sweep["cv"]["seeds"] == [0, 1, 2]
-    assert sweep["cv"]["folds"] == 3
+    jobs = dry_run_jobs(res.stdout)
+    rules = [j["rule"] for j in jobs]
+    assert rules.count("simulated") == 3 and rules.count("mhim_sweep") == 1 and rules.count("synthetic_cohort") == 1
+    assert rules.count("train") == 4 * 3 and "claims" not in rules and "splits" not in rules
+    # every MHIM-v2 job reads its regime's baseline models (its teachers) and the regime's instance truth
+    for j in jobs:
+        if j["rule"] == "train" and "method=abmil_mhim" not in j["wildcards"]:
+            d = next(w.split("=")[1] for w in j["wildcards"] if w.startswith("dataset="))
+            assert f"results/simulated/{d}/truth.h5" in j["input"]
+            assert f"results/runs/{d}/provided/abmil_mhim/clean/seed2/fold2/model.pt" in j["input"]

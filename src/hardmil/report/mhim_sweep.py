@@ -117,11 +117,12 @@ def sweep_markdown(deltas: list[dict], diags: list[dict], *, title: str, note: s
              f"| Regime | Method | AUC | AUC baseline | Δ AUC | {pct} interval | resolved | fold Δ (mean ± sd) | "
              "failed runs (method / baseline) |", "|---|---|---|---|---|---|---|---|---|"]
     for d in deltas:
-        resolved = ("yes, better" if d["delta"] > 0 else "yes, worse") if d["excludes_zero"] else "not resolved"
-        lines.append(f"| {d['regime']} | {d['method']} ({_h(d['h'])}) | {_f(d['auc'])} | {_f(d['auc_baseline'])} | "
-                     f"{d['delta']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | {resolved} | "
-                     f"{_f(d['fold_delta_mean'])} ± {_f(d['fold_delta_sd'])} (n={d['n_folds']}) | "
-                     f"{d['failed']} / {d['failed_baseline']} of {d['n_runs']} |")
+        verdict = "not resolved" if not d["excludes_zero"] else "yes, better" if d["delta"] > 0 else "yes, worse"
+        cells = [d["regime"], f"{d['method']} ({_h(d['h'])})", _f(d["auc"]), _f(d["auc_baseline"]),
+                 f"{d['delta']:+.3f}", f"[{d['lo']:+.3f}, {d['hi']:+.3f}]", verdict,
+                 f"{_f(d['fold_delta_mean'])} ± {_f(d['fold_delta_sd'])} (n={d['n_folds']})",
+                 f"{d['failed']} / {d['failed_baseline']} of {d['n_runs']}"]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Instance diagnostics (positive bags of each fold's selection set; mean over runs)", "",
               "Witnesses masked: share of a bag's witnesses in the high-score mask, and share of bags losing all of "
               "them, averaged over the epochs trained. Localisation AUC (per bag, averaged) at the selected epoch: "
@@ -164,27 +165,24 @@ def sweep_figure(deltas: list[dict], diags: list[dict], *, title: str = "", leve
     ax.axhline(0, color="black", lw=1)
     ax.set_ylabel(f"Δ AUC (MHIM-v2 − baseline), {100 * level:g} % interval")
     ax.set_title("(a) bag level; filled: interval excludes 0", fontsize=10)
-    ax = axes[1]
-    for h in hs:
-        rs = [r for r in diags if r["h"] == h]
-        xs = [x_of(r) for r in rs]
-        ax.plot(xs, [r["witness_share_masked"] for r in rs], "o-", color=colour[h], label=f"{_h(h)}: witnesses")
-        ax.plot(xs, [r["bags_all_witnesses_masked"] for r in rs], "s--", color=colour[h], mfc="white",
-                label=f"{_h(h)}: bags losing all")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel("share removed by the high-score mask")
-    ax.set_title("(b) witnesses removed (mean over epochs)", fontsize=10)
+    def per_h(ax, solid: str, dashed: str, what: tuple[str, str], markers: str):
+        for h in hs:
+            rs = [r for r in diags if r["h"] == h]
+            xs = [x_of(r) for r in rs]
+            ax.plot(xs, [r[solid] for r in rs], markers[0] + "-", color=colour[h], label=f"{_h(h)}: {what[0]}")
+            ax.plot(xs, [r[dashed] for r in rs], markers[1] + "--", color=colour[h], mfc="white",
+                    label=f"{_h(h)}: {what[1]}")
+
+    per_h(axes[1], "witness_share_masked", "bags_all_witnesses_masked", ("witnesses", "bags losing all"), "os")
+    axes[1].set_ylim(-0.03, 1.03)
+    axes[1].set_ylabel("share removed by the high-score mask")
+    axes[1].set_title("(b) witnesses removed (mean over epochs)", fontsize=10)
     ax = axes[2]
     base = [r for r in diags if not math.isfinite(r["h"])]
     if base:
         ax.plot([x_of(r) for r in base], [r["student_loc_auc"] for r in base], "o-", color="black",
                 label="baseline (attention)")
-    for h in hs:
-        rs = [r for r in diags if r["h"] == h]
-        xs = [x_of(r) for r in rs]
-        ax.plot(xs, [r["student_loc_auc"] for r in rs], "o-", color=colour[h], label=f"{_h(h)}: student")
-        ax.plot(xs, [r["teacher_loc_auc"] for r in rs], "^--", color=colour[h], mfc="white",
-                label=f"{_h(h)}: teacher")
+    per_h(ax, "student_loc_auc", "teacher_loc_auc", ("student", "teacher"), "o^")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_ylabel("localisation AUC (per positive bag, mean)")
     ax.set_title("(c) localisation at the selected epoch", fontsize=10)

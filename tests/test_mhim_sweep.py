@@ -175,6 +175,37 @@ def test_trained_run_writes_diagnostics_and_trains_as_without_them(sweep_runs):
         assert not (root / "plain" / f"fold{k}" / "instance_diagnostics.tsv").exists()
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_run_writes_the_same_diagnostics(sweep_runs, tmp_path):
+    """The diagnostics travel in the training checkpoint: a run killed after epoch 1 and resumed writes the
+    uninterrupted run's instance_diagnostics.tsv (and the same model)."""
+    from hardmil.train.run import run_fold
+
+    root, _ = sweep_runs
+    whole = root / "mhim" / "fold0"
+    cfg = __import__("yaml").safe_load((whole / "config.yaml").read_text())
+    kw = dict(splits=root / "splits.tsv", features_dir=root / "f", classes=["neg", "pos"], protocol="clean", seed=0,
+              fold=0, model="mhim", model_params={k: cfg["model_config"][k] for k in
+                                                  ("baseline", "baseline_params", "version", "mask_high",
+                                                   "mask_high_random", "mask_high_cosine", "rsm_ratio")},
+              train_cfg={"epochs": 3, "patience": 3, "amp": False, "lr": 0.002}, progress=False,
+              teacher=root / "base" / "fold0" / "model.pt", truth=root / "t.h5")
+
+    def kill_at_1(epoch):
+        if epoch == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_fold(out_dir=tmp_path / "cut", on_epoch_end=kill_at_1, **kw)
+    assert (tmp_path / "cut/checkpoint.pt").exists() and not (tmp_path / "cut/instance_diagnostics.tsv").exists()
+    run_fold(out_dir=tmp_path / "cut", **kw)
+    for name in ("instance_diagnostics.tsv", "teacher_assessment.tsv", "model.pt", "predictions.tsv"):
+        assert (tmp_path / "cut" / name).read_bytes() == (whole / name).read_bytes(), name
+
+
 def test_sweep_report_and_figure(sweep_runs, tmp_path):
     from hardmil.report.mhim_sweep import sweep_records, write_sweep
 

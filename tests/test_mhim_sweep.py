@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from hardmil.config import read_yaml
 from hardmil.data.bags import Bag
 from hardmil.data.bagset import BagSet
 from hardmil.data.simulated import NEGATIVE, SALIENT, SUBTLE, BagModel, Bank, make_simulated
@@ -186,7 +187,7 @@ def test_a_resumed_run_writes_the_same_diagnostics(sweep_runs, tmp_path):
 
     root, _ = sweep_runs
     whole = root / "mhim" / "fold0"
-    cfg = __import__("yaml").safe_load((whole / "config.yaml").read_text())
+    cfg = read_yaml(whole / "config.yaml")
     kw = dict(splits=root / "splits.tsv", features_dir=root / "f", classes=["neg", "pos"], protocol="clean", seed=0,
               fold=0, model="mhim", model_params={k: cfg["model_config"][k] for k in
                                                   ("baseline", "baseline_params", "version", "mask_high",

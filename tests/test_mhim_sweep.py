@@ -35,6 +35,13 @@ def test_localisation_auc_by_hand():
     # witnesses 0.9 and 0.3 against 0.5, 0.1, 0.2: 0.9 beats 3, 0.3 beats 2 -> 5 / 6
     assert localisation_auc(np.array([0.9, 0.5, 0.1, 0.3, 0.2]), w) == pytest.approx(5 / 6)
     assert np.isnan(localisation_auc(np.ones(3), np.ones(3, bool)))  # a bag of witnesses only has no AUC
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # ties included: the scores take 5 values
+        s, w = rng.integers(0, 5, 40).astype(float), rng.random(40) < 0.2
+        if 0 < w.sum() < 40:
+            assert localisation_auc(s, w) == pytest.approx(roc_auc_score(w, s))
 
 
 def test_diagnostics_on_a_constructed_case():

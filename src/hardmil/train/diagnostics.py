@@ -49,13 +49,18 @@ COLUMNS = ("epoch", "n_bags", "mask_high", "witnesses_mean", "witness_share_mask
 
 
 def localisation_auc(scores: np.ndarray, witness: np.ndarray) -> float:
-    """ROC AUC of one bag's instance ``scores`` against its boolean ``witness`` labels (NaN with one class only)."""
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC of one bag's instance ``scores`` against its boolean ``witness`` labels (NaN with one class only):
+    the Mann-Whitney statistic from mid-ranks (ties count one half), scikit-learn's ``roc_auc_score`` without its
+    per-call overhead (it runs twice per bag and epoch)."""
+    from scipy.stats import rankdata
 
     witness = np.asarray(witness, dtype=bool)
-    if witness.all() or not witness.any():
+    n_pos = int(witness.sum())
+    n_neg = len(witness) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(witness, np.asarray(scores, dtype=np.float64)))
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[witness].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _mean(values: list[float]) -> float:

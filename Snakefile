@@ -30,6 +30,7 @@ include: "workflow/rules/external.smk"
 include: "workflow/rules/survival.smk"
 include: "workflow/rules/simulated.smk"
 include: "workflow/rules/mil_tests.smk"
+include: "workflow/rules/mhim_sweep.smk"
 
 
 rule all:

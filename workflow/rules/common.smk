@@ -161,7 +161,15 @@ def fold_job(method, fields):
         "confounders": f"{CONF_DIR}/confounders.npy".format(**fields, variant=conf) if conf else None,
         "teacher": run_file("model.pt", **(fields | {"method": m["teacher"]})) if m.get("teacher") else None,
         "init_from": run_file("model.pt", **(fields | {"method": m["init_from"]})) if m.get("init_from") else None,
+        "truth": instance_truth(fields["dataset"]),
     }
+
+
+def instance_truth(dataset):
+    """The instance ground truth of a controlled-benchmark dataset (source simulated, not a MIL unit test), read by
+    its training jobs for the per-epoch instance diagnostics (hardmil.train.diagnostics); None for others."""
+    d = config["datasets"][dataset]
+    return f"results/simulated/{dataset}/truth.h5" if d["source"] == "simulated" and "mil_test" not in d else None
 
 
 def train_jobs(wc):
@@ -240,10 +248,10 @@ def external_runs(name, encoder, method, protocol, file="metrics.json"):
 
 def all_targets():
     """Every table, figure, run, cross-source run (inputs/external.smk), the claims report (inputs/simulated.smk) and
-    the MIL unit tests' report (inputs/mil_tests.smk)."""
+    the MIL unit tests' report (inputs/mil_tests.smk) and the MHIM-v2 sweep's (inputs/mhim_sweep.smk)."""
     tables = expand("results/tables/{table}.{ext}", table=config["tables"], ext=["csv", "md"])
     figures = expand("results/figures/{figure}.{ext}", figure=config["figures"], ext=["png", "pdf"])
-    return tables + figures + all_runs() + all_external() + claims_targets() + mil_tests_targets()
+    return tables + figures + all_runs() + all_external() + claims_targets() + mil_tests_targets() + mhim_sweep_targets()
 
 
 # --- slides: downloaded (gdc, camelyon), synthetic or user-provided; patched and embedded per shard ---

@@ -3,6 +3,8 @@
 # Stage-2 methods of Li et al. (methods.<m>.hardneg) also read their fold's generated negative bags.
 # Every run folder holds teacher_assessment.tsv (RUN_FILES): MHIM's per-epoch teacher statistics, kept in the
 # training checkpoint so that a resumed run writes it whole; a header-only file for models without a teacher.
+# Simulated (controlled-benchmark) datasets also pass their instance truth: the run folder then holds
+# instance_diagnostics.tsv (hardmil.train.diagnostics), an undeclared output read by rule mhim_sweep.
 
 
 include: "inputs/train.smk"
@@ -16,6 +18,7 @@ rule train:
         confounders=train_inputs("confounders"),
         teacher=train_inputs("teacher"),
         init_from=train_inputs("init_from"),
+        truth=train_inputs("truth"),
     output:
         [per_job(f"{RUN_DIR}/{name}") for name in RUN_FILES],
     log:

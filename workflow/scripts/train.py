@@ -16,5 +16,6 @@ with rule_log(snakemake.log[0]), gpu_slot(run["train"].get("device", "auto"),
                  model_params=run["model_params"], train_cfg=run["train"], out_dir=job["out_dir"],
                  standardize=run["standardize"], threads=snakemake.threads, extra_bags=job["extra_bags"],
                  confounders=job["confounders"], teacher=job["teacher"], init_from=job["init_from"],
+                 truth=job["truth"],
                  task=run["task"],
                  time_bins=run["time_bins"])

@@ -382,6 +382,15 @@ class MHIM(MILModel):
         h = self.cfg.mask_high
         return cosine(h, 0.0, int(self.step), self.total_steps) if self.cfg.mask_high_cosine else h
 
+    def high_mask(self, score: Tensor, heads: Tensor | None = None) -> Tensor:
+        """Indices the high-score mask takes out of one bag at the current step (``mask_high`` after its schedule,
+        RHSM when ``mask_high_random < 1``); none at ratio 0. :meth:`select` masks with it, and so do the
+        instance diagnostics (:mod:`hardmil.train.diagnostics`), so the two cannot disagree."""
+        h = self.high_ratio()
+        if h <= 0:
+            return torch.zeros(0, dtype=torch.long, device=score.device)
+        return mask_candidates(score, heads, h, largest=True, random_fraction=self.cfg.mask_high_random)
+
     def select(self, score: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(kept indices, indices for the GRN) of one bag. ``heads`` [H, N]: per-head v1 scores, fused by vote.
         The masking rules run in the reference's order (v1 random, v1 low, high: the order of the random draws);
@@ -394,9 +403,7 @@ class MHIM(MILModel):
             masked[cand[torch.randperm(n, device=score.device)[: math.ceil(n * self.cfg.mask_random)]]] = True
         if self.cfg.mask_low > 0:
             masked[mask_candidates(score, heads, self.cfg.mask_low, largest=False)] = True
-        h = self.high_ratio()
-        if h > 0:
-            masked[mask_candidates(score, heads, h, largest=True, random_fraction=self.cfg.mask_high_random)] = True
+        masked[self.high_mask(score, heads)] = True
         if masked.all():  # never mask a whole bag (declared deviation: the reference would train on no instance)
             masked[score.argmin()] = False
         remaining = (~masked).nonzero().squeeze(1)

@@ -28,6 +28,7 @@ from hardmil import __version__
 from hardmil.checkpoint import RUN_FILES, load_model_file, save
 from hardmil.data.bagset import BagSet, feature_stats
 from hardmil.data.generated import read_generated
+from hardmil.data.simulated import read_truth
 from hardmil.data.splits import read_splits
 from hardmil.data.store import BagStore, as_source, load_bags
 from hardmil.data.survival import bin_edges, load_case_bags, set_bins
@@ -37,6 +38,7 @@ from hardmil.infer import predict_proba, resolve_device
 from hardmil.models import build_model
 from hardmil.models.assessment import TeacherAssessment
 from hardmil.models.base import init_input_layer
+from hardmil.train.diagnostics import EpochStates, InstanceDiagnostics
 from hardmil.train.loop import TrainConfig, config_digest, train
 from hardmil.utils import InputError, git_commit, package_versions, seed_everything, write_json, write_tsv, write_yaml
 
@@ -59,6 +61,8 @@ class FoldJob:
     confounders: str | None = None
     teacher: str | None = None
     init_from: str | None = None
+    # not here: run_fold's ``truth`` (instance diagnostics) measures the run and changes nothing in it, so a rerun
+    # of the fold (the efficiency measurement) leaves it out
 
     @classmethod
     def from_dict(cls, d: dict) -> FoldJob:
@@ -106,7 +110,7 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
              standardize: bool = False, threads: int = 1, progress: bool = True, on_epoch_end=None,
              extra_bags: str | os.PathLike | None = None, confounders: str | os.PathLike | None = None,
              teacher: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
-             provenance: dict | None = None,
+             provenance: dict | None = None, truth: str | os.PathLike | None = None,
              task: str = "classification", time_bins: int = 4) -> dict:
     """Train on the fold's training bags (plus ``extra_bags``, generated negative bags in an h5 written by
     :mod:`hardmil.mining.hardneg`), select on its selection set, evaluate once on its test bags.
@@ -114,7 +118,10 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
     ``task='survival'``: case bags, ``time_bins`` discrete hazards, the splits carry time / event.
     ``confounders``: the fold's IBMIL dictionary (``.npy``, :mod:`hardmil.mining.confounders`);
     ``teacher``: the same fold's trained baseline ``model.pt`` that initialises an MHIM teacher;
-    ``init_from``: the same fold's trained ``model.pt`` of the same model whose input layer initialises this one's."""
+    ``init_from``: the same fold's trained ``model.pt`` of the same model whose input layer initialises this one's;
+    ``truth``: the dataset's instance ground truth (``source: simulated``, :func:`hardmil.data.simulated.read_truth`):
+    per-epoch instance diagnostics on the selection set's positive bags, ``instance_diagnostics.tsv``
+    (:mod:`hardmil.train.diagnostics`; written only then)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,10 +193,22 @@ def run_fold(*, splits: str | os.PathLike, features_dir: str | os.PathLike, clas
                 "teacher": str(teacher) if teacher else None}
     if init_from:  # only when set, so the digests of existing runs stay as they were
         resolved["init_from"] = str(init_from)
+    if truth:
+        resolved["truth"] = str(truth)
     digest = config_digest(resolved, data["train"].ids, data["train"].sizes)
     assessment = net.assessment  # MHIM: the teacher's per-epoch statistics (None for other models)
+    extra, diagnostics = assessment, None
+    if truth:
+        if task != "classification" or len(classes) != 2:
+            raise InputError(truth, "instance diagnostics need a two-class classification dataset")
+        diagnostics = InstanceDiagnostics(net, data[select_role], read_truth(truth, data[select_role].ids),
+                                          amp=cfg.amp, source=truth)
+        extra = EpochStates(**{k: v for k, v in (("assessment", assessment), ("diagnostics", diagnostics))
+                                if v is not None})
     result = train(net, data["train"], data[select_role], cfg, checkpoint=out / "checkpoint.pt", digest=digest,
-                   on_epoch_end=on_epoch_end, progress=progress, extra_state=assessment)
+                   on_epoch_end=on_epoch_end, progress=progress, extra_state=extra)
+    if diagnostics is not None:
+        diagnostics.write(out / "instance_diagnostics.tsv")
     # a declared output of every training job: a header only for models without a teacher
     (assessment or TeacherAssessment()).write(out / "teacher_assessment.tsv")
     net.load_state_dict(result.best_state)

@@ -1,5 +1,7 @@
 """The MIL-assumption unit tests (hardmil.data.mil_tests, hardmil.report.mil_tests; docs/mil_tests.md)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ from hardmil.models import build_model
 from hardmil.report.claims import _auc
 from hardmil.report.mil_tests import mil_test_records, summarise, verdict
 from hardmil.train.loop import TrainConfig, train
-from hardmil.utils import write_tsv
+from hardmil.utils import InputError, write_tsv
 
 
 def _counts(bags, pool, label, kind):
@@ -83,9 +85,18 @@ def test_verdicts_and_report(tmp_path):
             rows = [{"slide": f"b{fold}_{i}", "label_index": i % 2, "prob_pos": (i % 2) * 0.2 + 0.4}
                     for i in range(6)]  # positives 0.6, negatives 0.4: AUC 1
             write_tsv(path, rows)
-            jobs["t"]["m"].append({"seed": seed, "fold": fold, "predictions": str(path)})
+            metrics = tmp_path / f"{seed}_{fold}.json"
+            metrics.write_text(json.dumps({"selection": {"auc": 0.5 + 0.1 * seed}}))
+            jobs["t"]["m"].append({"seed": seed, "fold": fold, "predictions": str(path), "metrics": str(metrics)})
     (rec,) = mil_test_records({"tests": {"t": "T"}, "rows": {"m": "M"}, "level": 0.95}, jobs, {"t": ["neg", "pos"]})
     assert rec["auc"] == 1.0 and rec["n_seeds"] == 3 and rec["n_bags"] == 12
+    assert rec["val_auc"] == pytest.approx(0.6)  # the selection AUC, averaged over the 6 fold runs
+    from hardmil.report.mil_tests import markdown
+
+    assert "(0/3 < 0.5; val 0.60)" in markdown([rec], "T", "")
+    metrics.write_text("{}")
+    with pytest.raises(InputError, match="no selection AUC"):
+        mil_test_records({"tests": {"t": "T"}, "rows": {"m": "M"}, "level": 0.95}, jobs, {"t": ["neg", "pos"]})
 
 
 def _test_auc(name: str, seed: int, **params) -> float:

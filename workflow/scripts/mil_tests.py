@@ -11,5 +11,7 @@ with rule_log(snakemake.log[0]):
     note = (f"Test AUC: mean over {len(p.seeds)} seeds of each seed's pooled out-of-fold predictions ({p.folds} folds, "
             f"protocol `{c['protocol']}`), with its {c['level']:.0%} t interval over seeds. Verdict: **pass** = the "
             "interval lies above 0.5, **FAIL** = below 0.5 (the model learned the shortcut the MIL assumption "
-            "forbids), undecided = it contains 0.5. Tests, pass criterion and recipe: docs/mil_tests.md.")
+            "forbids), undecided = it contains 0.5. *val*: mean selection-set AUC at the selected epoch over the fold "
+            "runs (development distribution, shortcut included): near 0.5 = the model learned nothing, so its test "
+            "verdict says nothing about the assumption. Tests, pass criterion and recipe: docs/mil_tests.md.")
     write_mil_tests(records, md=out.md, tsv=out.tsv, png=out.png, title=c["title"], note=note)

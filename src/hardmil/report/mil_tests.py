@@ -12,10 +12,17 @@ maximum, how many seeds scored below 0.5, and a ``level`` t interval of the mean
   shortcut the MIL assumption forbids (poison => negative; more concept instances => positive);
 * **undecided**: the interval contains 0.5 (the model learned neither rule well enough to tell, or the
   seeds disagree).
+
+Next to it, ``val_auc``: the mean over fold runs of the selection-set AUC at the selected epoch (``metrics.json``
+``selection.auc``; the validation share of the *development* bags, which carry the shortcut). It says whether the
+model solved the distribution it was trained on: an *undecided* with a high ``val_auc`` learned the development
+bags (by the concept, the shortcut or both); with ``val_auc`` near 0.5 it learned nothing, and its test verdict
+says nothing about the assumption.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -27,7 +34,7 @@ from hardmil.utils import InputError, write_text, write_tsv
 log = logging.getLogger(__name__)
 
 COLUMNS = ("test", "dataset", "method", "row", "n_seeds", "n_bags", "auc", "sd", "lo", "hi", "min", "max",
-           "seeds_below", "verdict", "seed_aucs")
+           "seeds_below", "verdict", "val_auc", "seed_aucs")
 
 
 def seed_aucs(runs: list[dict], positive: str) -> dict[int, float]:
@@ -42,6 +49,19 @@ def seed_aucs(runs: list[dict], positive: str) -> dict[int, float]:
                                                f"{', '.join(sorted(twice)[:3])}")
         pooled.update(preds)
     return {s: _auc([v[0] for v in p.values()], [v[1] for v in p.values()]) for s, p in sorted(by_seed.items())}
+
+
+def selection_auc(runs: list[dict]) -> float:
+    """Mean selection-set AUC at the selected epoch over the runs that name a ``metrics`` file (nan if none)."""
+    values = []
+    for r in runs:
+        if not r.get("metrics"):
+            continue
+        try:
+            values.append(float(json.loads(open(r["metrics"]).read())["selection"]["auc"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(r["metrics"], f"no selection AUC ({type(err).__name__}: {err})") from err
+    return float(np.nanmean(values)) if values else float("nan")
 
 
 def verdict(lo: float, hi: float) -> str:
@@ -79,6 +99,7 @@ def mil_test_records(cfg: dict, jobs: dict, classes: dict[str, list[str]]) -> li
             rec = {"test": test, "dataset": dataset, "method": method, "row": row,
                    "n_bags": n_bags * len({r["fold"] for r in jobs[dataset][method]}),
                    **summarise(list(aucs.values()), cfg["level"]),
+                   "val_auc": selection_auc(jobs[dataset][method]),
                    "seed_aucs": ";".join(f"{s}:{a:.3f}" for s, a in aucs.items())}
             out.append(rec)
             log.info("%s / %s: AUC %.3f [%.3f, %.3f] %s", test, row, rec["auc"], rec["lo"], rec["hi"], rec["verdict"])
@@ -87,7 +108,9 @@ def mil_test_records(cfg: dict, jobs: dict, classes: dict[str, list[str]]) -> li
 
 def _cell(r: dict) -> str:
     mark = {"pass": "**pass**", "fail": "**FAIL**", "undecided": "undecided"}[r["verdict"]]
-    return f"{r['auc']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] {mark} ({r['seeds_below']}/{r['n_seeds']} < 0.5)"
+    val = r.get("val_auc")
+    val = f"; val {val:.2f}" if val is not None and np.isfinite(val) else ""
+    return f"{r['auc']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] {mark} ({r['seeds_below']}/{r['n_seeds']} < 0.5{val})"
 
 
 def markdown(records: list[dict], title: str, note: str) -> str:

@@ -26,15 +26,19 @@ def mil_tests_targets():
 
 
 def mil_tests_jobs():
-    """{test dataset: {method: [{seed, fold, predictions}]}} for the report script."""
+    """{test dataset: {method: [{seed, fold, predictions, metrics}]}} for the report script."""
     c = config["mil_tests"]
-    return {d: {m: [{"seed": s, "fold": f,
-                     "predictions": run_file("predictions.tsv", dataset=d, encoder=c["encoder"], method=m,
-                                             protocol=c["protocol"], seed=s, fold=f)}
+
+    def fields(d, m, s, f):
+        return dict(dataset=d, encoder=c["encoder"], method=m, protocol=c["protocol"], seed=s, fold=f)
+
+    return {d: {m: [{"seed": s, "fold": f, "predictions": run_file("predictions.tsv", **fields(d, m, s, f)),
+                     "metrics": run_file("metrics.json", **fields(d, m, s, f))}
                     for s in SEEDS for f in FOLDS]
                 for m in c["rows"]}
             for d in c["tests"]}
 
 
 def mil_tests_runs(wc):
-    return [r["predictions"] for runs in mil_tests_jobs().values() for rs in runs.values() for r in rs]
+    return [r[k] for runs in mil_tests_jobs().values() for rs in runs.values() for r in rs
+            for k in ("predictions", "metrics")]

@@ -52,6 +52,8 @@ rule simulated_splits:
         SPLITS,
     log:
         "results/logs/splits/{dataset}/{protocol}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/splits/{dataset}/{protocol}/seed{seed}.tsv"
     wildcard_constraints:
         dataset=one_of(datasets_from("simulated")),
     conda:

@@ -113,7 +113,8 @@ def test_workflow_end_to_end_with_bad_inputs(http_server, tmp_path):
     expect = {
         "dim": (logs / "bag_store/bad_dim/provided.log", "s003_0.h5: feature dimension 5 != 8"),
         "nan": (logs / "bag_store/bad_nan/provided.log", "s004_0.h5: 1 instance(s) have NaN"),
-        "missing": (logs / "splits/bad_missing/paper/seed0.log", "manifest.tsv: 1 slide(s) listed here have no features"),
+        "missing": (logs / "splits/bad_missing/paper/seed0.log",
+                    "manifest.tsv: 1 slide(s) listed here have no features"),
     }
     for kind, (log, message) in expect.items():
         assert message in log.read_text(), (kind, log.read_text()[-2000:])

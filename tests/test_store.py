@@ -2,6 +2,7 @@
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from hardmil.data.bags import Bag, write_features
 from hardmil.data.bagset import BagSet, choose_placement, feature_stats
 from hardmil.data.store import BagStore, FileBags, build_store, load_bags, open_bags, store_is_current
 from hardmil.utils import InputError
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLASSES = ["neg", "pos"]
 
@@ -194,5 +197,33 @@ def test_job_memory_follows_the_largest_bag_and_the_model(tmp_path, monkeypatch)
     monkeypatch.delenv("HARDMIL_SLURM_MEM_MB", raising=False)
     assert job_memory_request(index, ["abmil"], "auto", attempt=2) == 2 * int(500 + 6 * bag_mb)
     assert job_memory_request(index, ["abmil"], 3000) == 3000
+    # a model's own step estimate (2DMamba's scan grid) is added with its margin, whatever the bag's bytes
+    from hardmil.models import MODELS, model_config
+    from hardmil.models.mamba2d import SCAN_CELL_MB
+
+    grid = model_config("mamba2d", grid_extent="dataset", grid_w=413, grid_h=821, scan="pscan")
+    step = lambda n: MODELS["mamba2d"].step_memory_mb(grid, n)  # noqa: E731
+    assert job_memory_mb(index, ["mamba2d"], step) == int(500 + 6 * bag_mb + 1.5 * 413 * 821 * SCAN_CELL_MB["pscan"])
+    assert job_memory_mb(index, ["mamba2d"], step) > 140_000  # BRCA's grid: ~96 GB measured, not ~0.3 GB
+    assert job_memory_request(index, ["mamba2d"], "auto", 1, step) == job_memory_mb(index, ["mamba2d"], step)
     monkeypatch.setenv("HARDMIL_SLURM_MEM_MB", "7000")
     assert job_memory_request(index, ["abmil"], 3000) == 7000
+
+
+def test_the_2dmamba_step_estimate_covers_a_measured_step():
+    """A real training step of a dataset-grid 2DMamba (fresh process, peak RSS growth over a 2 x 2 warm-up, as
+    bench/mamba2d_memory.py measures) stays within the estimate the job requests; the estimate is not an
+    over-request by more than 4x either."""
+    import importlib.util
+
+    from hardmil.data.store import STEP_MARGIN
+    from hardmil.models import MODELS, model_config
+
+    spec = importlib.util.spec_from_file_location("mamba2d_memory", REPO / "bench/mamba2d_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for scan in ("kernel", "pscan"):
+        base, peak = bench.measure(64, scan, 500)
+        cfg = model_config("mamba2d", grid_extent="dataset", grid_w=64, grid_h=64, scan=scan)
+        requested = STEP_MARGIN * MODELS["mamba2d"].step_memory_mb(cfg, 500)
+        assert peak - base <= requested <= 4 * (peak - base), (scan, peak - base, requested)

@@ -3,10 +3,12 @@
 # A function only one stage uses lives in workflow/rules/inputs/<stage>.smk, which <stage>.smk includes
 # (Snakemake's linter asks for rules and functions in separate files).
 import re
+from functools import partial
 
 from hardmil.checkpoint import RUN_FILES
-from hardmil.data.store import STORE_FILES
+from hardmil.data.store import STORE_FILES, job_memory_request
 from hardmil.config import SLIDE_SOURCES, check_config, check_config_files, method_protocols, method_train
+from hardmil.models import MODELS, model_config
 
 
 # hardmil.config.check_config: the packaged schema (fills in its defaults), cross-references, slide references,
@@ -76,14 +78,16 @@ def bag_store(dataset, encoder):
 def job_mem_mb(wc, input, attempt):
     """Memory (MB) of a job that reads a bag store: hardmil.data.store.job_memory_request (the SLURM override,
     else the method's train.mem_mb (jobs with a {method} wildcard) or train.mem_mb, else the measured model of
-    the store's largest bag and the method's models)."""
-    from hardmil.data.store import job_memory_request
-
+    the store's largest bag and the method's models, plus the model's own step estimate: 2DMamba's scan grid)."""
     name = wc.get("method", "")
     method = config["methods"].get(name, {})
     models = [method.get("model", ""), method.get("params", {}).get("baseline", "")]
     configured = method_train(config, name)["mem_mb"] if method else config["train"]["mem_mb"]
-    return job_memory_request(input.features, models, configured, attempt)
+    step_mb = None
+    if method:
+        cfg = model_config(method["model"], **method.get("params", {}))
+        step_mb = partial(MODELS[method["model"]].step_memory_mb, cfg)
+    return job_memory_request(input.features, models, configured, attempt, step_mb)
 
 
 def method_job(key):

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -262,14 +263,18 @@ def load_bags(rows: list[dict], source, classes: list[str]) -> list[Bag]:
 # The per-job memory model, measured with bench/scale.py (1 thread, 1024-d features; peak RssAnon of a training
 # fold): AB-MIL and MHIM-v2(AB-MIL) 381-400 MB with 8,000-instance bags (33 MB), 1,000-1,041 MB with 50,000
 # (205 MB): ~270 MB + 3.8 x the largest bag. TransMIL's Nystrom layers (bench/models.py: 1.35 GB at 8,000,
-# 2.7 GB at 20,000 instances) take ~35-40 x the bag. Requested with a margin of ~1.6x.
+# 2.7 GB at 20,000 instances) take ~35-40 x the bag. Requested with a margin of ~1.6x. A model whose step memory
+# does not follow the bag's bytes (2DMamba's scan grid) adds its own estimate (MILModel.step_memory_mb), with a
+# margin of STEP_MARGIN.
 JOB_BASE_MB = 500
 JOB_BAG_FACTOR = 6
-MODEL_BAG_FACTOR = {"transmil": 40, "r2tmil": 40, "mamba2d": 40}  # self-attention / 2-D scan over the bag
+MODEL_BAG_FACTOR = {"transmil": 40, "r2tmil": 40}  # self-attention over the bag
+STEP_MARGIN = 1.5
 JOB_DEFAULT_MB = 4000  # when the store does not exist yet (a dry run)
 
 
-def job_memory_request(index: str | os.PathLike, models, configured: int | str = "auto", attempt: int = 1) -> int:
+def job_memory_request(index: str | os.PathLike, models, configured: int | str = "auto", attempt: int = 1,
+                       step_mb: Callable[[int], float] | None = None) -> int:
     """What a job asks the scheduler for (MB): ``HARDMIL_SLURM_MEM_MB`` when set (the cluster's override), else
     ``configured`` (``train.mem_mb``) or, with ``auto``, :func:`job_memory_mb`; times ``attempt`` (a retry gets
     more)."""
@@ -278,19 +283,22 @@ def job_memory_request(index: str | os.PathLike, models, configured: int | str =
         return int(override) * attempt
     if configured != "auto":
         return int(configured) * attempt
-    return job_memory_mb(index, models) * attempt
+    return job_memory_mb(index, models, step_mb) * attempt
 
 
-def job_memory_mb(index: str | os.PathLike, models: tuple[str, ...] | list[str] = ()) -> int:
+def job_memory_mb(index: str | os.PathLike, models: tuple[str, ...] | list[str] = (),
+                  step_mb: Callable[[int], float] | None = None) -> int:
     """Memory to request (MB) for a job reading the store whose ``index.json`` is ``index`` with ``models``
-    (a method's model and, for a framework such as MHIM, the model it wraps)."""
+    (a method's model and, for a framework such as MHIM, the model it wraps); ``step_mb(n)``, when given, is the
+    model's own estimate for a bag of ``n`` instances (``MILModel.step_memory_mb``), added with ``STEP_MARGIN``."""
     try:
         meta = json.loads(Path(index).read_text())
     except (OSError, ValueError):
         return JOB_DEFAULT_MB
     bag_mb = meta["max_bag"] * meta["dim"] * 4 / 1e6
     factor = max([JOB_BAG_FACTOR] + [MODEL_BAG_FACTOR.get(m, JOB_BAG_FACTOR) for m in models])
-    return int(JOB_BASE_MB + factor * bag_mb)
+    extra = STEP_MARGIN * step_mb(meta["max_bag"]) if step_mb is not None else 0.0
+    return int(JOB_BASE_MB + factor * bag_mb + extra)
 
 
 def _check_dimensions(shapes: dict[str, tuple[int, int]], paths: dict[str, Path]) -> int:

@@ -74,6 +74,13 @@ class MILModel(nn.Module):
         """Map the config file's parameters to ``config_class`` fields (MHIM flattens nested groups)."""
         return params
 
+    @staticmethod
+    def step_memory_mb(cfg: Any, n_instances: int) -> float:
+        """Memory (MB) one training step of a bag of ``n_instances`` takes beyond what the job memory model
+        (:func:`hardmil.data.store.job_memory_mb`) counts from the bag's bytes: for a model whose activations do
+        not follow the bag's feature bytes (2DMamba: its scan grid). Default 0."""
+        return 0.0
+
     def set_schedule(self, total_steps: int) -> None:
         """Called once before training with the number of optimiser steps (MHIM's per-step schedules)."""
 

@@ -86,7 +86,8 @@ class Mamba2DConfig:
     d_conv: int = param(4, ge=1)
     dropout: float = param(0.25, ge=0, lt=1)
     inner_norms: bool = True  # MHIM passes inner_layernorms=mambamil_state_dim (truthy)
-    # Guard (ours): the scan materialises [H, W, 256, 16] states, ~0.1 MB per grid cell in training.
+    # Guard (ours): the scan materialises [H, W, 256, 16] states, 0.17-0.28 MB per grid cell in training
+    # (SCAN_CELL_MB).
     max_grid_cells: int = param(350_000, ge=1)
     grid: str = "patch"  # 'patch': cell = coord // patch_size (reference); 'gcd': step = gcd of the offsets
     patch_size: int = param(0, ge=0)  # level-0 patch footprint in pixels; 0: inferred from the coordinates
@@ -236,9 +237,26 @@ def dataset_cells(coords: Tensor, patch_size: int, grid_w: int, grid_h: int) -> 
     return row, col, grid_h, grid_w
 
 
+# Host memory of one training step per grid cell (pad cells included) at the defaults (dim 128, d_state 16),
+# measured by bench/mamba2d_memory.py on CPU (1 thread; least squares over 32^2-128^2 grids): the kernel scan
+# 0.165 MB, pscan 0.282 MB (it keeps more intermediates for autograd). It grows with dim x expand x d_state.
+SCAN_CELL_MB = {"kernel": 0.165, "pscan": 0.282}
+# grid_extent 'bag' scans the bag's bounding box, not known before the job reads the coordinates: taken as this
+# many cells per patch (tissue fills about half of its bounding box in CLAM / TRIDENT tilings).
+BAG_GRID_FILL = 2
+
+
 class Mamba2DMIL(MILModel):
     config_class = Mamba2DConfig
     needs_coords = True
+
+    @staticmethod
+    def step_memory_mb(cfg: Mamba2DConfig, n_instances: int) -> float:
+        """The scan's memory for a bag of ``n_instances``: every cell of the dataset grid (``grid_extent:
+        dataset``), else ``BAG_GRID_FILL`` cells per patch; scaled from the measured default width."""
+        cells = cfg.grid_w * cfg.grid_h if cfg.grid_extent == "dataset" else BAG_GRID_FILL * n_instances
+        width = (cfg.dim * cfg.expand * cfg.d_state * cfg.layers) / (128 * 2 * 16)
+        return SCAN_CELL_MB[cfg.scan] * cells * width
 
     def __init__(self, cfg: Mamba2DConfig):
         super().__init__()
